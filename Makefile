@@ -1,0 +1,69 @@
+# ngx_http_llm_module
+#
+#   make          build build/ngx_http_llm_module.so against nginx-dev
+#   make test     install what the tests need, build, run prove -r t/
+#   make demo     build, start nginx with local mock providers, show it work
+#   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
+#   make lint     formatting checks of the C sources
+
+SHELL      := /bin/bash
+NGX_SRC    ?= /usr/share/nginx/src
+NGINX      ?= /usr/sbin/nginx
+BUILD      ?= build
+NGX_BUILD  := $(BUILD)/nginx
+MODULE     := $(BUILD)/ngx_http_llm_module.so
+
+# Debian's own compiler flags for nginx (nginx -V), so the module is built
+# the way the binary that loads it was.
+CC_OPT     ?= -g -O2 -fstack-protector-strong -Wformat \
+              -Werror=format-security -fPIC -Wdate-time -D_FORTIFY_SOURCE=2
+LD_OPT     ?= -Wl,-z,relro -Wl,-z,now -fPIC
+
+SOURCES    := $(wildcard src/*.c src/*.h)
+
+.PHONY: all deps test demo bench lint clean
+
+all: $(MODULE)
+
+$(MODULE): $(NGX_BUILD)/objs/Makefile $(SOURCES)
+	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules
+	cp $(NGX_BUILD)/objs/ngx_http_llm_module.so $@
+
+# configure in a private copy of nginx-dev: out of tree, nothing written
+# under /usr/share/nginx/src
+$(NGX_BUILD)/objs/Makefile: config
+	@test -f $(NGX_SRC)/conf_flags || \
+	    { echo "$(NGX_SRC)/conf_flags missing: apt-get install nginx-dev"; \
+	      exit 1; }
+	rm -rf $(NGX_BUILD)
+	mkdir -p $(BUILD)
+	cp -a $(NGX_SRC) $(NGX_BUILD)
+	cd $(NGX_BUILD) && . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" \
+	        --with-cc-opt="$(CC_OPT)" --with-ld-opt="$(LD_OPT)" \
+	        --add-dynamic-module=$(CURDIR) > configure.log 2>&1 || \
+	    { tail -20 configure.log; exit 1; }
+
+deps:
+	@tools/deps.sh build
+
+test:
+	@tools/deps.sh test
+	@$(MAKE) -s all
+	prove -r t/
+
+demo:
+	@tools/deps.sh demo
+	@$(MAKE) -s all
+	@tools/demo.sh
+
+bench:
+	@tools/deps.sh bench
+	@$(MAKE) -s all
+	@bench/run.sh
+
+lint:
+	@tools/lint.sh
+
+clean:
+	rm -rf $(BUILD)

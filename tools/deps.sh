@@ -1,0 +1,55 @@
+#!/bin/bash
+# Install the Debian packages a make target needs; a no-op when they are
+# all present.  Usage: tools/deps.sh build|test|demo|bench|asan ...
+
+set -eu
+
+pkgs_build="gcc make nginx nginx-dev libyajl-dev libhiredis-dev"
+pkgs_build="$pkgs_build libcurl4-openssl-dev"
+pkgs_test="perl redis-server curl"
+pkgs_demo="curl"
+pkgs_bench="wrk valgrind curl util-linux"
+pkgs_asan="clang libclang-rt-14-dev"
+
+want=""
+for target in "$@"; do
+    case $target in
+        build) want="$want $pkgs_build" ;;
+        test)  want="$want $pkgs_build $pkgs_test" ;;
+        demo)  want="$want $pkgs_build $pkgs_demo" ;;
+        bench) want="$want $pkgs_build $pkgs_bench" ;;
+        asan)  want="$want $pkgs_build $pkgs_test $pkgs_asan" ;;
+        *)     echo "deps: unknown target \"$target\"" >&2; exit 2 ;;
+    esac
+done
+
+missing=""
+for p in $want; do
+    case " $missing " in *" $p "*) continue ;; esac
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case $status in
+        *" installed") ;;
+        *) missing="$missing $p" ;;
+    esac
+done
+
+[ -n "$missing" ] || exit 0
+
+echo "deps: installing:$missing"
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        sudo="sudo"
+    else
+        echo "deps: not root and no sudo; install as root:" >&2
+        echo "    apt-get install$missing" >&2
+        exit 1
+    fi
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+echo "deps: done"
