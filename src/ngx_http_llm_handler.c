@@ -53,9 +53,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (!(r->method & NGX_HTTP_POST)) {
-        return ngx_http_llm_method_not_allowed(r);
-    }
+    /* even a refused request is logged with its route */
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
     if (ctx == NULL) {
@@ -65,6 +63,10 @@ ngx_http_llm_handler(ngx_http_request_t *r)
     ctx->conf = llcf;
 
     ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
+
+    if (!(r->method & NGX_HTTP_POST)) {
+        return ngx_http_llm_method_not_allowed(r);
+    }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_llm_body_read);
 

@@ -1,0 +1,142 @@
+#!/bin/bash
+# make demo: start nginx with the module and local mock providers (no
+# network, no keys), send a few chat requests, show the answers and the
+# access log, stop everything.
+
+set -eu
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+module=${TEST_LLM_MODULE:-$top/build/ngx_http_llm_module.so}
+nginx=${TEST_LLM_NGINX:-/usr/sbin/nginx}
+port=${DEMO_PORT:-18080}
+mock_port=$((port + 1))
+prefix=$(mktemp -d /tmp/llm-demo.XXXXXX)
+
+stop() {
+    if [ -f "$prefix/nginx.pid" ]; then
+        "$nginx" -p "$prefix" -c nginx.conf -s quit 2>/dev/null || true
+        for _ in $(seq 50); do
+            [ -f "$prefix/nginx.pid" ] || break
+            sleep 0.1
+        done
+    fi
+    rm -rf "$prefix"
+}
+trap stop EXIT
+
+mkdir -p "$prefix/logs"
+
+cat > "$prefix/nginx.conf" <<EOF
+load_module $module;
+
+daemon on;
+worker_processes 2;
+pid $prefix/nginx.pid;
+error_log $prefix/logs/error.log info;
+
+events {}
+
+http {
+    client_body_temp_path $prefix/body;
+    proxy_temp_path       $prefix/proxy;
+    fastcgi_temp_path     $prefix/fastcgi;
+    uwsgi_temp_path       $prefix/uwsgi;
+    scgi_temp_path        $prefix/scgi;
+
+    log_format llm '\$remote_addr "\$request_method \$uri" \$status '
+                   'route=\$llm_route target=\$llm_target '
+                   'attempts=\$llm_attempts '
+                   'upstream_status=\$upstream_status '
+                   'upstream_addr=\$upstream_addr rt=\$request_time';
+
+    access_log $prefix/logs/access.log llm;
+
+    upstream mock_openai {
+        server 127.0.0.1:$mock_port;
+        keepalive 8;
+    }
+
+    # the gateway
+    server {
+        listen 127.0.0.1:$port;
+
+        location = /v1/chat/completions {
+            llm_route  chat;
+            llm_target /_llm/openai;
+        }
+
+        location = /v1/messages {
+            llm_route  messages;
+            llm_target /_llm/overloaded;
+        }
+
+        location /_llm/openai {
+            internal;
+            proxy_pass http://mock_openai/v1/chat/completions;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer sk-demo-never-logged";
+        }
+
+        location /_llm/overloaded {
+            internal;
+            proxy_pass http://mock_openai/overloaded;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+
+    # local mock providers
+    server {
+        listen 127.0.0.1:$mock_port;
+        access_log off;
+        default_type application/json;
+
+        location = /v1/chat/completions {
+            add_header x-request-id req_demo_0001 always;
+            return 200 '{"id":"chatcmpl-demo","object":"chat.completion","created":1763700000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock provider."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}\n';
+        }
+
+        location = /overloaded {
+            return 529 '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n';
+        }
+    }
+}
+EOF
+
+"$nginx" -p "$prefix" -c nginx.conf -t -q
+"$nginx" -p "$prefix" -c nginx.conf
+
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+done
+
+show() {
+    echo
+    echo "\$ curl $*"
+    curl -sS -i "$@" | tr -d '\r'
+}
+
+url=http://127.0.0.1:$port
+
+echo "== nginx with ngx_http_llm_module on 127.0.0.1:$port," \
+     "mock provider on 127.0.0.1:$mock_port"
+
+show "$url/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
+
+show "$url/v1/messages" -H 'Content-Type: application/json' \
+    -d '{"model":"claude-3-5-haiku","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}'
+
+show "$url/v1/chat/completions"
+
+echo
+echo "== access log"
+sleep 0.2
+cat "$prefix/logs/access.log"
+
+echo
+echo "== error log (warnings and above)"
+grep -E '\[(warn|error|crit|alert|emerg)\]' "$prefix/logs/error.log" || \
+    echo "(none)"
