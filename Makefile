@@ -5,6 +5,7 @@
 #   make demo     build, start nginx with local mock providers, show it work
 #   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
 #   make lint     formatting checks of the C sources
+#   make test-asan    the tests against a module built with ASan + UBSan
 
 SHELL      := /bin/bash
 NGX_SRC    ?= /usr/share/nginx/src
@@ -21,7 +22,7 @@ LD_OPT     ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 SOURCES    := $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test demo bench lint clean
+.PHONY: all deps test test-asan demo bench lint clean
 
 all: $(MODULE)
 
@@ -51,6 +52,19 @@ test:
 	@tools/deps.sh test
 	@$(MAKE) -s all
 	prove -r t/
+
+# The module built with AddressSanitizer and UBSan, loaded into Debian's
+# nginx with the sanitizer runtime preloaded (tools/nginx-asan.sh); the
+# harness fails a test file whose logs carry a sanitizer report.
+ASAN_OPT   := -g -O1 -fno-omit-frame-pointer -fPIC \
+              -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+test-asan:
+	@tools/deps.sh test
+	@$(MAKE) -s all BUILD=$(BUILD)/asan CC_OPT="$(ASAN_OPT)" \
+	    LD_OPT="-fsanitize=address,undefined -fPIC"
+	TEST_LLM_MODULE=$(CURDIR)/$(BUILD)/asan/ngx_http_llm_module.so \
+	TEST_LLM_NGINX=$(CURDIR)/tools/nginx-asan.sh prove -r t/
 
 demo:
 	@tools/deps.sh demo
