@@ -28,7 +28,9 @@ all: $(MODULE)
 
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules
-	cp $(NGX_BUILD)/objs/ngx_http_llm_module.so $@
+	@# a new inode: a running nginx keeps its mapping of the old file
+	cp $(NGX_BUILD)/objs/ngx_http_llm_module.so $@.tmp
+	mv -f $@.tmp $@
 
 # configure in a private copy of nginx-dev: out of tree, nothing written
 # under /usr/share/nginx/src

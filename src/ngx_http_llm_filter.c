@@ -112,7 +112,24 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     ctx = ngx_http_llm_attempt_ctx(r);
 
-    if (ctx == NULL || ctx->committed) {
+    if (ctx == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    if (ctx->committed) {
+
+        /*
+         * an attempt that ends well ends with its last buffer; one cut
+         * by an upstream error only flushes (the upstream module turns
+         * the error into a flush once headers are out)
+         */
+
+        for (cl = in; cl; cl = cl->next) {
+            if (cl->buf->last_in_chain || cl->buf->last_buf) {
+                ctx->answered = 1;
+            }
+        }
+
         return ngx_http_next_body_filter(r, in);
     }
 

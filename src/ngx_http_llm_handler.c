@@ -136,6 +136,7 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->target = target;
     ctx->attempts++;
     ctx->attempt_done = 0;
+    ctx->answered = 0;
     ctx->attempt_rc = NGX_OK;
     ctx->attempt_status = 0;
 
@@ -384,7 +385,9 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
 
     if (ctx->committed) {
 
-        if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        if (!ctx->answered || rc == NGX_ERROR
+            || rc >= NGX_HTTP_SPECIAL_RESPONSE)
+        {
             /*
              * the answer broke after its headers reached the client: end
              * the connection rather than the response, so the client

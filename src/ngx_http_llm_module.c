@@ -122,6 +122,20 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     ngx_http_llm_loc_conf_t  *conf = child;
 
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    /* proxy_pass, return, ... given after llm_route replace its handler */
+
+    if (conf->route.len && clcf->handler != ngx_http_llm_handler) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"llm_route\" cannot be combined with another "
+                      "content handler in one location in %V:%ui",
+                      &conf->conf_file, conf->conf_line);
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->route.len && conf->targets == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "no \"llm_target\" is defined for llm route \"%V\" "

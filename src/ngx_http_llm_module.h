@@ -40,9 +40,8 @@ typedef struct {
     ngx_int_t                    attempt_rc;    /* as finalized */
     ngx_uint_t                   attempt_status;
 
-    off_t                        sent;      /* answer body bytes passed on */
-
     unsigned                     committed:1;   /* client got the headers */
+    unsigned                     answered:1;    /* ... and the last byte */
     unsigned                     attempt_done:1;
 } ngx_http_llm_ctx_t;
 

@@ -169,21 +169,19 @@ fails('proxy_pass, then llm_route',
       '"llm_route" cannot be combined with another content handler in one '
       . 'location', line_of(qr/llm_route chat;/));
 
-TODO: {
-    local $TODO = 'a content handler set after llm_route replaces it';
-
-    conf('llm_route chat;
+conf('llm_route chat;
             llm_target /_llm/a;
             proxy_pass http://127.0.0.1:1;');
-    my ($ok, $out) = $t->test_config;
-    ok(!$ok, 'llm_route, then proxy_pass: nginx -t fails');
+fails('llm_route, then proxy_pass',
+      '"llm_route" cannot be combined with another content handler in one '
+      . 'location', line_of(qr/llm_route chat;/));
 
-    conf('llm_route chat;
+conf('llm_route chat;
             llm_target /_llm/a;
             empty_gif;');
-    ($ok, $out) = $t->test_config;
-    ok(!$ok, 'llm_route, then empty_gif: nginx -t fails');
-}
+fails('llm_route, then empty_gif',
+      '"llm_route" cannot be combined with another content handler in one '
+      . 'location', line_of(qr/llm_route chat;/));
 
 ###############################################################################
 # context and arguments
