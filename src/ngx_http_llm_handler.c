@@ -68,6 +68,15 @@ ngx_http_llm_handler(ngx_http_request_t *r)
         return ngx_http_llm_method_not_allowed(r);
     }
 
+    /* the body is inspected as it arrives, see ngx_http_llm_request.c */
+
+    ctx->scan = ngx_palloc(r->pool, sizeof(ngx_http_llm_scan_t));
+    if (ctx->scan == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_llm_scan_init(ctx->scan);
+
     rc = ngx_http_read_client_request_body(r, ngx_http_llm_body_read);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
@@ -81,9 +90,17 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 static void
 ngx_http_llm_body_read(ngx_http_request_t *r)
 {
+    ngx_int_t            rc;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ngx_http_llm_request_inspect(r, ctx) != NGX_OK) {
+        rc = ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                     ctx->scan->error, "invalid_json");
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
 
     /*
      * every attempt sends the body again: a body spilled to a temp file

@@ -84,6 +84,10 @@ ngx_http_llm_preconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_postconfiguration(ngx_conf_t *cf)
 {
+    if (ngx_http_llm_request_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_llm_filter_init(cf);
 }
 

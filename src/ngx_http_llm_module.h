@@ -11,6 +11,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include "ngx_http_llm_scan.h"
 
 
 typedef struct {
@@ -33,6 +34,9 @@ typedef struct {
 typedef struct {
     ngx_http_llm_loc_conf_t     *conf;      /* the route's location */
 
+    ngx_http_llm_scan_t         *scan;      /* of the request body */
+    ngx_str_t                    model;     /* requested; empty: unknown */
+
     ngx_http_request_t          *attempt;   /* subrequest in flight */
     ngx_http_llm_target_t       *target;    /* of the latest attempt */
     ngx_uint_t                   attempts;
@@ -47,6 +51,11 @@ typedef struct {
 
 
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_request_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *message, const char *code);
 ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
 

@@ -21,6 +21,8 @@
 
 static ngx_int_t ngx_http_llm_variable_route(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_model(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_target(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_attempts(ngx_http_request_t *r,
@@ -30,6 +32,9 @@ static ngx_int_t ngx_http_llm_variable_attempts(ngx_http_request_t *r,
 static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_route"), NULL, ngx_http_llm_variable_route, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_model"), NULL, ngx_http_llm_variable_model, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_target"), NULL, ngx_http_llm_variable_target, 0,
@@ -86,6 +91,31 @@ ngx_http_llm_variable_route(ngx_http_request_t *r,
     }
 
     ngx_http_llm_variable_set(v, &ctx->conf->route);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The model as the client asked for it, decoded from JSON; at most 256
+ * bytes (longer values are not kept).  It is client input: log it with
+ * escape=json or escape=default (the default), which both escape it.
+ */
+
+static ngx_int_t
+ngx_http_llm_variable_model(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->model.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_variable_set(v, &ctx->model);
 
     return NGX_OK;
 }

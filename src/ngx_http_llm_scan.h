@@ -1,0 +1,76 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_SCAN_H_INCLUDED_
+#define _NGX_HTTP_LLM_SCAN_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+/* longest "model" value kept, in raw JSON bytes with the quotes */
+#define NGX_HTTP_LLM_MODEL_RAW_MAX   258
+
+/* a top-level key is only looked at up to this many raw bytes */
+#define NGX_HTTP_LLM_KEY_RAW_MAX     48
+
+#define NGX_HTTP_LLM_SCAN_MAX_DEPTH  256
+
+
+#define NGX_HTTP_LLM_STREAM_ABSENT   0
+#define NGX_HTTP_LLM_STREAM_FALSE    1
+#define NGX_HTTP_LLM_STREAM_TRUE     2
+
+
+/*
+ * The structural scan of a JSON request body (SPEC 3.1): fed chunk by
+ * chunk as the body arrives, it checks the structure (one top-level
+ * object, balanced brackets, terminated strings, nothing after the
+ * object) and locates the top-level "model" and "stream" members without
+ * parsing anything else.  Strings are skipped with memchr(); nested
+ * values only have their brackets counted.
+ */
+
+typedef struct {
+    off_t         offset;       /* absolute offset of the next byte */
+
+    off_t         model_start;  /* opening quote of the "model" value */
+    off_t         model_end;    /* just past its closing quote; -1: none */
+    ngx_uint_t    stream;       /* NGX_HTTP_LLM_STREAM_* */
+
+    const char   *error;        /* why the structure is broken, or NULL */
+
+    ngx_uint_t    state;
+    ngx_uint_t    depth;
+    ngx_uint_t    member;       /* which top-level member a value is of */
+    ngx_uint_t    backslashes;  /* odd backslash run at a chunk's end */
+
+    size_t        key_len;      /* raw bytes of the current top-level key */
+    size_t        model_len;    /* raw bytes of the model value */
+    size_t        literal_len;
+
+    unsigned      key_escaped:1;
+    unsigned      model_too_long:1;
+
+    u_char        key[NGX_HTTP_LLM_KEY_RAW_MAX];
+    u_char        model[NGX_HTTP_LLM_MODEL_RAW_MAX];
+    u_char        literal[6];
+
+    /* a bit per nesting level above the top: 1 for "[", 0 for "{" */
+    u_char        brackets[NGX_HTTP_LLM_SCAN_MAX_DEPTH / 8];
+} ngx_http_llm_scan_t;
+
+
+void ngx_http_llm_scan_init(ngx_http_llm_scan_t *s);
+void ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last);
+void ngx_http_llm_scan_end(ngx_http_llm_scan_t *s);
+
+ngx_int_t ngx_http_llm_json_string(u_char *raw, size_t len, u_char *buf,
+    size_t size, size_t *decoded);
+
+
+#endif /* _NGX_HTTP_LLM_SCAN_H_INCLUDED_ */
