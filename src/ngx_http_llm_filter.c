@@ -36,8 +36,12 @@ typedef struct {
 static ngx_int_t ngx_http_llm_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
-static ngx_int_t ngx_http_llm_commit(ngx_http_request_t *sr,
+static ngx_int_t ngx_http_llm_observe(ngx_http_request_t *sr,
+    ngx_http_llm_ctx_t *ctx, ngx_chain_t *in);
+static ngx_buf_t *ngx_http_llm_answer_buf(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_hold(ngx_http_request_t *sr,
+    ngx_http_llm_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_llm_copy_headers(ngx_http_request_t *r,
     ngx_http_request_t *sr);
 static ngx_http_llm_ctx_t *ngx_http_llm_attempt_ctx(ngx_http_request_t *r);
@@ -89,6 +93,13 @@ ngx_http_llm_filter_init(ngx_conf_t *cf)
 }
 
 
+/*
+ * A good answer (below 300) is committed: its headers go to the client at
+ * once and its body follows as it comes, never buffered.  An error answer
+ * is held back while another attempt may still follow, to be classified
+ * from its body; it is replayed to the client if it turns out final.
+ */
+
 static ngx_int_t
 ngx_http_llm_header_filter(ngx_http_request_t *r)
 {
@@ -100,7 +111,34 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    return ngx_http_llm_commit(r, ctx);
+    /* as ngx_http_header_filter() does for any subrequest */
+    r->header_sent = 1;
+
+    if (r->headers_out.status >= NGX_HTTP_SPECIAL_RESPONSE) {
+
+        /* the latest provider error answer is the one kept */
+
+        ctx->answer = r;
+
+        if (ctx->answer_body) {
+            ctx->answer_body->pos = ctx->answer_body->start;
+            ctx->answer_body->last = ctx->answer_body->start;
+        }
+    }
+
+    if (r->headers_out.status >= NGX_HTTP_SPECIAL_RESPONSE
+        && ngx_http_llm_may_retry(ctx))
+    {
+        ctx->held = 1;
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "llm attempt answer %ui held",
+                       r->headers_out.status);
+
+        return NGX_OK;
+    }
+
+    return ngx_http_llm_commit(r->main, r);
 }
 
 
@@ -130,13 +168,23 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
             }
         }
 
+        if (r->headers_out.status >= NGX_HTTP_SPECIAL_RESPONSE
+            && ngx_http_llm_observe(r, ctx, in) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
         return ngx_http_next_body_filter(r, in);
     }
 
+    if (ctx->held && !ctx->answer_cut) {
+        return ngx_http_llm_hold(r, ctx, in);
+    }
+
     /*
-     * output of an attempt whose headers the client never got (e.g. a
-     * subrequest finalized without a header): it must not reach the
-     * client; mark it consumed so upstream buffers are reused
+     * output the client must not get: of an answer held and already
+     * decided on, or of an attempt finalized without a header; consumed,
+     * so upstream reuses its buffers
      */
 
     for (cl = in; cl; cl = cl->next) {
@@ -145,6 +193,136 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A final error answer passing to the client: its beginning is copied,
+ * so the error can be classified from the provider's JSON as well.
+ */
+
+static ngx_int_t
+ngx_http_llm_observe(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
+    ngx_chain_t *in)
+{
+    size_t        n;
+    ngx_buf_t    *b, *kept;
+    ngx_chain_t  *cl;
+
+    kept = ngx_http_llm_answer_buf(sr, ctx);
+    if (kept == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (cl = in; cl && kept->last < kept->end; cl = cl->next) {
+        b = cl->buf;
+
+        if (!ngx_buf_in_memory(b)) {
+            continue;
+        }
+
+        n = ngx_min((size_t) (b->last - b->pos),
+                    (size_t) (kept->end - kept->last));
+
+        kept->last = ngx_cpymem(kept->last, b->pos, n);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_buf_t *
+ngx_http_llm_answer_buf(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
+{
+    if (ctx->answer_body == NULL) {
+        ctx->answer_body = ngx_create_temp_buf(sr->pool,
+                                               NGX_HTTP_LLM_ERROR_BODY_MAX);
+    }
+
+    return ctx->answer_body;
+}
+
+
+/*
+ * Keeps a held error answer, up to NGX_HTTP_LLM_ERROR_BODY_MAX bytes.  A
+ * longer one is decided on from its beginning at once: if it is the
+ * final answer it is committed and streamed from there (nothing of it is
+ * lost, and nothing more is buffered); else the rest is dropped.
+ */
+
+static ngx_int_t
+ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
+    ngx_chain_t *in)
+{
+    size_t        n;
+    ngx_int_t     rc;
+    ngx_buf_t    *b, *kept;
+    ngx_chain_t  *cl, out;
+
+    kept = ngx_http_llm_answer_buf(sr, ctx);
+    if (kept == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!ngx_buf_in_memory(b)) {
+            /* a file buffer: the upstream buffered to disk */
+            if (ngx_buf_size(b) == 0) {
+                continue;
+            }
+
+            break;
+        }
+
+        n = ngx_min((size_t) (b->last - b->pos),
+                    (size_t) (kept->end - kept->last));
+
+        kept->last = ngx_cpymem(kept->last, b->pos, n);
+        b->pos += n;
+
+        if (b->pos < b->last) {
+            break;
+        }
+    }
+
+    if (cl == NULL) {
+        return NGX_OK;
+    }
+
+    /* too long to keep: decide now from what is kept */
+
+    ctx->answer_cut = 1;
+    ctx->retry_after = ngx_http_llm_retry_after(sr);
+    ctx->error = ngx_http_llm_classify_response(sr->headers_out.status,
+                                                kept->pos,
+                                                kept->last - kept->pos);
+    ctx->decision = ngx_http_llm_decide(ctx);
+
+    if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY
+        || ctx->decision == NGX_HTTP_LLM_DECISION_FALLBACK)
+    {
+        for ( /* void */ ; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+            cl->buf->file_pos = cl->buf->file_last;
+        }
+
+        return NGX_OK;
+    }
+
+    ctx->held = 0;
+
+    rc = ngx_http_llm_commit(sr->main, sr);
+
+    if (rc == NGX_ERROR || rc > NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    out.buf = kept;
+    out.next = cl;
+
+    return ngx_http_llm_body_filter(sr, &out);
 }
 
 
@@ -169,28 +347,42 @@ ngx_http_llm_attempt_ctx(ngx_http_request_t *r)
 }
 
 
-static ngx_int_t
-ngx_http_llm_commit(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
-{
-    ngx_http_request_t  *r;
+/*
+ * Sends the headers of the attempt sr (the one in flight, or a held one
+ * being replayed) as the client request's.
+ */
 
-    r = sr->main;
+ngx_int_t
+ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
     if (ngx_http_llm_copy_headers(r, sr) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    ctx->committed = 1;
+    if (sr != ctx->attempt) {
+        /* a kept answer replayed: exactly the bytes kept */
+        r->headers_out.content_length_n = ctx->answer_body
+            ? ctx->answer_body->last - ctx->answer_body->pos : 0;
+    }
 
-    /* as ngx_http_header_filter() does for any subrequest */
-    sr->header_sent = 1;
+    if (r->headers_out.status >= NGX_HTTP_SPECIAL_RESPONSE
+        && ngx_http_llm_no_retry_header(r, ctx) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->committed = 1;
 
     /* an answer to a POST is never turned into a 304 */
     r->disable_not_modified = 1;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "llm attempt %ui committed, status %ui",
-                   ctx->attempts, r->headers_out.status);
+                   ctx->tried.nelts, r->headers_out.status);
 
     return ngx_http_send_header(r);
 }

@@ -11,29 +11,56 @@
 
 
 /*
- * The content handler of an llm route.  Once the client body is read,
- * each attempt is a subrequest to an internal target location, where the
- * operator's own proxy_pass lives.  The filters (ngx_http_llm_filter.c)
- * pass the attempt's answer on to the client; when the attempt ends, the
- * client request resumes here and ends the response.
+ * The attempt engine of an llm route (SPEC 3.2).  Once the client body is
+ * read and inspected, each attempt is a subrequest to an internal target
+ * location, where the operator's own proxy_pass lives.  The filters
+ * (ngx_http_llm_filter.c) pass a good answer on to the client as it comes,
+ * or hold back an error answer while another attempt may follow.  When an
+ * attempt ends, the client request resumes here, classifies the failure
+ * and decides: the same target again (after a backoff), the next target of
+ * the plan at once, or the final answer.
  */
 
 
 static void ngx_http_llm_body_read(ngx_http_request_t *r);
+static ngx_http_llm_target_t *ngx_http_llm_pick(ngx_http_llm_ctx_t *ctx);
+static ngx_http_llm_target_t *ngx_http_llm_plan_target(
+    ngx_http_llm_ctx_t *ctx, ngx_uint_t step);
 static ngx_int_t ngx_http_llm_attempt_start(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
-static ngx_int_t ngx_http_llm_attempt_body(ngx_http_request_t *sr,
-    ngx_http_request_body_t *body);
 static ngx_int_t ngx_http_llm_attempt_headers(ngx_http_request_t *sr,
     off_t content_length);
 static ngx_int_t ngx_http_llm_attempt_done(ngx_http_request_t *sr,
     void *data, ngx_int_t rc);
+static ngx_uint_t ngx_http_llm_attempt_error(ngx_http_request_t *sr,
+    ngx_http_llm_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_llm_keep_upstream_states(ngx_http_request_t *sr);
 static void ngx_http_llm_attempt_finished(ngx_http_request_t *r);
+static ngx_msec_t ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_wait(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_msec_t delay);
+static void ngx_http_llm_wait_handler(ngx_event_t *ev);
+static void ngx_http_llm_wait_cleanup(void *data);
+static void ngx_http_llm_final(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_replay(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static ngx_uint_t ngx_http_llm_family(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_method_not_allowed(ngx_http_request_t *r);
 
 
 static ngx_str_t  ngx_http_llm_post_method = ngx_string("POST");
+
+
+ngx_str_t  ngx_http_llm_decision_names[] = {
+    ngx_string("-"),
+    ngx_string("retry"),
+    ngx_string("fallback"),
+    ngx_string("not_retryable"),
+    ngx_string("attempts_exhausted"),
+    ngx_string("deadline"),
+    ngx_null_string
+};
 
 
 ngx_int_t
@@ -61,6 +88,8 @@ ngx_http_llm_handler(ngx_http_request_t *r)
     }
 
     ctx->conf = llcf;
+    ctx->family = llcf->family ? llcf->family : ngx_http_llm_family(r);
+    ctx->retry_after = -1;
 
     ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
 
@@ -109,20 +138,80 @@ ngx_http_llm_body_read(ngx_http_request_t *r)
      */
     r->preserve_body = 1;
 
+    if (ngx_array_init(&ctx->tried, r->pool, ctx->conf->attempts,
+                       sizeof(ngx_http_llm_attempt_t))
+        != NGX_OK)
+    {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ctx->picked = ngx_http_llm_pick(ctx);
+    ctx->start = ngx_current_msec;
+
     if (ngx_http_llm_attempt_start(r, ctx) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
     }
 }
 
 
+/* the weighted pick among llm_target (weight 0: never picked) */
+
+static ngx_http_llm_target_t *
+ngx_http_llm_pick(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t              i, n;
+    ngx_http_llm_target_t  *target;
+
+    target = ctx->conf->targets->elts;
+
+    if (ctx->conf->targets->nelts == 1) {
+        return target;
+    }
+
+    n = (ngx_uint_t) ngx_random() % ctx->conf->total_weight;
+
+    for (i = 0; n >= target[i].weight; i++) {
+        n -= target[i].weight;
+    }
+
+    return &target[i];
+}
+
+
+/* step 0 is the picked target, step n the n-th llm_fallback */
+
+static ngx_http_llm_target_t *
+ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx, ngx_uint_t step)
+{
+    ngx_http_llm_target_t  *fallback;
+
+    if (step == 0) {
+        return ctx->picked;
+    }
+
+    if (ctx->conf->fallbacks == NULL || step > ctx->conf->fallbacks->nelts) {
+        return NULL;
+    }
+
+    fallback = ctx->conf->fallbacks->elts;
+
+    return &fallback[step - 1];
+}
+
+
 static ngx_int_t
 ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
+    off_t                        len;
+    ngx_chain_t                 *body;
     ngx_http_request_t          *sr;
     ngx_http_llm_target_t       *target;
+    ngx_http_llm_attempt_t      *at;
+    ngx_http_request_body_t     *rb;
     ngx_http_post_subrequest_t  *ps;
 
-    target = ctx->conf->targets->elts;
+    target = ngx_http_llm_plan_target(ctx, ctx->step);
 
     ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
     if (ps == NULL) {
@@ -145,67 +234,52 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     sr->method = NGX_HTTP_POST;
     sr->method_name = ngx_http_llm_post_method;
 
-    if (ngx_http_llm_attempt_body(sr, r->request_body) != NGX_OK) {
+    if (ngx_http_llm_request_body(r, ctx, target, &body, &len) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    ctx->attempt = sr;
-    ctx->target = target;
-    ctx->attempts++;
-    ctx->attempt_done = 0;
-    ctx->answered = 0;
-    ctx->attempt_rc = NGX_OK;
-    ctx->attempt_status = 0;
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "llm attempt %ui to \"%V\"", ctx->attempts, &target->uri);
-
-    return NGX_OK;
-}
-
-
-/*
- * An attempt gets a request body of its own: a chain of its own links to
- * the client body's buffers (a later model rewrite splices buffers into
- * this chain without touching the client's) and the matching headers.
- * The upstream module copies each ngx_buf_t before sending, so one chain
- * serves any number of attempts.
- */
-
-static ngx_int_t
-ngx_http_llm_attempt_body(ngx_http_request_t *sr, ngx_http_request_body_t *body)
-{
-    off_t                     len;
-    ngx_chain_t              *cl, **ll;
-    ngx_http_request_body_t  *rb;
-
-    rb = ngx_palloc(sr->pool, sizeof(ngx_http_request_body_t));
+    rb = ngx_palloc(r->pool, sizeof(ngx_http_request_body_t));
     if (rb == NULL) {
         return NGX_ERROR;
     }
 
-    *rb = *body;
-
-    len = 0;
-    ll = &rb->bufs;
-
-    for (cl = body->bufs; cl; cl = cl->next) {
-        *ll = ngx_alloc_chain_link(sr->pool);
-        if (*ll == NULL) {
-            return NGX_ERROR;
-        }
-
-        (*ll)->buf = cl->buf;
-        ll = &(*ll)->next;
-
-        len += ngx_buf_size(cl->buf);
-    }
-
-    *ll = NULL;
-
+    *rb = *r->request_body;
+    rb->bufs = body;
     sr->request_body = rb;
 
-    return ngx_http_llm_attempt_headers(sr, len);
+    if (ngx_http_llm_attempt_headers(sr, len) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    at = ngx_array_push(&ctx->tried);
+    if (at == NULL) {
+        return NGX_ERROR;
+    }
+
+    at->target = target;
+    at->status = 0;
+    at->error = NGX_HTTP_LLM_ERR_NONE;
+    at->time = 0;
+
+    ctx->attempt = sr;
+    ctx->target = target;
+    ctx->step_tries++;
+    ctx->attempt_start = ngx_current_msec;
+    ctx->attempt_done = 0;
+    ctx->answered = 0;
+    ctx->held = 0;
+    ctx->answer_cut = 0;
+    ctx->decided = 0;
+    ctx->attempt_rc = NGX_OK;
+    ctx->attempt_status = 0;
+    ctx->error = NGX_HTTP_LLM_ERR_NONE;
+    ctx->retry_after = -1;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm attempt %ui to \"%V\", step %ui",
+                   ctx->tried.nelts, &target->uri, ctx->step);
+
+    return NGX_OK;
 }
 
 
@@ -299,6 +373,8 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 {
     ngx_http_llm_ctx_t  *ctx = data;
 
+    ngx_http_llm_attempt_t  *at;
+
     if (ctx->attempt != sr || ctx->attempt_done) {
         return NGX_OK;
     }
@@ -306,7 +382,7 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     ctx->attempt_done = 1;
     ctx->attempt_rc = rc;
 
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE && !ctx->held && !ctx->committed) {
         ctx->attempt_status = rc;
 
     } else if (sr->headers_out.status) {
@@ -316,9 +392,25 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         ctx->attempt_status = sr->upstream->state->status;
     }
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, sr->connection->log, 0,
-                   "llm attempt %ui done: rc:%i status:%ui",
-                   ctx->attempts, rc, ctx->attempt_status);
+    if (!ctx->decided) {
+        ctx->error = ngx_http_llm_attempt_error(sr, ctx, rc);
+
+        if (ctx->committed && ctx->error != NGX_HTTP_LLM_ERR_NONE) {
+            /* for the record: it was committed as nothing could follow */
+            ctx->decision = ngx_http_llm_decide(ctx);
+        }
+    }
+
+    at = ctx->tried.elts;
+    at = &at[ctx->tried.nelts - 1];
+    at->status = ctx->attempt_status;
+    at->error = ctx->error;
+    at->time = ngx_current_msec - ctx->attempt_start;
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, sr->connection->log, 0,
+                   "llm attempt %ui done: rc:%i status:%ui error:%V",
+                   ctx->tried.nelts, rc, ctx->attempt_status,
+                   &ngx_http_llm_err_names[ctx->error]);
 
     if (ngx_http_llm_keep_upstream_states(sr) != NGX_OK) {
         return NGX_ERROR;
@@ -327,6 +419,133 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     sr->parent->write_event_handler = ngx_http_llm_attempt_finished;
 
     return NGX_OK;
+}
+
+
+/* the error category of the attempt that just ended */
+
+static ngx_uint_t
+ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
+    ngx_int_t rc)
+{
+    ngx_buf_t                  *b;
+    ngx_http_upstream_state_t  *state;
+
+    b = ctx->answer_body;
+
+    if (ctx->committed) {
+
+        if (!ctx->answered || rc == NGX_ERROR
+            || rc >= NGX_HTTP_SPECIAL_RESPONSE)
+        {
+            return NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED;
+        }
+
+        if (ctx->attempt_status < NGX_HTTP_SPECIAL_RESPONSE) {
+            return NGX_HTTP_LLM_ERR_NONE;
+        }
+
+        /* a final error answer, passed on: its beginning was observed */
+    }
+
+    if (ctx->held || ctx->committed) {
+        /* a provider's error answer */
+        ctx->retry_after = ngx_http_llm_retry_after(sr);
+
+        return ngx_http_llm_classify_response(ctx->attempt_status,
+                                              b ? b->pos : NULL,
+                                              b ? (size_t) (b->last - b->pos)
+                                                : 0);
+    }
+
+    /* no answer: nginx's own 502 or 504 */
+
+    if (sr->upstream && sr->upstream->state
+        && (rc == NGX_HTTP_BAD_GATEWAY || rc == NGX_HTTP_GATEWAY_TIME_OUT))
+    {
+        state = sr->upstream->state;
+
+        if (state->connect_time == (ngx_msec_t) -1) {
+            return rc == NGX_HTTP_GATEWAY_TIME_OUT
+                   ? NGX_HTTP_LLM_ERR_TIMEOUT : NGX_HTTP_LLM_ERR_CONNECT;
+        }
+
+        if (rc == NGX_HTTP_GATEWAY_TIME_OUT) {
+            return NGX_HTTP_LLM_ERR_TIMEOUT;
+        }
+
+        /* connected, but no valid response header: reset, garbage */
+        return NGX_HTTP_LLM_ERR_SERVER;
+    }
+
+    return ngx_http_llm_classify_response(rc >= NGX_HTTP_SPECIAL_RESPONSE
+                                          ? (ngx_uint_t) rc
+                                          : NGX_HTTP_BAD_GATEWAY,
+                                          NULL, 0);
+}
+
+
+/* retry-after-ms first (finer), then Retry-After; -1: none */
+
+ngx_msec_int_t
+ngx_http_llm_retry_after(ngx_http_request_t *sr)
+{
+    ngx_uint_t        i, ms;
+    ngx_msec_int_t    found, v;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    found = -1;
+
+    part = &sr->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash == 0) {
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("retry-after-ms") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "retry-after-ms",
+                               h[i].key.len) == 0)
+        {
+            ms = 1;
+
+        } else if (h[i].key.len == sizeof("Retry-After") - 1
+                   && ngx_strncasecmp(h[i].key.data,
+                                      (u_char *) "Retry-After",
+                                      h[i].key.len) == 0)
+        {
+            if (found != -1) {
+                continue;
+            }
+
+            ms = 0;
+
+        } else {
+            continue;
+        }
+
+        v = ngx_http_llm_parse_retry_after(h[i].value.data, h[i].value.len,
+                                           ms);
+
+        if (v >= 0 && (ms || found == -1)) {
+            found = v;
+        }
+    }
+
+    return found;
 }
 
 
@@ -398,7 +617,280 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
     r->write_event_handler = ngx_http_request_empty_handler;
 
     ctx->attempt = NULL;
+
+    if (ctx->committed) {
+        ngx_http_llm_final(r, ctx);
+        return;
+    }
+
+    if (!ctx->decided) {
+        ctx->decision = ngx_http_llm_decide(ctx);
+    }
+
+    if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY
+        || ctx->decision == NGX_HTTP_LLM_DECISION_FALLBACK)
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "llm route \"%V\": target \"%V\" failed with %V, %V",
+                      &ctx->conf->route, &ctx->target->uri,
+                      &ngx_http_llm_err_names[ctx->error],
+                      &ngx_http_llm_decision_names[ctx->decision]);
+
+        ctx->retried = 1;
+
+        if (ctx->wait) {
+            rc = ngx_http_llm_wait(r, ctx, ctx->wait);
+
+        } else {
+            rc = ngx_http_llm_attempt_start(r, ctx);
+        }
+
+        if (rc != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+
+        return;
+    }
+
+    ngx_http_llm_final(r, ctx);
+}
+
+
+/*
+ * Whether any attempt may follow the one in flight, whatever its error:
+ * while it may, an error answer is held back to be classified.
+ */
+
+ngx_uint_t
+ngx_http_llm_may_retry(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_loc_conf_t  *conf;
+
+    conf = ctx->conf;
+
+    if ((conf->retry_on & ~NGX_CONF_BITMASK_SET) == 0
+        || ctx->tried.nelts >= conf->attempts
+        || (conf->deadline && ngx_current_msec - ctx->start >= conf->deadline))
+    {
+        return 0;
+    }
+
+    return ctx->step_tries < ctx->target->tries
+           || ngx_http_llm_plan_target(ctx, ctx->step + 1) != NULL;
+}
+
+
+/*
+ * What follows a failed attempt, by SPEC 3.2: only categories listed in
+ * llm_retry_on go on; the same target again while its tries= last
+ * (never for errors that the same target would repeat), else the next
+ * step of the plan; within llm_attempts and llm_deadline.  A Retry-After
+ * longer than llm_backoff max moves on to the next target at once.
+ */
+
+ngx_uint_t
+ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t                err, same, late;
+    ngx_msec_t                elapsed, wait;
+    ngx_http_llm_loc_conf_t  *conf;
+
+    conf = ctx->conf;
+    err = ctx->error;
+
+    ctx->decided = 1;
+    ctx->wait = 0;
+
+    if (err == NGX_HTTP_LLM_ERR_NONE
+        || err == NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
+        || !(conf->retry_on & (1 << err)))
+    {
+        return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
+    }
+
+    if (ctx->tried.nelts >= conf->attempts) {
+        return NGX_HTTP_LLM_DECISION_EXHAUSTED;
+    }
+
+    elapsed = ngx_current_msec - ctx->start;
+
+    if (conf->deadline && elapsed >= conf->deadline) {
+        return NGX_HTTP_LLM_DECISION_DEADLINE;
+    }
+
+    late = 0;
+
+    same = ctx->step_tries < ctx->target->tries
+           && err != NGX_HTTP_LLM_ERR_QUOTA
+           && err != NGX_HTTP_LLM_ERR_AUTH
+           && err != NGX_HTTP_LLM_ERR_CONTEXT_LENGTH
+           && err != NGX_HTTP_LLM_ERR_INVALID_REQUEST
+           && err != NGX_HTTP_LLM_ERR_CONTENT_FILTER;
+
+    if (same) {
+        if (ctx->retry_after >= 0) {
+            wait = (ngx_msec_t) ctx->retry_after;
+            same = (wait <= conf->backoff_max);
+
+        } else {
+            wait = ngx_http_llm_backoff_delay(ctx);
+        }
+
+        if (same && conf->deadline && elapsed + wait >= conf->deadline) {
+            same = 0;
+            late = 1;
+        }
+
+        if (same) {
+            ctx->wait = wait;
+            return NGX_HTTP_LLM_DECISION_RETRY;
+        }
+    }
+
+    /* moving to a fallback does not wait */
+
+    if (ngx_http_llm_plan_target(ctx, ctx->step + 1)) {
+        ctx->step++;
+        ctx->step_tries = 0;
+        return NGX_HTTP_LLM_DECISION_FALLBACK;
+    }
+
+    return late ? NGX_HTTP_LLM_DECISION_DEADLINE
+                : NGX_HTTP_LLM_DECISION_EXHAUSTED;
+}
+
+
+/*
+ * Exponential backoff with full jitter: a random wait in
+ * [0, min(max, base * 2^(n-1))] before the n-th retry on a target.
+ */
+
+static ngx_msec_t
+ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t                n;
+    ngx_msec_t                cap;
+    ngx_http_llm_loc_conf_t  *conf;
+
+    conf = ctx->conf;
+    cap = conf->backoff_base;
+
+    for (n = 1; n < ctx->step_tries && cap < conf->backoff_max; n++) {
+        cap *= 2;
+    }
+
+    cap = ngx_min(cap, conf->backoff_max);
+
+    if (cap == 0) {
+        return 0;
+    }
+
+    return (ngx_msec_t) ngx_random() % (cap + 1);
+}
+
+
+/*
+ * A wait between attempts: an nginx timer, never a sleep.  Meanwhile the
+ * client connection is watched, so a client that goes away ends the work
+ * at once (499, no further attempt); the pool cleanup removes the timer
+ * whenever the request ends first.
+ */
+
+static ngx_int_t
+ngx_http_llm_wait(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_msec_t delay)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (ctx->backoff.handler == NULL) {
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_llm_wait_cleanup;
+        cln->data = ctx;
+
+        ctx->backoff.handler = ngx_http_llm_wait_handler;
+        ctx->backoff.data = r;
+        ctx->backoff.log = r->connection->log;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm backoff %M ms", delay);
+
+    ngx_add_timer(&ctx->backoff, delay);
+
+    r->read_event_handler = ngx_http_test_reading;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_wait_handler(ngx_event_t *ev)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+    ngx_http_llm_ctx_t  *ctx;
+
+    r = ev->data;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    ngx_http_set_log_request(c->log, r);
+
+    r->read_event_handler = ngx_http_block_reading;
+
+    if (ngx_http_llm_attempt_start(r, ctx) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_llm_wait_cleanup(void *data)
+{
+    ngx_http_llm_ctx_t  *ctx = data;
+
+    if (ctx->backoff.timer_set) {
+        ngx_del_timer(&ctx->backoff);
+    }
+}
+
+
+/* no more attempts: end the client's response */
+
+static void
+ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_int_t   rc;
+    ngx_uint_t  level;
+
     rc = ctx->attempt_rc;
+
+    if (ctx->error != NGX_HTTP_LLM_ERR_NONE
+        && ctx->error != NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED)
+    {
+        /*
+         * error level when the gateway spent retries in vain or no
+         * provider answered at all; a provider's single answer passed on
+         * as it is (its refusal, its rate limit) is the access log's
+         */
+
+        level = (ctx->retried || ctx->answer == NULL)
+                ? NGX_LOG_ERR : NGX_LOG_INFO;
+
+        ngx_log_error(level, r->connection->log, 0,
+                      "llm route \"%V\": target \"%V\" failed with %V, "
+                      "%V after %ui attempt%s",
+                      &ctx->conf->route, &ctx->target->uri,
+                      &ngx_http_llm_err_names[ctx->error],
+                      &ngx_http_llm_decision_names[ctx->decision],
+                      ctx->tried.nelts, ctx->tried.nelts == 1 ? "" : "s");
+    }
 
     if (ctx->committed) {
 
@@ -424,17 +916,120 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
         return;
     }
 
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        /* no answer at all from the target (e.g. 502, 504 from upstream) */
-        ngx_http_finalize_request(r, rc);
+    if (ctx->answer) {
+        /* the provider's own last answer, unchanged */
+        ngx_http_finalize_request(r, ngx_http_llm_replay(r, ctx));
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                  "llm route \"%V\": target \"%V\" ended without an answer",
-                  &ctx->conf->route, &ctx->target->uri);
+    /* no provider answer at all: nginx's own 502 or 504 page */
 
-    ngx_http_finalize_request(r, NGX_HTTP_BAD_GATEWAY);
+    if (ngx_http_llm_no_retry_header(r, ctx) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_http_finalize_request(r, rc >= NGX_HTTP_SPECIAL_RESPONSE
+                                 ? rc : NGX_HTTP_BAD_GATEWAY);
+}
+
+
+static ngx_int_t
+ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    rc = ngx_http_llm_commit(r, ctx->answer);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ctx->answer_body;
+
+    if (b == NULL || b->pos == b->last) {
+        return ngx_http_send_special(r, NGX_HTTP_LAST);
+    }
+
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * x-should-retry: false on a final failure when the gateway has spent
+ * retries or may not spend more: the OpenAI and Anthropic SDKs honour it,
+ * so client retries do not multiply ours
+ */
+
+ngx_int_t
+ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_table_elt_t  *h;
+
+    if (!ctx->retried
+        && ctx->decision != NGX_HTTP_LLM_DECISION_EXHAUSTED
+        && ctx->decision != NGX_HTTP_LLM_DECISION_DEADLINE)
+    {
+        return NGX_OK;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+    ngx_str_set(&h->key, "x-should-retry");
+    ngx_str_set(&h->value, "false");
+
+    return NGX_OK;
+}
+
+
+/* the endpoint family from the request URI's ending (SPEC 3.1) */
+
+static ngx_uint_t
+ngx_http_llm_family(ngx_http_request_t *r)
+{
+    ngx_uint_t   i;
+    ngx_str_t   *uri;
+
+    static struct {
+        ngx_str_t   suffix;
+        ngx_uint_t  family;
+    } suffixes[] = {
+        { ngx_string("/chat/completions"), NGX_HTTP_LLM_FAMILY_CHAT },
+        { ngx_string("/responses"), NGX_HTTP_LLM_FAMILY_RESPONSES },
+        { ngx_string("/messages"), NGX_HTTP_LLM_FAMILY_MESSAGES },
+        { ngx_string("/embeddings"), NGX_HTTP_LLM_FAMILY_EMBEDDINGS },
+        { ngx_string("/completions"), NGX_HTTP_LLM_FAMILY_COMPLETIONS },
+        { ngx_null_string, 0 }
+    };
+
+    uri = &r->uri;
+
+    for (i = 0; suffixes[i].suffix.len; i++) {
+        if (uri->len >= suffixes[i].suffix.len
+            && ngx_strncmp(uri->data + uri->len - suffixes[i].suffix.len,
+                           suffixes[i].suffix.data,
+                           suffixes[i].suffix.len) == 0)
+        {
+            return suffixes[i].family;
+        }
+    }
+
+    return NGX_HTTP_LLM_FAMILY_OTHER;
 }
 
 

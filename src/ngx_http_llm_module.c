@@ -10,33 +10,125 @@
 #include "ngx_http_llm_module.h"
 
 
+typedef struct {
+    ngx_str_t                    name;
+    void                        *server;    /* its core srv conf */
+    ngx_str_t                    file;
+    ngx_uint_t                   line;
+} ngx_http_llm_route_name_t;
+
+
+typedef struct {
+    ngx_array_t                  routes;    /* of ngx_http_llm_route_name_t */
+} ngx_http_llm_main_conf_t;
+
+
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_llm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static char *ngx_http_llm_merge_route(ngx_conf_t *cf,
+    ngx_http_llm_loc_conf_t *conf);
 static char *ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_llm_route_name(ngx_conf_t *cf, ngx_str_t *name);
 static char *ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_llm_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static void ngx_http_llm_conf_where(ngx_conf_t *cf,
     ngx_http_llm_loc_conf_t *llcf);
 
 
+/* llm_retry_on: a bit per error category; bit 0 is "set" for merging */
+
+#define NGX_HTTP_LLM_RETRY_OFF  (1 << NGX_HTTP_LLM_ERR_LAST)
+
+#define ngx_http_llm_retry_bit(err)  (1 << (err))
+
+
+static ngx_conf_bitmask_t  ngx_http_llm_retry_on_masks[] = {
+    { ngx_string("connect_error"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_CONNECT) },
+    { ngx_string("timeout"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_TIMEOUT) },
+    { ngx_string("rate_limited"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_RATE_LIMITED) },
+    { ngx_string("quota_exhausted"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_QUOTA) },
+    { ngx_string("overloaded"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_OVERLOADED) },
+    { ngx_string("server_error"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_SERVER) },
+    { ngx_string("auth_error"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_AUTH) },
+    { ngx_string("invalid_request"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_INVALID_REQUEST) },
+    { ngx_string("context_length"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_CONTEXT_LENGTH) },
+    { ngx_string("content_filter"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_CONTENT_FILTER) },
+    { ngx_string("off"), NGX_HTTP_LLM_RETRY_OFF },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_num_bounds_t  ngx_http_llm_attempts_bounds = {
+    ngx_conf_check_num_bounds, 1, 100
+};
+
+
 static ngx_command_t  ngx_http_llm_commands[] = {
 
     { ngx_string("llm_route"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
       ngx_http_llm_route,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
     { ngx_string("llm_target"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1234,
       ngx_http_llm_target,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("llm_fallback"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE123,
+      ngx_http_llm_target,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      1,
+      NULL },
+
+    { ngx_string("llm_retry_on"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_conf_set_bitmask_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, retry_on),
+      &ngx_http_llm_retry_on_masks },
+
+    { ngx_string("llm_attempts"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, attempts),
+      &ngx_http_llm_attempts_bounds },
+
+    { ngx_string("llm_backoff"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_llm_backoff,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_deadline"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, deadline),
       NULL },
 
       ngx_null_command
@@ -47,7 +139,7 @@ static ngx_http_module_t  ngx_http_llm_module_ctx = {
     ngx_http_llm_preconfiguration,         /* preconfiguration */
     ngx_http_llm_postconfiguration,        /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
+    ngx_http_llm_create_main_conf,         /* create main configuration */
     NULL,                                  /* init main configuration */
 
     NULL,                                  /* create server configuration */
@@ -74,6 +166,18 @@ ngx_module_t  ngx_http_llm_module = {
 };
 
 
+ngx_str_t  ngx_http_llm_family_names[] = {
+    ngx_null_string,
+    ngx_string("chat"),
+    ngx_string("responses"),
+    ngx_string("messages"),
+    ngx_string("embeddings"),
+    ngx_string("completions"),
+    ngx_string("other"),
+    ngx_null_string
+};
+
+
 static ngx_int_t
 ngx_http_llm_preconfiguration(ngx_conf_t *cf)
 {
@@ -93,6 +197,27 @@ ngx_http_llm_postconfiguration(ngx_conf_t *cf)
 
 
 static void *
+ngx_http_llm_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    lmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_main_conf_t));
+    if (lmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&lmcf->routes, cf->pool, 4,
+                       sizeof(ngx_http_llm_route_name_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return lmcf;
+}
+
+
+static void *
 ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
 {
     ngx_http_llm_loc_conf_t  *llcf;
@@ -106,33 +231,87 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     llcf->route = { 0, NULL };
+     *     llcf->family = NGX_HTTP_LLM_FAMILY_UNSET;
      *     llcf->targets = NULL;
+     *     llcf->fallbacks = NULL;
+     *     llcf->total_weight = 0;
+     *     llcf->retry_on = 0;
      *     llcf->conf_file = { 0, NULL };
      *     llcf->conf_line = 0;
      */
+
+    llcf->attempts = NGX_CONF_UNSET_UINT;
+    llcf->backoff_base = NGX_CONF_UNSET_MSEC;
+    llcf->backoff_max = NGX_CONF_UNSET_MSEC;
+    llcf->deadline = NGX_CONF_UNSET_MSEC;
 
     return llcf;
 }
 
 
 /*
- * A route is a property of one location, like proxy_pass: llm_route and
- * llm_target are not inherited by nested locations, and each needs the
- * other in the same location.
+ * The retry policy (llm_retry_on, llm_attempts, llm_backoff,
+ * llm_deadline) is inherited as usual.  A route is a property of one
+ * location, like proxy_pass: llm_route, llm_target and llm_fallback are
+ * not inherited by nested locations.
  */
 
 static char *
 ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
-    ngx_http_llm_loc_conf_t  *conf = child;
+    ngx_http_llm_loc_conf_t *prev = parent;
+    ngx_http_llm_loc_conf_t *conf = child;
 
+    ngx_conf_merge_bitmask_value(conf->retry_on, prev->retry_on,
+                                 (NGX_CONF_BITMASK_SET
+                                  |ngx_http_llm_retry_bit(
+                                       NGX_HTTP_LLM_ERR_CONNECT)
+                                  |ngx_http_llm_retry_bit(
+                                       NGX_HTTP_LLM_ERR_TIMEOUT)
+                                  |ngx_http_llm_retry_bit(
+                                       NGX_HTTP_LLM_ERR_RATE_LIMITED)
+                                  |ngx_http_llm_retry_bit(
+                                       NGX_HTTP_LLM_ERR_OVERLOADED)
+                                  |ngx_http_llm_retry_bit(
+                                       NGX_HTTP_LLM_ERR_SERVER)));
+
+    if (conf->retry_on & NGX_HTTP_LLM_RETRY_OFF) {
+        conf->retry_on = NGX_CONF_BITMASK_SET;
+    }
+
+    ngx_conf_merge_uint_value(conf->attempts, prev->attempts, 3);
+    ngx_conf_merge_msec_value(conf->backoff_base, prev->backoff_base, 100);
+    ngx_conf_merge_msec_value(conf->backoff_max, prev->backoff_max, 2000);
+    ngx_conf_merge_msec_value(conf->deadline, prev->deadline, 60000);
+
+    return ngx_http_llm_merge_route(cf, conf);
+}
+
+
+static char *
+ngx_http_llm_merge_route(ngx_conf_t *cf, ngx_http_llm_loc_conf_t *conf)
+{
     ngx_http_core_loc_conf_t  *clcf;
+
+    if (conf->route.len == 0) {
+
+        if (conf->targets || conf->fallbacks) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"%s\" requires \"llm_route\" in the same "
+                          "location in %V:%ui",
+                          conf->targets ? "llm_target" : "llm_fallback",
+                          &conf->conf_file, conf->conf_line);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
     /* proxy_pass, return, ... given after llm_route replace its handler */
 
-    if (conf->route.len && clcf->handler != ngx_http_llm_handler) {
+    if (clcf->handler != ngx_http_llm_handler) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"llm_route\" cannot be combined with another "
                       "content handler in one location in %V:%ui",
@@ -140,7 +319,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->route.len && conf->targets == NULL) {
+    if (conf->targets == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "no \"llm_target\" is defined for llm route \"%V\" "
                       "in %V:%ui",
@@ -148,11 +327,19 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->route.len == 0 && conf->targets) {
+    if (conf->total_weight == 0) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"llm_target\" requires \"llm_route\" in the same "
-                      "location in %V:%ui",
-                      &conf->conf_file, conf->conf_line);
+                      "all targets of llm route \"%V\" have zero weight "
+                      "in %V:%ui",
+                      &conf->route, &conf->conf_file, conf->conf_line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->backoff_base > conf->backoff_max) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "llm_backoff base is greater than max for llm route "
+                      "\"%V\" in %V:%ui",
+                      &conf->route, &conf->conf_file, conf->conf_line);
         return NGX_CONF_ERROR;
     }
 
@@ -165,8 +352,8 @@ ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
-    u_char                    *p;
-    ngx_str_t                 *value;
+    ngx_str_t                 *value, s;
+    ngx_uint_t                 f;
     ngx_http_core_loc_conf_t  *clcf;
 
     if (llcf->route.len) {
@@ -175,28 +362,40 @@ ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (value[1].len == 0 || value[1].len > 64) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid llm route name \"%V\"", &value[1]);
+    if (ngx_http_llm_route_name(cf, &value[1]) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 
-    /*
-     * the name is a metrics label and a Redis key part: keep it to
-     * characters that need no escaping anywhere
-     */
+    if (cf->args->nelts == 3) {
 
-    for (p = value[1].data; p < value[1].data + value[1].len; p++) {
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
-            || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'
-            || *p == '.')
-        {
-            continue;
+        if (ngx_strncmp(value[2].data, "family=", 7) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
         }
 
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid llm route name \"%V\"", &value[1]);
-        return NGX_CONF_ERROR;
+        s.data = value[2].data + 7;
+        s.len = value[2].len - 7;
+
+        for (f = NGX_HTTP_LLM_FAMILY_CHAT;
+             f < NGX_HTTP_LLM_FAMILY_OTHER;
+             f++)
+        {
+            if (s.len == ngx_http_llm_family_names[f].len
+                && ngx_strncmp(s.data, ngx_http_llm_family_names[f].data,
+                               s.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (f == NGX_HTTP_LLM_FAMILY_OTHER) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid family \"%V\"", &s);
+            return NGX_CONF_ERROR;
+        }
+
+        llcf->family = f;
     }
 
     llcf->route = value[1];
@@ -217,15 +416,87 @@ ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * A route's name labels its metrics, logs and Redis keys: it is unique in
+ * a server, and kept to characters that need no escaping anywhere.
+ */
+
+static char *
+ngx_http_llm_route_name(ngx_conf_t *cf, ngx_str_t *name)
+{
+    u_char                     *p;
+    void                       *server;
+    ngx_uint_t                  i;
+    ngx_http_llm_main_conf_t   *lmcf;
+    ngx_http_llm_route_name_t  *rn;
+
+    if (name->len == 0 || name->len > 64) {
+        goto invalid;
+    }
+
+    for (p = name->data; p < name->data + name->len; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'
+              || *p == '.'))
+        {
+            goto invalid;
+        }
+    }
+
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+    server = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+
+    rn = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+        if (rn[i].server == server
+            && rn[i].name.len == name->len
+            && ngx_strncmp(rn[i].name.data, name->data, name->len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate llm route \"%V\" in a server, "
+                               "first defined in %V:%ui",
+                               name, &rn[i].file, rn[i].line);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    rn = ngx_array_push(&lmcf->routes);
+    if (rn == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rn->name = *name;
+    rn->server = server;
+    rn->file = cf->conf_file->file.name;
+    rn->line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid llm route name \"%V\"", name);
+    return NGX_CONF_ERROR;
+}
+
+
+/* llm_target URI [model=] [weight=] [tries=], llm_fallback: no weight */
+
 static char *
 ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
-    ngx_str_t              *value;
+    u_char                 *p;
+    ngx_int_t               n;
+    ngx_str_t              *value, s;
+    ngx_uint_t              i, fallback;
+    ngx_array_t           **list;
     ngx_http_llm_target_t  *target;
 
     value = cf->args->elts;
+    fallback = cmd->offset;
 
     if (value[1].len == 0 || value[1].data[0] != '/') {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -234,27 +505,157 @@ ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (llcf->targets == NULL) {
-        llcf->targets = ngx_array_create(cf->pool, 2,
-                                         sizeof(ngx_http_llm_target_t));
-        if (llcf->targets == NULL) {
+    list = fallback ? &llcf->fallbacks : &llcf->targets;
+
+    if (*list == NULL) {
+        *list = ngx_array_create(cf->pool, 2, sizeof(ngx_http_llm_target_t));
+        if (*list == NULL) {
             return NGX_CONF_ERROR;
         }
-
-    } else {
-        /* weights among several targets come with the attempt engine */
-        return "is duplicate";
     }
 
-    target = ngx_array_push(llcf->targets);
+    target = ngx_array_push(*list);
     if (target == NULL) {
         return NGX_CONF_ERROR;
     }
 
+    ngx_memzero(target, sizeof(ngx_http_llm_target_t));
+
     target->uri = value[1];
+    target->weight = 1;
+    target->tries = 1;
+    target->fallback = fallback;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "model=", 6) == 0) {
+
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            if (s.len == 0 || s.len > 256) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid model \"%V\"", &s);
+                return NGX_CONF_ERROR;
+            }
+
+            target->model = s;
+
+            /* what a rewrite splices into the body, quotes included */
+
+            target->model_json.len = s.len + 2
+                                     + ngx_escape_json(NULL, s.data, s.len);
+            p = ngx_pnalloc(cf->pool, target->model_json.len);
+            if (p == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            target->model_json.data = p;
+            *p++ = '"';
+            p = (u_char *) ngx_escape_json(p, s.data, s.len);
+            *p = '"';
+
+            continue;
+        }
+
+        if (!fallback && ngx_strncmp(value[i].data, "weight=", 7) == 0) {
+
+            n = ngx_atoi(value[i].data + 7, value[i].len - 7);
+
+            if (n == NGX_ERROR || n > 1000000) {
+                goto invalid;
+            }
+
+            target->weight = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "tries=", 6) == 0) {
+
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+
+            if (n == NGX_ERROR || n == 0 || n > 100) {
+                goto invalid;
+            }
+
+            target->tries = n;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (!fallback) {
+        llcf->total_weight += target->weight;
+    }
+
     ngx_http_llm_conf_where(cf, llcf);
 
     return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/* llm_backoff base=TIME [max=TIME] */
+
+static char *
+ngx_http_llm_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    ngx_str_t   *value, s;
+    ngx_msec_t   ms, *field;
+    ngx_uint_t   i;
+
+    if (llcf->backoff_base != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "base=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+            field = &llcf->backoff_base;
+
+        } else if (ngx_strncmp(value[i].data, "max=", 4) == 0) {
+            s.data = value[i].data + 4;
+            s.len = value[i].len - 4;
+            field = &llcf->backoff_max;
+
+        } else {
+            goto invalid;
+        }
+
+        ms = ngx_parse_time(&s, 0);
+
+        if (ms == (ngx_msec_t) NGX_ERROR || *field != NGX_CONF_UNSET_MSEC) {
+            goto invalid;
+        }
+
+        *field = ms;
+    }
+
+    if (llcf->backoff_base == NGX_CONF_UNSET_MSEC) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"llm_backoff\" must have \"base\" parameter");
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
 }
 
 

@@ -12,21 +12,69 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_scan.h"
+#include "ngx_http_llm_classify.h"
+
+
+/* endpoint families, SPEC 3.1 */
+#define NGX_HTTP_LLM_FAMILY_UNSET        0
+#define NGX_HTTP_LLM_FAMILY_CHAT         1
+#define NGX_HTTP_LLM_FAMILY_RESPONSES    2
+#define NGX_HTTP_LLM_FAMILY_MESSAGES     3
+#define NGX_HTTP_LLM_FAMILY_EMBEDDINGS   4
+#define NGX_HTTP_LLM_FAMILY_COMPLETIONS  5
+#define NGX_HTTP_LLM_FAMILY_OTHER        6
+
+
+/* what the module did after a failed attempt: $llm_retry_decision */
+#define NGX_HTTP_LLM_DECISION_NONE       0
+#define NGX_HTTP_LLM_DECISION_RETRY      1
+#define NGX_HTTP_LLM_DECISION_FALLBACK   2
+#define NGX_HTTP_LLM_DECISION_NOT_RETRYABLE  3
+#define NGX_HTTP_LLM_DECISION_EXHAUSTED  4
+#define NGX_HTTP_LLM_DECISION_DEADLINE   5
+
+
+/* provider error answers are kept up to this size to be classified */
+#define NGX_HTTP_LLM_ERROR_BODY_MAX      65536
 
 
 typedef struct {
     ngx_str_t                    uri;       /* internal target location */
+    ngx_str_t                    model;     /* model=; empty: the client's */
+    ngx_str_t                    model_json;    /* model, JSON-encoded */
+    ngx_uint_t                   weight;
+    ngx_uint_t                   tries;
+    unsigned                     fallback:1;
 } ngx_http_llm_target_t;
 
 
 typedef struct {
     ngx_str_t                    route;     /* llm_route NAME; empty: off */
+    ngx_uint_t                   family;    /* UNSET: from the URI */
     ngx_array_t                 *targets;   /* of ngx_http_llm_target_t */
+    ngx_array_t                 *fallbacks; /* of ngx_http_llm_target_t */
+    ngx_uint_t                   total_weight;
+
+    ngx_uint_t                   retry_on;  /* bit per NGX_HTTP_LLM_ERR_* */
+    ngx_uint_t                   attempts;
+    ngx_msec_t                   backoff_base;
+    ngx_msec_t                   backoff_max;
+    ngx_msec_t                   deadline;
 
     /* where the location's first llm_ directive is, for merge errors */
     ngx_str_t                    conf_file;
     ngx_uint_t                   conf_line;
 } ngx_http_llm_loc_conf_t;
+
+
+/* one attempt, for the $llm_attempt_* lists */
+
+typedef struct {
+    ngx_http_llm_target_t       *target;
+    ngx_uint_t                   status;    /* provider's or nginx's */
+    ngx_uint_t                   error;     /* NGX_HTTP_LLM_ERR_* */
+    ngx_msec_t                   time;
+} ngx_http_llm_attempt_t;
 
 
 /* per client request, kept on the main request */
@@ -36,30 +84,66 @@ typedef struct {
 
     ngx_http_llm_scan_t         *scan;      /* of the request body */
     ngx_str_t                    model;     /* requested; empty: unknown */
+    ngx_uint_t                   family;
+
+    ngx_array_t                  tried;     /* of ngx_http_llm_attempt_t */
+
+    /* the plan: the picked target, then the fallbacks in order */
+    ngx_http_llm_target_t       *picked;
+    ngx_uint_t                   step;      /* 0: picked; n: fallback n */
+    ngx_uint_t                   step_tries;
 
     ngx_http_request_t          *attempt;   /* subrequest in flight */
     ngx_http_llm_target_t       *target;    /* of the latest attempt */
-    ngx_uint_t                   attempts;
+    ngx_msec_t                   start;
+    ngx_msec_t                   attempt_start;
 
     ngx_int_t                    attempt_rc;    /* as finalized */
     ngx_uint_t                   attempt_status;
+    ngx_uint_t                   error;     /* of the latest attempt */
+    ngx_uint_t                   decision;
+
+    /* the latest provider error answer, replayed if it is the last */
+    ngx_http_request_t          *answer;
+    ngx_buf_t                   *answer_body;
+    ngx_msec_int_t               retry_after;   /* ms, -1: none */
+
+    ngx_event_t                  backoff;   /* wait before an attempt */
+    ngx_msec_t                   wait;      /* of the decided retry */
 
     unsigned                     committed:1;   /* client got the headers */
     unsigned                     answered:1;    /* ... and the last byte */
     unsigned                     attempt_done:1;
+    unsigned                     held:1;        /* error answer kept back */
+    unsigned                     answer_cut:1;  /* longer than kept */
+    unsigned                     retried:1;     /* a retry was spent */
+    unsigned                     decided:1;
 } ngx_http_llm_ctx_t;
 
 
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
-ngx_int_t ngx_http_llm_request_init(ngx_conf_t *cf);
-ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *message, const char *code);
 ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
 
+ngx_int_t ngx_http_llm_request_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_target_t *target,
+    ngx_chain_t **out, off_t *len);
+ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *message, const char *code);
 
+ngx_int_t ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr);
+ngx_uint_t ngx_http_llm_may_retry(ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
+ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
+ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+
+
+extern ngx_str_t     ngx_http_llm_family_names[];
+extern ngx_str_t     ngx_http_llm_decision_names[];
 extern ngx_module_t  ngx_http_llm_module;
 
 

@@ -22,6 +22,12 @@ static ngx_int_t ngx_http_llm_request_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static void ngx_http_llm_request_model(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_request_piece(ngx_http_request_t *r,
+    ngx_chain_t *body, off_t from, off_t to, ngx_chain_t ***ll);
+static ngx_int_t ngx_http_llm_request_memory(ngx_http_request_t *r,
+    ngx_chain_t *body, off_t from, off_t to, ngx_chain_t ***ll);
+static ngx_int_t ngx_http_llm_request_link(ngx_http_request_t *r,
+    ngx_buf_t *b, ngx_chain_t ***ll);
 
 
 static ngx_http_request_body_filter_pt  ngx_http_next_request_body_filter;
@@ -135,6 +141,243 @@ ngx_http_llm_request_model(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ctx->model.data = p;
     ctx->model.len = len;
+}
+
+
+/*
+ * The body of an attempt.  Without a model rewrite it is the client body
+ * itself, in a chain of its own links.  With one, the value's byte span
+ * found by the scan is replaced by the target's model: the pieces before
+ * and after it are new buffers pointing into the client body's memory or
+ * temp file, so nothing of the body is copied.  A body without "model"
+ * gets the member inserted after the opening brace.
+ *
+ * A temp-file body keeps a single file piece at offset 0, as
+ * ngx_http_upstream_reinit() expects ("at most one file"): the part after
+ * the model goes into memory when it is small; a larger one stays in the
+ * file, which only matters if a target re-sends a request already sent
+ * (proxy_next_upstream with non_idempotent).
+ */
+
+#define NGX_HTTP_LLM_TAIL_READ_MAX  (1024 * 1024)
+
+ngx_int_t
+ngx_http_llm_request_body(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target, ngx_chain_t **out, off_t *len)
+{
+    u_char               *p;
+    off_t                 size, from, to;
+    ngx_buf_t            *b;
+    ngx_chain_t          *body, *cl, **ll;
+    ngx_http_llm_scan_t  *s;
+
+    body = r->request_body->bufs;
+    s = ctx->scan;
+
+    size = 0;
+
+    for (cl = body; cl; cl = cl->next) {
+        size += ngx_buf_size(cl->buf);
+    }
+
+    ll = out;
+
+    if (target->model.len == 0) {
+        if (ngx_http_llm_request_piece(r, body, 0, size, &ll) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        *ll = NULL;
+        *len = size;
+
+        return NGX_OK;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (s->model_end != -1) {
+        from = s->model_start;
+        to = s->model_end;
+
+        b->pos = target->model_json.data;
+        b->last = b->pos + target->model_json.len;
+
+    } else {
+        from = s->object_start + 1;
+        to = from;
+
+        p = ngx_pnalloc(r->pool, sizeof("\"model\":,") - 1
+                                 + target->model_json.len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->pos = p;
+        p = ngx_cpymem(p, "\"model\":", sizeof("\"model\":") - 1);
+        p = ngx_cpymem(p, target->model_json.data, target->model_json.len);
+
+        if (s->members) {
+            *p++ = ',';
+        }
+
+        b->last = p;
+    }
+
+    b->start = b->pos;
+    b->end = b->last;
+    b->memory = 1;
+
+    if (ngx_http_llm_request_piece(r, body, 0, from, &ll) != NGX_OK
+        || ngx_http_llm_request_link(r, b, &ll) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (r->request_body->temp_file && size - to <= NGX_HTTP_LLM_TAIL_READ_MAX)
+    {
+        if (ngx_http_llm_request_memory(r, body, to, size, &ll) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+    } else if (ngx_http_llm_request_piece(r, body, to, size, &ll) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    *ll = NULL;
+    *len = size - (to - from) + (b->last - b->pos);
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm model rewrite for \"%V\": [%O, %O), body %O",
+                   &target->uri, from, to, *len);
+
+    return NGX_OK;
+}
+
+
+/* new buffers for the bytes [from, to) of the body, sharing its data */
+
+static ngx_int_t
+ngx_http_llm_request_piece(ngx_http_request_t *r, ngx_chain_t *body,
+    off_t from, off_t to, ngx_chain_t ***ll)
+{
+    off_t         o, n, lo, hi;
+    ngx_buf_t    *b, *nb;
+    ngx_chain_t  *cl;
+
+    o = 0;
+
+    for (cl = body; cl && o < to; cl = cl->next, o += n) {
+        b = cl->buf;
+        n = ngx_buf_size(b);
+
+        lo = ngx_max(o, from);
+        hi = ngx_min(o + n, to);
+
+        if (lo >= hi) {
+            continue;
+        }
+
+        nb = ngx_calloc_buf(r->pool);
+        if (nb == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (ngx_buf_in_memory(b)) {
+            nb->memory = 1;
+            nb->pos = b->pos + (lo - o);
+            nb->last = b->pos + (hi - o);
+            nb->start = nb->pos;
+            nb->end = nb->last;
+
+        } else {
+            nb->in_file = 1;
+            nb->file = b->file;
+            nb->file_pos = b->file_pos + (lo - o);
+            nb->file_last = b->file_pos + (hi - o);
+        }
+
+        if (ngx_http_llm_request_link(r, nb, ll) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* the bytes [from, to) of the body in one memory buffer */
+
+static ngx_int_t
+ngx_http_llm_request_memory(ngx_http_request_t *r, ngx_chain_t *body,
+    off_t from, off_t to, ngx_chain_t ***ll)
+{
+    off_t         o, n, lo, hi;
+    ssize_t       got;
+    ngx_buf_t    *b, *nb;
+    ngx_chain_t  *cl;
+
+    if (from == to) {
+        return NGX_OK;
+    }
+
+    nb = ngx_create_temp_buf(r->pool, (size_t) (to - from));
+    if (nb == NULL) {
+        return NGX_ERROR;
+    }
+
+    o = 0;
+
+    for (cl = body; cl && o < to; cl = cl->next, o += n) {
+        b = cl->buf;
+        n = ngx_buf_size(b);
+
+        lo = ngx_max(o, from);
+        hi = ngx_min(o + n, to);
+
+        if (lo >= hi) {
+            continue;
+        }
+
+        if (ngx_buf_in_memory(b)) {
+            nb->last = ngx_cpymem(nb->last, b->pos + (lo - o), hi - lo);
+            continue;
+        }
+
+        got = ngx_read_file(b->file, nb->last, (size_t) (hi - lo),
+                            b->file_pos + (lo - o));
+
+        if (got != (ssize_t) (hi - lo)) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "llm: short read of the request body temp file");
+            return NGX_ERROR;
+        }
+
+        nb->last += got;
+    }
+
+    return ngx_http_llm_request_link(r, nb, ll);
+}
+
+
+static ngx_int_t
+ngx_http_llm_request_link(ngx_http_request_t *r, ngx_buf_t *b,
+    ngx_chain_t ***ll)
+{
+    ngx_chain_t  *cl;
+
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->buf = b;
+    **ll = cl;
+    *ll = &cl->next;
+
+    return NGX_OK;
 }
 
 

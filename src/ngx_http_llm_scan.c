@@ -114,6 +114,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
                 goto failed;
             }
 
+            s->object_start = s->offset + (p - start);
             s->depth = 1;
             s->state = sw_first_key;
             p++;
@@ -129,6 +130,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             }
 
             if (c == '"') {
+                s->members++;
                 s->key_len = 0;
                 s->backslashes = 0;
                 s->state = sw_key_string;

@@ -38,6 +38,9 @@
 typedef struct {
     off_t         offset;       /* absolute offset of the next byte */
 
+    off_t         object_start; /* the top-level "{" */
+    ngx_uint_t    members;      /* of the top-level object */
+
     off_t         model_start;  /* opening quote of the "model" value */
     off_t         model_end;    /* just past its closing quote; -1: none */
     ngx_uint_t    stream;       /* NGX_HTTP_LLM_STREAM_* */

@@ -27,6 +27,27 @@ static ngx_int_t ngx_http_llm_variable_target(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_attempts(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_family(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_target_model(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_error_type(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_decision(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_fallback(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_attempt_list(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static u_char *ngx_http_llm_attempt_item(u_char *p,
+    ngx_http_llm_attempt_t *at, uintptr_t what);
+
+
+/* the per-attempt lists */
+#define NGX_HTTP_LLM_LIST_TARGETS   0
+#define NGX_HTTP_LLM_LIST_STATUSES  1
+#define NGX_HTTP_LLM_LIST_ERRORS    2
+#define NGX_HTTP_LLM_LIST_TIMES     3
 
 
 static ngx_http_variable_t  ngx_http_llm_vars[] = {
@@ -41,6 +62,37 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_attempts"), NULL, ngx_http_llm_variable_attempts, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_family"), NULL, ngx_http_llm_variable_family, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_target_model"), NULL,
+      ngx_http_llm_variable_target_model, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_error_type"), NULL, ngx_http_llm_variable_error_type,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_retry_decision"), NULL,
+      ngx_http_llm_variable_decision, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_fallback"), NULL, ngx_http_llm_variable_fallback, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_attempt_targets"), NULL,
+      ngx_http_llm_variable_attempt_list, NGX_HTTP_LLM_LIST_TARGETS,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_attempt_statuses"), NULL,
+      ngx_http_llm_variable_attempt_list, NGX_HTTP_LLM_LIST_STATUSES,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_attempt_errors"), NULL,
+      ngx_http_llm_variable_attempt_list, NGX_HTTP_LLM_LIST_ERRORS,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_attempt_times"), NULL,
+      ngx_http_llm_variable_attempt_list, NGX_HTTP_LLM_LIST_TIMES,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
@@ -141,6 +193,202 @@ ngx_http_llm_variable_target(ngx_http_request_t *r,
 
 
 static ngx_int_t
+ngx_http_llm_variable_family(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_variable_set(v, &ngx_http_llm_family_names[ctx->family]);
+
+    return NGX_OK;
+}
+
+
+/* the model the latest attempt asked for: the target's, or the client's */
+
+static ngx_int_t
+ngx_http_llm_variable_target_model(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->target == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (ctx->target->model.len) {
+        ngx_http_llm_variable_set(v, &ctx->target->model);
+        return NGX_OK;
+    }
+
+    if (ctx->model.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_variable_set(v, &ctx->model);
+
+    return NGX_OK;
+}
+
+
+/* the error category of the latest attempt; not found if it succeeded */
+
+static ngx_int_t
+ngx_http_llm_variable_error_type(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->error == NGX_HTTP_LLM_ERR_NONE) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_variable_set(v, &ngx_http_llm_err_names[ctx->error]);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_variable_decision(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->decision == NGX_HTTP_LLM_DECISION_NONE) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_variable_set(v, &ngx_http_llm_decision_names[ctx->decision]);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_variable_fallback(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->target == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = 1;
+    v->data = (u_char *) (ctx->target->fallback ? "1" : "0");
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * $llm_attempt_targets, _statuses, _errors, _times: one item per attempt,
+ * separated by ", " as in $upstream_status
+ */
+
+static ngx_int_t
+ngx_http_llm_variable_attempt_list(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char                  *p;
+    size_t                   len;
+    ngx_uint_t               i;
+    ngx_http_llm_ctx_t      *ctx;
+    ngx_http_llm_attempt_t  *at;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->tried.nelts == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    at = ctx->tried.elts;
+    len = 0;
+
+    for (i = 0; i < ctx->tried.nelts; i++) {
+        len += 2 + (data == NGX_HTTP_LLM_LIST_TARGETS
+                    ? at[i].target->uri.len : 32);
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->data = p;
+
+    for (i = 0; i < ctx->tried.nelts; i++) {
+        if (i) {
+            *p++ = ',';
+            *p++ = ' ';
+        }
+
+        p = ngx_http_llm_attempt_item(p, &at[i], data);
+    }
+
+    v->len = p - v->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static u_char *
+ngx_http_llm_attempt_item(u_char *p, ngx_http_llm_attempt_t *at,
+    uintptr_t what)
+{
+    switch (what) {
+
+    case NGX_HTTP_LLM_LIST_TARGETS:
+        return ngx_cpymem(p, at->target->uri.data, at->target->uri.len);
+
+    case NGX_HTTP_LLM_LIST_STATUSES:
+        if (at->status == 0) {
+            *p++ = '-';
+            return p;
+        }
+
+        return ngx_sprintf(p, "%03ui", at->status);
+
+    case NGX_HTTP_LLM_LIST_ERRORS:
+        return ngx_cpymem(p, ngx_http_llm_err_names[at->error].data,
+                          ngx_http_llm_err_names[at->error].len);
+
+    default: /* NGX_HTTP_LLM_LIST_TIMES */
+        return ngx_sprintf(p, "%T.%03M", (time_t) at->time / 1000,
+                           at->time % 1000);
+    }
+}
+
+
+static ngx_int_t
 ngx_http_llm_variable_attempts(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
@@ -159,7 +407,7 @@ ngx_http_llm_variable_attempts(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    v->len = ngx_sprintf(p, "%ui", ctx->attempts) - p;
+    v->len = ngx_sprintf(p, "%ui", ctx->tried.nelts) - p;
     v->data = p;
     v->valid = 1;
     v->no_cacheable = 1;

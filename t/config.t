@@ -137,8 +137,7 @@ fails('duplicate llm_route', '"llm_route" directive is duplicate',
 conf('llm_route chat;
             llm_target /_llm/a;
             llm_target /_llm/b;');
-fails('duplicate llm_target', '"llm_target" directive is duplicate',
-      line_of(qr/llm_target \/_llm\/b;/));
+passes('two llm_target');
 
 ###############################################################################
 # names and URIs
@@ -200,13 +199,141 @@ fails('llm_route without a name',
       line_of(qr/llm_route;/));
 
 conf('llm_route a b; llm_target /_llm/a;');
-fails('llm_route with two names',
-      'invalid number of arguments in "llm_route" directive',
+fails('llm_route with two names', 'invalid parameter "b"',
       line_of(qr/llm_route a b;/));
+
+conf('llm_route a b c; llm_target /_llm/a;');
+fails('llm_route with three arguments',
+      'invalid number of arguments in "llm_route" directive',
+      line_of(qr/llm_route a b c;/));
 
 conf('llm_route chat; llm_target;');
 fails('llm_target without a URI',
       'invalid number of arguments in "llm_target" directive',
       line_of(qr/llm_target;/));
+
+###############################################################################
+# the attempt engine's directives
+
+conf('llm_route chat family=responses;
+            llm_target /_llm/a model=gpt-4o-mini weight=90 tries=2;
+            llm_target /_llm/a model=gpt-4.1-mini weight=10;
+            llm_fallback /_llm/a model=claude-3-5-haiku tries=1;
+            llm_fallback /_llm/a;
+            llm_retry_on connect_error timeout rate_limited quota_exhausted
+                         overloaded server_error auth_error invalid_request
+                         context_length content_filter;
+            llm_attempts 5;
+            llm_backoff base=50ms max=1s;
+            llm_deadline 30s;');
+passes('every engine directive');
+
+conf('llm_route chat;
+            llm_target /_llm/a;
+            llm_retry_on off;
+            llm_backoff base=0;
+            llm_deadline 0;');
+passes('retries off, no backoff, no deadline');
+
+conf('llm_route chat; llm_target /_llm/a;',
+     'llm_retry_on timeout; llm_attempts 2; llm_backoff base=1s max=5s;
+        llm_deadline 10s;');
+passes('policy at server level');
+
+my @engine = (
+    [ 'llm_route chat family=chats; llm_target /_llm/a;',
+      'invalid family "chats"', qr/llm_route chat family/ ],
+    [ 'llm_route chat kind=chat; llm_target /_llm/a;',
+      'invalid parameter "kind=chat"', qr/llm_route chat kind/ ],
+    [ 'llm_route chat; llm_target /_llm/a model=;',
+      'invalid model ""', qr/llm_target/ ],
+    [ 'llm_route chat; llm_target /_llm/a weight=x;',
+      'invalid parameter "weight=x"', qr/llm_target/ ],
+    [ 'llm_route chat; llm_target /_llm/a tries=0;',
+      'invalid parameter "tries=0"', qr/llm_target/ ],
+    [ 'llm_route chat; llm_target /_llm/a color=red;',
+      'invalid parameter "color=red"', qr/llm_target/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_fallback /_llm/a weight=2;',
+      'invalid parameter "weight=2"', qr/llm_fallback/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_fallback _llm/b;',
+      'llm target "_llm/b" must be a location URI starting with "/"',
+      qr/llm_fallback/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_retry_on timeout flaky;',
+      'invalid value "flaky"', qr/llm_retry_on/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_retry_on stream_interrupted;',
+      'invalid value "stream_interrupted"', qr/llm_retry_on/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_attempts 0;',
+      'value must be between 1 and 100', qr/llm_attempts/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_attempts many;',
+      '"llm_attempts" directive invalid number', qr/llm_attempts/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_backoff max=1s;',
+      '"llm_backoff" must have "base" parameter', qr/llm_backoff/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_backoff base=fast;',
+      'invalid parameter "base=fast"', qr/llm_backoff/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_backoff base=1s base=2s;',
+      'invalid parameter "base=2s"', qr/llm_backoff/ ],
+    [ 'llm_route chat; llm_target /_llm/a;
+            llm_backoff base=1s; llm_backoff base=2s;',
+      '"llm_backoff" directive is duplicate', qr/llm_backoff base=2s/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_deadline soon;',
+      '"llm_deadline" directive invalid value', qr/llm_deadline/ ],
+);
+
+for my $case (@engine) {
+    my ($loc, $message, $re) = @$case;
+    conf($loc);
+    fails("engine: $message", $message, line_of($re));
+}
+
+# errors found at merge time name the location's first llm_ directive
+
+conf('llm_route chat; llm_target /_llm/a weight=0;');
+fails('all weights zero',
+      'all targets of llm route "chat" have zero weight',
+      line_of(qr/llm_route chat;/));
+
+conf('llm_route chat; llm_target /_llm/a; llm_backoff base=3s max=1s;');
+fails('backoff base above max',
+      'llm_backoff base is greater than max for llm route "chat"',
+      line_of(qr/llm_route chat;/));
+
+conf('llm_fallback /_llm/a;');
+fails('llm_fallback without llm_route',
+      '"llm_fallback" requires "llm_route" in the same location',
+      line_of(qr/llm_fallback/));
+
+conf('llm_route chat; llm_fallback /_llm/a;');
+fails('llm_fallback without llm_target',
+      'no "llm_target" is defined for llm route "chat"',
+      line_of(qr/llm_route chat;/));
+
+conf('llm_route chat; llm_target /_llm/a;', '
+        location = /v1/responses {
+            llm_route chat;
+            llm_target /_llm/a;
+        }');
+fails('duplicate route name in a server',
+      'duplicate llm route "chat" in a server, first defined in '
+      . "$file:" . line_of(qr/^\s*llm_route chat;/),
+      line_of(qr/^\s*llm_route chat;/, 2));
+
+$t->write_file_expand('nginx.conf', <<'EOF');
+events {}
+
+http {
+    server {
+        listen 127.0.0.1:%%PORT_8080%%;
+        location /a { llm_route chat; llm_target /t; }
+        location /t { internal; return 204; }
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT_8082%%;
+        location /a { llm_route chat; llm_target /t; }
+        location /t { internal; return 204; }
+    }
+}
+EOF
+passes('one route name in two servers');
 
 done_testing;

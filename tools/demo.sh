@@ -43,11 +43,15 @@ http {
     uwsgi_temp_path       $prefix/uwsgi;
     scgi_temp_path        $prefix/scgi;
 
-    log_format llm '\$remote_addr "\$request_method \$uri" \$status '
-                   'route=\$llm_route target=\$llm_target '
-                   'attempts=\$llm_attempts '
-                   'upstream_status=\$upstream_status '
-                   'upstream_addr=\$upstream_addr rt=\$request_time';
+    log_format llm '"\$request_method \$uri" \$status '
+                   'route=\$llm_route model=\$llm_model '
+                   'target=\$llm_target target_model=\$llm_target_model '
+                   'attempts=\$llm_attempts error=\$llm_error_type '
+                   'decision=\$llm_retry_decision '
+                   'tried="\$llm_attempt_targets" '
+                   'statuses="\$llm_attempt_statuses" '
+                   'errors="\$llm_attempt_errors" '
+                   'upstream_status="\$upstream_status"';
 
     access_log $prefix/logs/access.log llm;
 
@@ -65,9 +69,19 @@ http {
             llm_target /_llm/openai;
         }
 
+        # an overloaded provider: one retry after a backoff, then a
+        # fallback with the model rewritten
         location = /v1/messages {
-            llm_route  messages;
-            llm_target /_llm/overloaded;
+            llm_route    messages;
+            llm_target   /_llm/overloaded tries=2;
+            llm_fallback /_llm/openai model=gpt-4o-mini;
+            llm_backoff  base=50ms max=500ms;
+        }
+
+        # a quota error is not retried on the same key
+        location = /quota/v1/chat/completions {
+            llm_route  quota;
+            llm_target /_llm/quota;
         }
 
         location /_llm/openai {
@@ -81,6 +95,13 @@ http {
         location /_llm/overloaded {
             internal;
             proxy_pass http://mock_openai/overloaded;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
+        location /_llm/quota {
+            internal;
+            proxy_pass http://mock_openai/quota;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
@@ -99,6 +120,11 @@ http {
 
         location = /overloaded {
             return 529 '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n';
+        }
+
+        location = /quota {
+            add_header Retry-After 3600 always;
+            return 429 '{"error":{"message":"You exceeded your current quota.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}\n';
         }
     }
 }
@@ -128,6 +154,12 @@ show "$url/v1/chat/completions" -H 'Content-Type: application/json' \
 
 show "$url/v1/messages" -H 'Content-Type: application/json' \
     -d '{"model":"claude-3-5-haiku","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}'
+
+show "$url/quota/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
+
+show "$url/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user"'
 
 show "$url/v1/chat/completions"
 
