@@ -284,11 +284,12 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
 
 /*
- * ngx_http_subrequest() shares the parent's header list; pushing to it
- * would corrupt the client request's headers, so the attempt gets a new
- * list.  Content-Length and Transfer-Encoding describe the body the
- * attempt sends (proxy derives them from content_length_n), and the
- * attempt asks for an identity answer the module can read.
+ * The attempt's request headers: the client's, with the length of the
+ * body the attempt sends (proxy derives Content-Length from
+ * content_length_n), and without Accept-Encoding, so that the answer is
+ * one the module can read.  ngx_http_subrequest() shares the parent's
+ * header list; pushing to it would corrupt the client request's headers,
+ * so a list without Accept-Encoding is a new one.
  */
 
 static ngx_int_t
@@ -297,6 +298,28 @@ ngx_http_llm_attempt_headers(ngx_http_request_t *sr, off_t content_length)
     ngx_uint_t        i;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h, *ho;
+
+    sr->headers_in.content_length = NULL;
+    sr->headers_in.transfer_encoding = NULL;
+    sr->headers_in.content_length_n = content_length;
+    sr->headers_in.chunked = 0;
+
+#if (NGX_HTTP_GZIP || NGX_HTTP_HEADERS)
+
+    /*
+     * proxy_pass makes Content-Length and Transfer-Encoding itself and
+     * ignores the client's; only Accept-Encoding has to go, and the
+     * shared list is good as it is without one (the attempt never adds
+     * to it)
+     */
+
+    if (sr->headers_in.accept_encoding == NULL) {
+        return NGX_OK;
+    }
+
+    sr->headers_in.accept_encoding = NULL;
+
+#endif
 
     if (ngx_list_init(&sr->headers_in.headers, sr->pool, 20,
                       sizeof(ngx_table_elt_t))
@@ -346,15 +369,6 @@ ngx_http_llm_attempt_headers(ngx_http_request_t *sr, off_t content_length)
         ho->next = NULL;
 #endif
     }
-
-    sr->headers_in.content_length = NULL;
-    sr->headers_in.transfer_encoding = NULL;
-    sr->headers_in.content_length_n = content_length;
-    sr->headers_in.chunked = 0;
-
-#if (NGX_HTTP_GZIP || NGX_HTTP_HEADERS)
-    sr->headers_in.accept_encoding = NULL;
-#endif
 
     return NGX_OK;
 }

@@ -56,8 +56,10 @@ static u_char *ngx_http_llm_scan_string(ngx_http_llm_scan_t *s, u_char *p,
 static void ngx_http_llm_scan_keep(u_char *buf, size_t *len, size_t size,
     u_char *p, u_char *last);
 static ngx_uint_t ngx_http_llm_scan_member(ngx_http_llm_scan_t *s);
-static ngx_int_t ngx_http_llm_scan_push(ngx_http_llm_scan_t *s, u_char c);
-static ngx_int_t ngx_http_llm_scan_pop(ngx_http_llm_scan_t *s, u_char c);
+static ngx_inline ngx_int_t ngx_http_llm_scan_push(ngx_http_llm_scan_t *s,
+    u_char c);
+static ngx_inline ngx_int_t ngx_http_llm_scan_pop(ngx_http_llm_scan_t *s,
+    u_char c);
 static int ngx_http_llm_json_string_cb(void *ctx, const unsigned char *s,
     size_t len);
 
@@ -67,6 +69,13 @@ static int ngx_http_llm_json_string_cb(void *ctx, const unsigned char *s,
 static u_char  ngx_http_llm_scan_stop[256] = {
     ['"'] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1
 };
+
+
+/* the states that skip whitespace before their token */
+
+static const ngx_uint_t  ngx_http_llm_scan_ws_states =
+    (1 << sw_start) | (1 << sw_first_key) | (1 << sw_key) | (1 << sw_colon)
+    | (1 << sw_value) | (1 << sw_after_value) | (1 << sw_done);
 
 
 #define ngx_http_llm_scan_ws(c)                                               \
@@ -99,15 +108,21 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 
     while (p < last) {
 
+        /* whitespace between tokens, in one run */
+
+        if ((1 << s->state) & ngx_http_llm_scan_ws_states) {
+
+            while (ngx_http_llm_scan_ws(*p)) {
+                if (++p == last) {
+                    goto done;
+                }
+            }
+        }
+
         switch (s->state) {
 
         case sw_start:
             c = *p;
-
-            if (ngx_http_llm_scan_ws(c)) {
-                p++;
-                break;
-            }
 
             if (c != '{') {
                 s->error = "the request body is not a JSON object";
@@ -123,11 +138,6 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
         case sw_first_key:
         case sw_key:
             c = *p;
-
-            if (ngx_http_llm_scan_ws(c)) {
-                p++;
-                break;
-            }
 
             if (c == '"') {
                 s->members++;
@@ -169,11 +179,6 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
         case sw_colon:
             c = *p;
 
-            if (ngx_http_llm_scan_ws(c)) {
-                p++;
-                break;
-            }
-
             if (c != ':') {
                 s->error = "expected \":\" after a member name";
                 goto failed;
@@ -185,11 +190,6 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 
         case sw_value:
             c = *p;
-
-            if (ngx_http_llm_scan_ws(c)) {
-                p++;
-                break;
-            }
 
             if (c == '"') {
 
@@ -256,15 +256,16 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             break;
 
         case sw_literal:
-            c = *p;
+            q = p;
 
-            if (ngx_http_llm_scan_literal(c)) {
-                if (s->literal_len < sizeof(s->literal)) {
-                    s->literal[s->literal_len] = c;
-                }
-
-                s->literal_len++;
+            while (p < last && ngx_http_llm_scan_literal(*p)) {
                 p++;
+            }
+
+            ngx_http_llm_scan_keep(s->literal, &s->literal_len,
+                                   sizeof(s->literal), q, p);
+
+            if (p == last) {
                 break;
             }
 
@@ -279,38 +280,52 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             break;
 
         case sw_nested:
-            while (p < last && !ngx_http_llm_scan_stop[*p]) {
-                p++;
-            }
 
-            if (p == last) {
-                break;
-            }
+            /* a value's insides, token after token in one loop */
 
-            c = *p++;
+            for ( ;; ) {
+                while (p < last && !ngx_http_llm_scan_stop[*p]) {
+                    p++;
+                }
 
-            if (c == '"') {
-                s->backslashes = 0;
-                s->state = sw_nested_string;
-                break;
-            }
+                if (p == last) {
+                    break;
+                }
 
-            if (c == '{' || c == '[') {
-                if (ngx_http_llm_scan_push(s, c) != NGX_OK) {
-                    s->error = "the JSON request is nested too deeply";
+                c = *p++;
+
+                if (c == '"') {
+                    s->backslashes = 0;
+                    q = ngx_http_llm_scan_string(s, p, last);
+
+                    if (q == NULL) {
+                        s->state = sw_nested_string;
+                        p = last;
+                        break;
+                    }
+
+                    p = q;
+                    continue;
+                }
+
+                if (c == '{' || c == '[') {
+                    if (ngx_http_llm_scan_push(s, c) != NGX_OK) {
+                        s->error = "the JSON request is nested too deeply";
+                        goto failed;
+                    }
+
+                    continue;
+                }
+
+                if (ngx_http_llm_scan_pop(s, c) != NGX_OK) {
+                    s->error = "unbalanced brackets in the JSON request";
                     goto failed;
                 }
 
-                break;
-            }
-
-            if (ngx_http_llm_scan_pop(s, c) != NGX_OK) {
-                s->error = "unbalanced brackets in the JSON request";
-                goto failed;
-            }
-
-            if (s->depth == 1) {
-                s->state = sw_after_value;
+                if (s->depth == 1) {
+                    s->state = sw_after_value;
+                    break;
+                }
             }
 
             break;
@@ -330,11 +345,6 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
         case sw_after_value:
             c = *p;
 
-            if (ngx_http_llm_scan_ws(c)) {
-                p++;
-                break;
-            }
-
             if (c == ',') {
                 s->state = sw_key;
                 p++;
@@ -352,11 +362,6 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             goto failed;
 
         case sw_done:
-            if (ngx_http_llm_scan_ws(*p)) {
-                p++;
-                break;
-            }
-
             s->error = "unexpected data after the JSON object";
             goto failed;
 
@@ -364,6 +369,8 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             return;
         }
     }
+
+done:
 
     s->offset += last - start;
 
@@ -450,14 +457,18 @@ static void
 ngx_http_llm_scan_keep(u_char *buf, size_t *len, size_t size, u_char *p,
     u_char *last)
 {
-    size_t  n;
+    u_char  *b, *end;
 
-    if (*len < size) {
-        n = ngx_min((size_t) (last - p), size - *len);
-        ngx_memcpy(buf + *len, p, n);
-    }
+    /* a few bytes each time: a loop beats a call to memcpy() */
+
+    b = buf + ngx_min(*len, size);
+    end = buf + size;
 
     *len += last - p;
+
+    while (p < last && b < end) {
+        *b++ = *p++;
+    }
 }
 
 
@@ -501,7 +512,7 @@ ngx_http_llm_scan_member(ngx_http_llm_scan_t *s)
 }
 
 
-static ngx_int_t
+static ngx_inline ngx_int_t
 ngx_http_llm_scan_push(ngx_http_llm_scan_t *s, u_char c)
 {
     ngx_uint_t  i;
@@ -525,7 +536,7 @@ ngx_http_llm_scan_push(ngx_http_llm_scan_t *s, u_char c)
 }
 
 
-static ngx_int_t
+static ngx_inline ngx_int_t
 ngx_http_llm_scan_pop(ngx_http_llm_scan_t *s, u_char c)
 {
     ngx_uint_t  i, square;
@@ -568,9 +579,35 @@ ngx_int_t
 ngx_http_llm_json_string(u_char *raw, size_t len, u_char *buf, size_t size,
     size_t *decoded)
 {
+    u_char                         *p;
     yajl_handle                     h;
     yajl_status                     st;
     ngx_http_llm_json_string_ctx_t  ctx;
+
+    /*
+     * printable ASCII without escapes (model names, nearly always) is
+     * its own decoding; yajl, with its allocations, is for the rest
+     */
+
+    if (len >= 2 && raw[0] == '"' && raw[len - 1] == '"') {
+
+        for (p = raw + 1; p < raw + len - 1; p++) {
+            if (*p < 0x20 || *p >= 0x7f || *p == '\\' || *p == '"') {
+                break;
+            }
+        }
+
+        if (p == raw + len - 1) {
+            if (len - 2 > size) {
+                return NGX_DECLINED;
+            }
+
+            ngx_memcpy(buf, raw + 1, len - 2);
+            *decoded = len - 2;
+
+            return NGX_OK;
+        }
+    }
 
     ctx.buf = buf;
     ctx.size = size;
