@@ -77,6 +77,7 @@ bench:
 	@tools/deps.sh bench
 	@$(MAKE) -s all
 	@bench/run.sh
+	@bench/scan.sh
 
 lint:
 	@tools/lint.sh
