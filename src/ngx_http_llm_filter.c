@@ -231,15 +231,38 @@ ngx_http_llm_observe(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
 }
 
 
+/*
+ * The buffer an error answer is kept in: as long as its Content-Length
+ * when that is known (a typical error JSON is a few hundred bytes), up to
+ * NGX_HTTP_LLM_ERROR_BODY_MAX; reused by later error answers that fit.
+ */
+
 static ngx_buf_t *
 ngx_http_llm_answer_buf(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
 {
-    if (ctx->answer_body == NULL) {
-        ctx->answer_body = ngx_create_temp_buf(sr->pool,
-                                               NGX_HTTP_LLM_ERROR_BODY_MAX);
+    off_t       length;
+    size_t      size;
+    ngx_buf_t  *b;
+
+    length = sr->headers_out.content_length_n;
+
+    size = (length >= 0 && length < NGX_HTTP_LLM_ERROR_BODY_MAX)
+           ? (size_t) ngx_max(length, 1) : NGX_HTTP_LLM_ERROR_BODY_MAX;
+
+    b = ctx->answer_body;
+
+    if (b && (size_t) (b->end - b->start) >= size) {
+        return b;
     }
 
-    return ctx->answer_body;
+    b = ngx_create_temp_buf(sr->pool, size);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    ctx->answer_body = b;
+
+    return b;
 }
 
 
