@@ -6,6 +6,7 @@
 #   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
 #   make lint     formatting checks of the C sources
 #   make test-asan    the tests against a module built with ASan + UBSan
+#   make fuzz     the body scan and error classifier under libFuzzer
 
 SHELL      := /bin/bash
 NGX_SRC    ?= /usr/share/nginx/src
@@ -22,7 +23,7 @@ LD_OPT     ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 SOURCES    := $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test test-asan demo bench lint clean
+.PHONY: all deps test test-asan fuzz demo bench lint clean
 
 all: $(MODULE)
 
@@ -67,6 +68,11 @@ test-asan:
 	    LD_OPT="-fsanitize=address,undefined -fPIC"
 	TEST_LLM_MODULE=$(CURDIR)/$(BUILD)/asan/ngx_http_llm_module.so \
 	TEST_LLM_NGINX=$(CURDIR)/tools/nginx-asan.sh prove -r t/
+
+fuzz:
+	@tools/deps.sh fuzz
+	@$(MAKE) -s all
+	@fuzz/run.sh
 
 demo:
 	@tools/deps.sh demo

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Install the Debian packages a make target needs; a no-op when they are
-# all present.  Usage: tools/deps.sh build|test|demo|bench|asan ...
+# all present.  Usage: tools/deps.sh build|test|demo|bench|asan|fuzz ...
 
 set -eu
 
@@ -10,6 +10,7 @@ pkgs_test="perl redis-server curl"
 pkgs_demo="curl"
 pkgs_bench="wrk valgrind curl util-linux"
 pkgs_asan="clang libclang-rt-14-dev"
+pkgs_fuzz="clang libclang-rt-14-dev libfuzzer-14-dev"
 
 want=""
 for target in "$@"; do
@@ -19,6 +20,7 @@ for target in "$@"; do
         demo)  want="$want $pkgs_build $pkgs_demo" ;;
         bench) want="$want $pkgs_build $pkgs_bench" ;;
         asan)  want="$want $pkgs_build $pkgs_test $pkgs_asan" ;;
+        fuzz)  want="$want $pkgs_build $pkgs_fuzz" ;;
         *)     echo "deps: unknown target \"$target\"" >&2; exit 2 ;;
     esac
 done

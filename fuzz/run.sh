@@ -1,0 +1,27 @@
+#!/bin/bash
+# make fuzz: the scan and classifier under libFuzzer with ASan + UBSan.
+#   FUZZ_SECONDS=60 (per run), FUZZ_CORPUS=fuzz/corpus (seeds, kept)
+
+set -eu
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+B=$ROOT/build/nginx
+SECONDS_=${FUZZ_SECONDS:-60}
+CORPUS=${FUZZ_CORPUS:-$ROOT/fuzz/corpus}
+OUT=$ROOT/build/fuzz
+
+[ -f "$B/objs/ngx_auto_config.h" ] || { echo "fuzz: run make first" >&2; exit 2; }
+
+mkdir -p "$OUT" "$OUT/corpus"
+
+clang -g -O1 -fsanitize=fuzzer,address,undefined \
+    -fno-sanitize-recover=undefined \
+    -I"$B/src/core" -I"$B/src/event" -I"$B/src/event/modules" \
+    -I"$B/src/os/unix" -I"$B/objs" -I"$ROOT/src" \
+    "$ROOT/fuzz/scan_fuzz.c" "$ROOT/src/ngx_http_llm_scan.c" \
+    "$ROOT/src/ngx_http_llm_classify.c" "$ROOT/fuzz/stubs.c" -lyajl \
+    -o "$OUT/scan_fuzz"
+
+cd "$OUT"
+./scan_fuzz -max_total_time="$SECONDS_" -max_len=4096 -timeout=5 \
+    corpus "$CORPUS"
