@@ -103,6 +103,7 @@ ngx_http_llm_filter_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_header_filter(ngx_http_request_t *r)
 {
+    ngx_uint_t           closed;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_llm_attempt_ctx(r);
@@ -114,31 +115,41 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
     /* as ngx_http_header_filter() does for any subrequest */
     r->header_sent = 1;
 
-    if (r->headers_out.status >= NGX_HTTP_SPECIAL_RESPONSE) {
-
-        /* the latest provider error answer is the one kept */
-
-        ctx->answer = r;
-
-        if (ctx->answer_body) {
-            ctx->answer_body->pos = ctx->answer_body->start;
-            ctx->answer_body->last = ctx->answer_body->start;
-        }
+    if (r->headers_out.status < NGX_HTTP_SPECIAL_RESPONSE) {
+        return ngx_http_llm_commit(r->main, r);
     }
 
-    if (r->headers_out.status >= NGX_HTTP_SPECIAL_RESPONSE
-        && ngx_http_llm_may_retry(ctx))
-    {
-        ctx->held = 1;
+    /* the latest provider error answer is the one kept */
 
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "llm attempt answer %ui held",
-                       r->headers_out.status);
+    ctx->answer = r;
+    ctx->answer_partial = 0;
 
-        return NGX_OK;
+    if (ctx->answer_body) {
+        ctx->answer_body->pos = ctx->answer_body->start;
+        ctx->answer_body->last = ctx->answer_body->start;
     }
 
-    return ngx_http_llm_commit(r->main, r);
+    closed = ngx_http_llm_retry_closed(ctx);
+
+    if (closed != NGX_HTTP_LLM_DECISION_NONE) {
+
+        /*
+         * nothing may follow: the answer goes on as it comes; the reason
+         * decides x-should-retry, and a decision that knows the error's
+         * category is taken when the attempt ends
+         */
+
+        ctx->decision = closed;
+
+        return ngx_http_llm_commit(r->main, r);
+    }
+
+    ctx->held = 1;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm attempt answer %ui held", r->headers_out.status);
+
+    return NGX_OK;
 }
 
 
@@ -290,6 +301,10 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
     for (cl = in; cl; cl = cl->next) {
         b = cl->buf;
 
+        if (b->last_in_chain || b->last_buf) {
+            ctx->answered = 1;
+        }
+
         if (!ngx_buf_in_memory(b)) {
             /* a file buffer: the upstream buffered to disk */
             if (ngx_buf_size(b) == 0) {
@@ -317,6 +332,7 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
     /* too long to keep: decide now from what is kept */
 
     ctx->answer_cut = 1;
+    ctx->answer_partial = 1;
     ctx->retry_after = ngx_http_llm_retry_after(sr);
     ctx->error = ngx_http_llm_classify_response(sr->headers_out.status,
                                                 kept->pos,

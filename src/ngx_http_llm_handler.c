@@ -149,6 +149,13 @@ ngx_http_llm_body_read(ngx_http_request_t *r)
     ctx->picked = ngx_http_llm_pick(ctx);
     ctx->start = ngx_current_msec;
 
+    /* whether this request may ever see a second attempt */
+
+    ctx->can_retry = (ctx->conf->retry_on & ~NGX_CONF_BITMASK_SET)
+                     && ctx->conf->attempts > 1
+                     && (ctx->picked->tries > 1
+                         || ngx_http_llm_plan_target(ctx, 1) != NULL);
+
     if (ngx_http_llm_attempt_start(r, ctx) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
     }
@@ -393,6 +400,17 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         return NGX_OK;
     }
 
+    if ((sr->buffered || sr->postponed)
+        && rc != NGX_ERROR && rc < NGX_HTTP_SPECIAL_RESPONSE)
+    {
+        /*
+         * the end of the answer is still in a filter (e.g. the copy
+         * filter writing to a slow client); nginx calls again once it
+         * has gone, and only then is it known whether it went whole
+         */
+        return NGX_OK;
+    }
+
     ctx->attempt_done = 1;
     ctx->attempt_rc = rc;
 
@@ -404,6 +422,11 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 
     } else if (sr->upstream && sr->upstream->state) {
         ctx->attempt_status = sr->upstream->state->status;
+    }
+
+    if (ctx->held && !ctx->answered) {
+        /* the provider's error answer broke off: it cannot be replayed */
+        ctx->answer_partial = 1;
     }
 
     if (!ctx->decided) {
@@ -672,25 +695,36 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
 
 /*
  * Whether any attempt may follow the one in flight, whatever its error:
- * while it may, an error answer is held back to be classified.
+ * NGX_HTTP_LLM_DECISION_NONE if one may (then an error answer is held
+ * back to be classified), else why not.
  */
 
 ngx_uint_t
-ngx_http_llm_may_retry(ngx_http_llm_ctx_t *ctx)
+ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx)
 {
     ngx_http_llm_loc_conf_t  *conf;
 
     conf = ctx->conf;
 
-    if ((conf->retry_on & ~NGX_CONF_BITMASK_SET) == 0
-        || ctx->tried.nelts >= conf->attempts
-        || (conf->deadline && ngx_current_msec - ctx->start >= conf->deadline))
-    {
-        return 0;
+    if (!ctx->can_retry) {
+        return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
     }
 
-    return ctx->step_tries < ctx->target->tries
-           || ngx_http_llm_plan_target(ctx, ctx->step + 1) != NULL;
+    if (ctx->tried.nelts >= conf->attempts) {
+        return NGX_HTTP_LLM_DECISION_EXHAUSTED;
+    }
+
+    if (conf->deadline && ngx_current_msec - ctx->start >= conf->deadline) {
+        return NGX_HTTP_LLM_DECISION_DEADLINE;
+    }
+
+    if (ctx->step_tries < ctx->target->tries
+        || ngx_http_llm_plan_target(ctx, ctx->step + 1) != NULL)
+    {
+        return NGX_HTTP_LLM_DECISION_NONE;
+    }
+
+    return NGX_HTTP_LLM_DECISION_EXHAUSTED;
 }
 
 
@@ -717,7 +751,8 @@ ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx)
 
     if (err == NGX_HTTP_LLM_ERR_NONE
         || err == NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
-        || !(conf->retry_on & (1 << err)))
+        || !(conf->retry_on & (1 << err))
+        || !ctx->can_retry)
     {
         return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
     }
@@ -930,13 +965,16 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    if (ctx->answer) {
+    if (ctx->answer && !ctx->answer_partial) {
         /* the provider's own last answer, unchanged */
         ngx_http_finalize_request(r, ngx_http_llm_replay(r, ctx));
         return;
     }
 
-    /* no provider answer at all: nginx's own 502 or 504 page */
+    /*
+     * no provider answer, or only the beginning of one that was dropped
+     * for a retry: nginx's own 502 or 504 page
+     */
 
     if (ngx_http_llm_no_retry_header(r, ctx) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -986,6 +1024,8 @@ ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 ngx_int_t
 ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
     if (!ctx->retried
@@ -993,6 +1033,31 @@ ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         && ctx->decision != NGX_HTTP_LLM_DECISION_DEADLINE)
     {
         return NGX_OK;
+    }
+
+    /* the provider's own x-should-retry is the gateway's to answer now */
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("x-should-retry") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "x-should-retry",
+                               h[i].key.len) == 0)
+        {
+            h[i].hash = 0;
+        }
     }
 
     h = ngx_list_push(&r->headers_out.headers);

@@ -116,6 +116,8 @@ typedef struct {
     unsigned                     attempt_done:1;
     unsigned                     held:1;        /* error answer kept back */
     unsigned                     answer_cut:1;  /* longer than kept */
+    unsigned                     answer_partial:1;  /* kept, not whole */
+    unsigned                     can_retry:1;
     unsigned                     retried:1;     /* a retry was spent */
     unsigned                     decided:1;
 } ngx_http_llm_ctx_t;
@@ -135,7 +137,7 @@ ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *message, const char *code);
 
 ngx_int_t ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr);
-ngx_uint_t ngx_http_llm_may_retry(ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
 ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,

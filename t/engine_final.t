@@ -280,12 +280,8 @@ for my $case ([ '/last', '1:ctx+chunked=1', 'ctx', 'not retryable' ],
     is($r->{status}, 500, "provider's x-should-retry: status");
     is(seen($id), 't, t', "provider's x-should-retry: retried");
 
-    TODO: {
-        local $TODO = 'module bug: the provider\'s x-should-retry: true '
-            . 'is passed next to the added false';
-        is(join(',', header_values($r, 'x-should-retry')), 'false',
-           "provider's x-should-retry: one x-should-retry: false");
-    }
+    is(join(',', header_values($r, 'x-should-retry')), 'false',
+       "provider's x-should-retry: one x-should-retry: false");
 }
 
 ###############################################################################
@@ -322,8 +318,10 @@ for my $kind (qw(401 ctx 404)) {
        "not retryable $kind: decision");
 }
 
-# x-should-retry follows $llm_retry_decision: attempts_exhausted and
-# deadline add it, whether the answer was held or passed at once
+# a route that allows this request no second attempt at all (one target,
+# one try; or llm_attempts 1) is transparent: the provider's error is
+# passed on as it is, without x-should-retry, so the client's own retries
+# stay the one retry layer; its decision is not_retryable
 
 for my $case ([ 'single', '1:500' ], [ 'one', '1:503' ]) {
     my ($route, $xcase) = @$case;
@@ -332,15 +330,9 @@ for my $case ([ 'single', '1:500' ], [ 'one', '1:503' ]) {
     my $e = log_entry($t, $id);
 
     is(seen($id), 't', "$route: one attempt");
-    is($e->{decision}, 'attempts_exhausted', "$route: decision");
-
-    TODO: {
-        local $TODO = 'module bug: an error answer passed at once as no '
-            . 'attempt could follow gets no x-should-retry, although '
-            . '$llm_retry_decision says attempts_exhausted';
-        is($r->{headers}{'x-should-retry'}, 'false',
-           "$route: x-should-retry as the decision says");
-    }
+    is($e->{decision}, 'not_retryable', "$route: decision");
+    ok(!defined $r->{headers}{'x-should-retry'},
+       "$route: no x-should-retry from a route that cannot retry");
 }
 
 ###############################################################################
@@ -475,13 +467,11 @@ for my $round (1, 2) {
 
     # the big answer was dropped after its beginning: the client must not
     # get that beginning as if it were the whole answer
-    TODO: {
-        local $TODO = 'module bug: the cut beginning (64 KiB) of a dropped '
-            . 'big answer is replayed with a Content-Length of its own';
-        ok($r->{status} == 502 || $r->{body} eq $BIG,
-           'big 500, then refused: nginx\'s 502 or the whole answer (got '
-           . ($r->{status} // '-') . ', ' . length($r->{body}) . ' bytes)');
-    }
+    is($r->{status}, 502, 'big 500, then refused: nginx\'s 502, not the '
+       . 'beginning of the dropped answer (got ' . length($r->{body})
+       . ' bytes)');
+    is($r->{headers}{'x-should-retry'}, 'false',
+       'big 500, then refused: x-should-retry: false');
 }
 
 ###############################################################################
@@ -513,13 +503,8 @@ for my $case ([ 'ok+size=1000000', 200 ], [ 'big+size=1000000', 500 ]) {
         my $e = log_entry($t, $id);
         my $last = (split /, /, $e->{errors} // '')[-1];
 
-        TODO: {
-            local $TODO = 'module bug: an answer still in nginx\'s buffers '
-                . 'when the upstream finishes is recorded as '
-                . 'stream_interrupted';
-            is($last, $status == 200 ? '-' : 'server_error',
-               "late reader, $status: recorded as delivered ($round)");
-        }
+        is($last, $status == 200 ? '-' : 'server_error',
+           "late reader, $status: recorded as delivered ($round)");
     }
 }
 

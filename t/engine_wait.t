@@ -400,12 +400,8 @@ for my $round (1, 2) {
     is(log_entry($t, $id)->{decision}, 'deadline',
        'deadline passed, a fallback: decision');
 
-    TODO: {
-        local $TODO = 'module bug: an answer committed because the deadline '
-            . 'had passed gets no x-should-retry';
-        is($r->{headers}{'x-should-retry'}, 'false',
-           'deadline passed, a fallback: x-should-retry');
-    }
+    is($r->{headers}{'x-should-retry'}, 'false',
+       'deadline passed, a fallback: x-should-retry');
 }
 
 ###############################################################################
