@@ -23,6 +23,13 @@
 
 
 static void ngx_http_llm_body_read(ngx_http_request_t *r);
+static void ngx_http_llm_next(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+static ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target);
+static ngx_msec_int_t ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_http_llm_target_t *ngx_http_llm_pick(ngx_http_llm_ctx_t *ctx);
 static ngx_http_llm_target_t *ngx_http_llm_plan_target(
     ngx_http_llm_ctx_t *ctx, ngx_uint_t step);
@@ -36,6 +43,7 @@ static ngx_uint_t ngx_http_llm_attempt_error(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_llm_keep_upstream_states(ngx_http_request_t *sr);
 static void ngx_http_llm_attempt_finished(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx);
 static ngx_msec_t ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_wait(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_msec_t delay);
@@ -59,6 +67,7 @@ ngx_str_t  ngx_http_llm_decision_names[] = {
     ngx_string("not_retryable"),
     ngx_string("attempts_exhausted"),
     ngx_string("deadline"),
+    ngx_string("budget_exhausted"),
     ngx_null_string
 };
 
@@ -88,6 +97,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
     }
 
     ctx->conf = llcf;
+    ctx->log = r->connection->log;
     ctx->family = llcf->family ? llcf->family : ngx_http_llm_family(r);
     ctx->retry_after = -1;
 
@@ -126,6 +136,7 @@ ngx_http_llm_body_read(ngx_http_request_t *r)
 
     if (ngx_http_llm_request_inspect(r, ctx) != NGX_OK) {
         rc = ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                     "invalid_request_error",
                                      ctx->scan->error, "invalid_json");
         ngx_http_finalize_request(r, rc);
         return;
@@ -156,7 +167,28 @@ ngx_http_llm_body_read(ngx_http_request_t *r)
                      && (ctx->picked->tries > 1
                          || ngx_http_llm_plan_target(ctx, 1) != NULL);
 
-    if (ngx_http_llm_attempt_start(r, ctx) != NGX_OK) {
+    ngx_http_llm_next(r, ctx);
+}
+
+
+/*
+ * Starts the next attempt of the plan; when every target left is cooling
+ * down, the request ends with what it has.
+ */
+
+static void
+ngx_http_llm_next(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_llm_attempt_start(r, ctx);
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_llm_final(r, ctx);
+        return;
+    }
+
+    if (rc != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
     }
 }
@@ -218,7 +250,11 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_http_request_body_t     *rb;
     ngx_http_post_subrequest_t  *ps;
 
-    target = ngx_http_llm_plan_target(ctx, ctx->step);
+    target = ngx_http_llm_plan_skip(ctx);
+
+    if (target == NULL) {
+        return NGX_DECLINED;
+    }
 
     ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
     if (ps == NULL) {
@@ -267,6 +303,9 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     at->status = 0;
     at->error = NGX_HTTP_LLM_ERR_NONE;
     at->time = 0;
+    at->skipped = 0;
+
+    ngx_http_llm_count_attempt(ctx, target);
 
     ctx->attempt = sr;
     ctx->target = target;
@@ -284,9 +323,81 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "llm attempt %ui to \"%V\", step %ui",
-                   ctx->tried.nelts, &target->uri, ctx->step);
+                   ctx->attempts, &target->uri, ctx->step);
 
     return NGX_OK;
+}
+
+
+/*
+ * The target of the current step, skipping those that are cooling down:
+ * each is recorded in the attempt lists as skipped, and the plan moves
+ * on at once.  NULL when no target is left.
+ */
+
+static ngx_http_llm_target_t *
+ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_target_t   *target;
+    ngx_http_llm_attempt_t  *at;
+
+    for ( ;; ) {
+        target = ngx_http_llm_plan_target(ctx, ctx->step);
+
+        if (target == NULL || ngx_http_llm_target_cooling(target) == 0) {
+            return target;
+        }
+
+        at = ngx_array_push(&ctx->tried);
+        if (at == NULL) {
+            return NULL;
+        }
+
+        at->target = target;
+        at->status = 0;
+        at->error = NGX_HTTP_LLM_ERR_NONE;
+        at->time = 0;
+        at->skipped = 1;
+
+        ngx_http_llm_count(target->node, skipped, 1);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->log, 0,
+                       "llm target \"%V\" skipped, cooling down",
+                       &target->key);
+
+        ctx->step++;
+        ctx->step_tries = 0;
+    }
+}
+
+
+/* the route's first attempt deposits into its budget */
+
+static void
+ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target)
+{
+    ngx_http_llm_node_t      *n;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ctx->conf;
+    n = llcf->node;
+
+    ctx->attempts++;
+
+    ngx_http_llm_count(target->node, attempts, 1);
+
+    if (n == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&n->attempts, 1);
+
+    if (ctx->attempts == 1) {
+        (void) ngx_atomic_fetch_add(&n->requests, 1);
+        ngx_http_llm_slot_add(llcf->zone, n,
+                              offsetof(ngx_http_llm_slot_t, requests), 1);
+    }
 }
 
 
@@ -444,6 +555,11 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     at->error = ctx->error;
     at->time = ngx_current_msec - ctx->attempt_start;
 
+    if (ctx->error != NGX_HTTP_LLM_ERR_NONE) {
+        ngx_http_llm_target_failed(ctx, ctx->target, ctx->error,
+                                   ngx_http_llm_cooldown_wait(ctx));
+    }
+
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, sr->connection->log, 0,
                    "llm attempt %ui done: rc:%i status:%ui error:%V",
                    ctx->tried.nelts, rc, ctx->attempt_status,
@@ -519,6 +635,27 @@ ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
                                           ? (ngx_uint_t) rc
                                           : NGX_HTTP_BAD_GATEWAY,
                                           NULL, 0);
+}
+
+
+/*
+ * A provider that asks for a wait longer than the route waits (rate
+ * limits, quota, overload with a Retry-After above llm_backoff max) is
+ * left alone for that long by every worker.
+ */
+
+static ngx_msec_int_t
+ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx)
+{
+    if (ctx->retry_after > (ngx_msec_int_t) ctx->conf->backoff_max
+        && (ctx->error == NGX_HTTP_LLM_ERR_RATE_LIMITED
+            || ctx->error == NGX_HTTP_LLM_ERR_QUOTA
+            || ctx->error == NGX_HTTP_LLM_ERR_OVERLOADED))
+    {
+        return ctx->retry_after;
+    }
+
+    return 0;
 }
 
 
@@ -646,7 +783,6 @@ ngx_http_llm_keep_upstream_states(ngx_http_request_t *sr)
 static void
 ngx_http_llm_attempt_finished(ngx_http_request_t *r)
 {
-    ngx_int_t            rc;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
@@ -675,14 +811,12 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
 
         ctx->retried = 1;
 
-        if (ctx->wait) {
-            rc = ngx_http_llm_wait(r, ctx, ctx->wait);
-
-        } else {
-            rc = ngx_http_llm_attempt_start(r, ctx);
+        if (ctx->wait == 0) {
+            ngx_http_llm_next(r, ctx);
+            return;
         }
 
-        if (rc != NGX_OK) {
+        if (ngx_http_llm_wait(r, ctx, ctx->wait) != NGX_OK) {
             ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         }
 
@@ -710,7 +844,7 @@ ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx)
         return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
     }
 
-    if (ctx->tried.nelts >= conf->attempts) {
+    if (ctx->attempts >= conf->attempts) {
         return NGX_HTTP_LLM_DECISION_EXHAUSTED;
     }
 
@@ -739,6 +873,42 @@ ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx)
 ngx_uint_t
 ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx)
 {
+    ngx_uint_t  d, step;
+
+    step = ctx->step;
+
+    d = ngx_http_llm_decide_plan(ctx);
+
+    /* every attempt after the first needs the route's budget */
+
+    if ((d == NGX_HTTP_LLM_DECISION_RETRY
+         || d == NGX_HTTP_LLM_DECISION_FALLBACK)
+        && ngx_http_llm_budget_withdraw(ctx) != NGX_OK)
+    {
+        if (ctx->step != step) {
+            ctx->step = step;
+            ctx->step_tries = ctx->target->tries;
+        }
+
+        ctx->wait = 0;
+        d = NGX_HTTP_LLM_DECISION_BUDGET;
+
+        ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
+                      "llm route \"%V\": retry budget exhausted",
+                      &ctx->conf->route);
+    }
+
+    if (ctx->conf->node && d < NGX_HTTP_LLM_DECISIONS) {
+        (void) ngx_atomic_fetch_add(&ctx->conf->node->decisions[d], 1);
+    }
+
+    return d;
+}
+
+
+static ngx_uint_t
+ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx)
+{
     ngx_uint_t                err, same, late;
     ngx_msec_t                elapsed, wait;
     ngx_http_llm_loc_conf_t  *conf;
@@ -757,7 +927,7 @@ ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx)
         return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
     }
 
-    if (ctx->tried.nelts >= conf->attempts) {
+    if (ctx->attempts >= conf->attempts) {
         return NGX_HTTP_LLM_DECISION_EXHAUSTED;
     }
 
@@ -891,9 +1061,7 @@ ngx_http_llm_wait_handler(ngx_event_t *ev)
 
     r->read_event_handler = ngx_http_block_reading;
 
-    if (ngx_http_llm_attempt_start(r, ctx) != NGX_OK) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-    }
+    ngx_http_llm_next(r, ctx);
 
     ngx_http_run_posted_requests(c);
 }
@@ -921,7 +1089,8 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     rc = ctx->attempt_rc;
 
     if (ctx->error != NGX_HTTP_LLM_ERR_NONE
-        && ctx->error != NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED)
+        && ctx->error != NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
+        && ctx->target)
     {
         /*
          * error level when the gateway spent retries in vain or no
@@ -971,6 +1140,12 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
+    if (ctx->attempts == 0) {
+        /* every target was cooling down: not even a first attempt */
+        ngx_http_finalize_request(r, ngx_http_llm_cooling_answer(r, ctx));
+        return;
+    }
+
     /*
      * no provider answer, or only the beginning of one that was dropped
      * for a retry: nginx's own 502 or 504 page
@@ -983,6 +1158,60 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ngx_http_finalize_request(r, rc >= NGX_HTTP_SPECIAL_RESPONSE
                                  ? rc : NGX_HTTP_BAD_GATEWAY);
+}
+
+
+/*
+ * 503 from the gateway when every target of the plan is cooling down,
+ * with a Retry-After of the soonest end.
+ */
+
+static ngx_int_t
+ngx_http_llm_cooling_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    u_char                  *p;
+    ngx_uint_t               i;
+    ngx_msec_int_t           left, soonest;
+    ngx_table_elt_t         *h;
+    ngx_http_llm_attempt_t  *at;
+
+    at = ctx->tried.elts;
+    soonest = 0;
+
+    for (i = 0; i < ctx->tried.nelts; i++) {
+        left = ngx_http_llm_target_cooling(at[i].target);
+
+        if (left && (soonest == 0 || left < soonest)) {
+            soonest = left;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "llm route \"%V\": every target is cooling down",
+                  &ctx->conf->route);
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+    ngx_str_set(&h->key, "Retry-After");
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "%T", (time_t) (soonest + 999) / 1000) - p;
+
+    return ngx_http_llm_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "server_error",
+                                   "every target of the route is cooling "
+                                   "down", "targets_cooling_down");
 }
 
 
@@ -1030,7 +1259,8 @@ ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     if (!ctx->retried
         && ctx->decision != NGX_HTTP_LLM_DECISION_EXHAUSTED
-        && ctx->decision != NGX_HTTP_LLM_DECISION_DEADLINE)
+        && ctx->decision != NGX_HTTP_LLM_DECISION_DEADLINE
+        && ctx->decision != NGX_HTTP_LLM_DECISION_BUDGET)
     {
         return NGX_OK;
     }

@@ -10,19 +10,6 @@
 #include "ngx_http_llm_module.h"
 
 
-typedef struct {
-    ngx_str_t                    name;
-    void                        *server;    /* its core srv conf */
-    ngx_str_t                    file;
-    ngx_uint_t                   line;
-} ngx_http_llm_route_name_t;
-
-
-typedef struct {
-    ngx_array_t                  routes;    /* of ngx_http_llm_route_name_t */
-} ngx_http_llm_main_conf_t;
-
-
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
@@ -131,6 +118,28 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, deadline),
       NULL },
 
+    { ngx_string("llm_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_llm_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_retry_budget"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
+      ngx_http_llm_retry_budget,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_cooldown"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
+      ngx_http_llm_cooldown,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+
       ngx_null_command
 };
 
@@ -188,7 +197,9 @@ ngx_http_llm_preconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_postconfiguration(ngx_conf_t *cf)
 {
-    if (ngx_http_llm_request_init(cf) != NGX_OK) {
+    if (ngx_http_llm_request_init(cf) != NGX_OK
+        || ngx_http_llm_budget_init(cf) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -208,7 +219,9 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
 
     if (ngx_array_init(&lmcf->routes, cf->pool, 4,
                        sizeof(ngx_http_llm_route_name_t))
-        != NGX_OK)
+        != NGX_OK
+        || ngx_array_init(&lmcf->zones, cf->pool, 1, sizeof(ngx_shm_zone_t *))
+           != NGX_OK)
     {
         return NULL;
     }
@@ -244,6 +257,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     llcf->backoff_base = NGX_CONF_UNSET_MSEC;
     llcf->backoff_max = NGX_CONF_UNSET_MSEC;
     llcf->deadline = NGX_CONF_UNSET_MSEC;
+    llcf->budget = NGX_CONF_UNSET_UINT;
+    llcf->cooldown_fails = NGX_CONF_UNSET_UINT;
 
     return llcf;
 }
@@ -283,6 +298,28 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->backoff_base, prev->backoff_base, 100);
     ngx_conf_merge_msec_value(conf->backoff_max, prev->backoff_max, 2000);
     ngx_conf_merge_msec_value(conf->deadline, prev->deadline, 60000);
+
+    if (conf->budget == NGX_CONF_UNSET_UINT) {
+        conf->budget = (prev->budget == NGX_CONF_UNSET_UINT) ? 0
+                                                             : prev->budget;
+        conf->budget_ratio = prev->budget_ratio;
+        conf->budget_min = prev->budget_min;
+        conf->budget_window = prev->budget_window;
+        conf->budget_zone = prev->budget_zone;
+    }
+
+    if (conf->cooldown_fails == NGX_CONF_UNSET_UINT) {
+        if (prev->cooldown_fails == NGX_CONF_UNSET_UINT) {
+            conf->cooldown_fails = 5;
+            conf->cooldown_window = 10;
+            conf->cooldown_time = 10000;
+
+        } else {
+            conf->cooldown_fails = prev->cooldown_fails;
+            conf->cooldown_window = prev->cooldown_window;
+            conf->cooldown_time = prev->cooldown_time;
+        }
+    }
 
     return ngx_http_llm_merge_route(cf, conf);
 }
@@ -468,6 +505,7 @@ ngx_http_llm_route_name(ngx_conf_t *cf, ngx_str_t *name)
 
     rn->name = *name;
     rn->server = server;
+    rn->conf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_llm_module);
     rn->file = cf->conf_file->file.name;
     rn->line = cf->conf_file->line;
 
@@ -583,6 +621,25 @@ ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         goto invalid;
+    }
+
+    /*
+     * a target's counters and cooldown are shared by every route that
+     * uses the same location for the same model
+     */
+
+    target->key = target->uri;
+
+    if (target->model.len) {
+        target->key.len = target->uri.len + 1 + target->model.len;
+        target->key.data = ngx_pnalloc(cf->pool, target->key.len);
+        if (target->key.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        p = ngx_cpymem(target->key.data, target->uri.data, target->uri.len);
+        *p++ = ' ';
+        ngx_memcpy(p, target->model.data, target->model.len);
     }
 
     if (!fallback) {

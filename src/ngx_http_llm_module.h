@@ -13,6 +13,7 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_scan.h"
 #include "ngx_http_llm_classify.h"
+#include "ngx_http_llm_zone.h"
 
 
 /* endpoint families, SPEC 3.1 */
@@ -32,6 +33,7 @@
 #define NGX_HTTP_LLM_DECISION_NOT_RETRYABLE  3
 #define NGX_HTTP_LLM_DECISION_EXHAUSTED  4
 #define NGX_HTTP_LLM_DECISION_DEADLINE   5
+#define NGX_HTTP_LLM_DECISION_BUDGET     6
 
 
 /* provider error answers are kept up to this size to be classified */
@@ -42,8 +44,10 @@ typedef struct {
     ngx_str_t                    uri;       /* internal target location */
     ngx_str_t                    model;     /* model=; empty: the client's */
     ngx_str_t                    model_json;    /* model, JSON-encoded */
+    ngx_str_t                    key;       /* "URI model": its zone node */
     ngx_uint_t                   weight;
     ngx_uint_t                   tries;
+    ngx_http_llm_node_t         *node;      /* counters and cooldown */
     unsigned                     fallback:1;
 } ngx_http_llm_target_t;
 
@@ -61,10 +65,40 @@ typedef struct {
     ngx_msec_t                   backoff_max;
     ngx_msec_t                   deadline;
 
+    /* llm_retry_budget; ratio in thousandths, 0 .. 1000 */
+    ngx_uint_t                   budget;    /* 1: on; 0: off; unset */
+    ngx_uint_t                   budget_ratio;
+    ngx_uint_t                   budget_min;    /* retries a second */
+    ngx_uint_t                   budget_window; /* seconds */
+    ngx_str_t                    budget_zone;   /* zone=; empty: first */
+
+    /* llm_cooldown */
+    ngx_uint_t                   cooldown_fails;
+    ngx_uint_t                   cooldown_window;   /* seconds */
+    ngx_msec_t                   cooldown_time;
+
+    ngx_shm_zone_t              *zone;      /* the route's counters */
+    ngx_http_llm_node_t         *node;
+
     /* where the location's first llm_ directive is, for merge errors */
     ngx_str_t                    conf_file;
     ngx_uint_t                   conf_line;
 } ngx_http_llm_loc_conf_t;
+
+
+typedef struct {
+    ngx_str_t                    name;
+    void                        *server;    /* its core srv conf */
+    ngx_str_t                    file;
+    ngx_uint_t                   line;
+    ngx_http_llm_loc_conf_t     *conf;
+} ngx_http_llm_route_name_t;
+
+
+typedef struct {
+    ngx_array_t                  routes;    /* of ngx_http_llm_route_name_t */
+    ngx_array_t                  zones;     /* of ngx_shm_zone_t * */
+} ngx_http_llm_main_conf_t;
 
 
 /* one attempt, for the $llm_attempt_* lists */
@@ -74,6 +108,7 @@ typedef struct {
     ngx_uint_t                   status;    /* provider's or nginx's */
     ngx_uint_t                   error;     /* NGX_HTTP_LLM_ERR_* */
     ngx_msec_t                   time;
+    unsigned                     skipped:1; /* target in cooldown */
 } ngx_http_llm_attempt_t;
 
 
@@ -87,6 +122,8 @@ typedef struct {
     ngx_uint_t                   family;
 
     ngx_array_t                  tried;     /* of ngx_http_llm_attempt_t */
+    ngx_uint_t                   attempts;  /* made: not the skipped */
+    ngx_log_t                   *log;
 
     /* the plan: the picked target, then the fallbacks in order */
     ngx_http_llm_target_t       *picked;
@@ -134,9 +171,21 @@ ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_target_t *target,
     ngx_chain_t **out, off_t *len);
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *message, const char *code);
+    const char *type, const char *message, const char *code);
 
 ngx_int_t ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr);
+
+char *ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_budget_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx);
+ngx_msec_int_t ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf);
+void ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target, ngx_uint_t err, ngx_msec_int_t wait);
+ngx_msec_int_t ngx_http_llm_target_cooling(ngx_http_llm_target_t *target);
+
+char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_uint_t ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);

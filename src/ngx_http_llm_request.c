@@ -389,7 +389,7 @@ ngx_http_llm_request_link(ngx_http_request_t *r, ngx_buf_t *b,
 
 ngx_int_t
 ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *message, const char *code)
+    const char *type, const char *message, const char *code)
 {
     u_char       *p;
     size_t        len, mlen;
@@ -399,11 +399,10 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
 
     mlen = ngx_strlen(message);
 
-    len = sizeof("{\"error\":{\"message\":\"\","
-                 "\"type\":\"invalid_request_error\","
+    len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
                  "\"param\":null,\"code\":\"\"}}\n") - 1
           + mlen + ngx_escape_json(NULL, (u_char *) message, mlen)
-          + ngx_strlen(code);
+          + ngx_strlen(type) + ngx_strlen(code);
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -413,8 +412,8 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     p = ngx_cpymem(b->last, "{\"error\":{\"message\":\"",
                    sizeof("{\"error\":{\"message\":\"") - 1);
     p = (u_char *) ngx_escape_json(p, (u_char *) message, mlen);
-    p = ngx_sprintf(p, "\",\"type\":\"invalid_request_error\","
-                       "\"param\":null,\"code\":\"%s\"}}\n", code);
+    p = ngx_sprintf(p, "\",\"type\":\"%s\",\"param\":null,"
+                       "\"code\":\"%s\"}}\n", type, code);
     b->last = p;
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;

@@ -364,6 +364,14 @@ static u_char *
 ngx_http_llm_attempt_item(u_char *p, ngx_http_llm_attempt_t *at,
     uintptr_t what)
 {
+    if (at->skipped && what != NGX_HTTP_LLM_LIST_TARGETS) {
+        /* a target in cooldown: no attempt was made */
+        return (what == NGX_HTTP_LLM_LIST_ERRORS)
+               ? ngx_cpymem(p, "skipped", sizeof("skipped") - 1)
+               : ngx_cpymem(p, what == NGX_HTTP_LLM_LIST_TIMES ? "0.000" : "-",
+                            what == NGX_HTTP_LLM_LIST_TIMES ? 5 : 1);
+    }
+
     switch (what) {
 
     case NGX_HTTP_LLM_LIST_TARGETS:
@@ -407,7 +415,7 @@ ngx_http_llm_variable_attempts(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    v->len = ngx_sprintf(p, "%ui", ctx->tried.nelts) - p;
+    v->len = ngx_sprintf(p, "%ui", ctx->attempts) - p;
     v->data = p;
     v->valid = 1;
     v->no_cacheable = 1;

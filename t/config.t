@@ -336,4 +336,93 @@ http {
 EOF
 passes('one route name in two servers');
 
+###############################################################################
+# zones, budgets, cooldowns
+
+sub http_conf {
+    my ($http, $loc) = @_;
+    $t->write_file_expand('nginx.conf', <<"EOF");
+events {}
+
+http {
+    $http
+
+    server {
+        listen 127.0.0.1:%%PORT_8080%%;
+
+        location = /v1/chat/completions {
+            llm_route chat;
+            llm_target /_llm/a;
+            $loc
+        }
+
+        location /_llm/a {
+            internal;
+            return 204;
+        }
+    }
+}
+EOF
+}
+
+http_conf('llm_zone llm:1m; llm_zone other:64k;',
+          'llm_retry_budget ratio=0.25 min=5/s window=30s zone=other;
+            llm_cooldown fails=3 window=5s time=30s;');
+passes('zone, budget and cooldown');
+
+http_conf('llm_zone llm:1m; llm_retry_budget; llm_cooldown off;', '');
+passes('budget and cooldown at http level');
+
+http_conf('llm_zone llm:1m;', 'llm_retry_budget off;');
+passes('budget off');
+
+my @budget = (
+    [ 'llm_zone llm;', '', 'invalid zone "llm"', qr/llm_zone/ ],
+    [ 'llm_zone :1m;', '', 'invalid zone ":1m"', qr/llm_zone/ ],
+    [ 'llm_zone llm:big;', '', 'invalid zone size "llm:big"', qr/llm_zone/ ],
+    [ 'llm_zone llm:8k;', '', 'zone "llm:8k" is too small', qr/llm_zone/ ],
+    [ 'llm_zone llm:1m; llm_zone llm:1m;', '', 'duplicate llm zone "llm"',
+      qr/llm_zone llm:1m; llm_zone/ ],
+    [ 'llm_zone llm:1m;', 'llm_retry_budget ratio=1.5;',
+      'invalid ratio "ratio=1.5", it must be between 0 and 1',
+      qr/llm_retry_budget/ ],
+    [ 'llm_zone llm:1m;', 'llm_retry_budget ratio=-0.1;',
+      'invalid ratio "ratio=-0.1", it must be between 0 and 1',
+      qr/llm_retry_budget/ ],
+    [ 'llm_zone llm:1m;', 'llm_retry_budget min=10;',
+      'invalid parameter "min=10"', qr/llm_retry_budget/ ],
+    [ 'llm_zone llm:1m;', 'llm_retry_budget window=1500ms;',
+      'invalid window "window=1500ms", it must be a whole number of '
+      . 'seconds from 1s to 60s', qr/llm_retry_budget/ ],
+    [ 'llm_zone llm:1m;', 'llm_retry_budget window=2m;',
+      'invalid window "window=2m", it must be a whole number of seconds '
+      . 'from 1s to 60s', qr/llm_retry_budget/ ],
+    [ 'llm_zone llm:1m;', 'llm_retry_budget burst=3;',
+      'invalid parameter "burst=3"', qr/llm_retry_budget/ ],
+    [ 'llm_zone llm:1m;', 'llm_retry_budget; llm_retry_budget;',
+      '"llm_retry_budget" directive is duplicate',
+      qr/llm_retry_budget; llm_retry_budget/ ],
+    [ 'llm_zone llm:1m;', 'llm_cooldown fails=0;',
+      'invalid parameter "fails=0"', qr/llm_cooldown/ ],
+    [ 'llm_zone llm:1m;', 'llm_cooldown window=0.5s;',
+      'invalid window "window=0.5s", it must be a whole number of seconds '
+      . 'from 1s to 60s', qr/llm_cooldown/ ],
+    [ 'llm_zone llm:1m;', 'llm_cooldown time=never;',
+      'invalid parameter "time=never"', qr/llm_cooldown/ ],
+);
+
+for my $case (@budget) {
+    my ($http, $loc, $message, $re) = @$case;
+    http_conf($http, $loc);
+    fails("budget: $message", $message, line_of($re));
+}
+
+http_conf('llm_zone llm:1m;', 'llm_retry_budget zone=nope;');
+fails('unknown zone', 'unknown llm zone "nope"',
+      line_of(qr/llm_route chat;/));
+
+http_conf('', 'llm_retry_budget;');
+fails('budget without a zone', '"llm_retry_budget" requires "llm_zone"',
+      line_of(qr/llm_route chat;/));
+
 done_testing;

@@ -1,0 +1,535 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * Retry budgets (SPEC 3.3) and target cooldowns, on the counters of the
+ * shared zone (ngx_http_llm_zone.c).
+ *
+ * The budget is additive, as Finagle's RetryBudget and tower's TpsBudget:
+ * every client request of the route deposits ratio, every attempt after
+ * the first withdraws one, and a retry is allowed while
+ *
+ *     retries_in_window + 1 <= min * window + ratio * requests_in_window
+ *
+ * The retry is counted first and taken back if it does not fit, so
+ * workers racing for the last retry never both get it.
+ */
+
+
+static ngx_int_t ngx_http_llm_budget_route(ngx_conf_t *cf,
+    ngx_http_llm_main_conf_t *lmcf, ngx_http_llm_loc_conf_t *llcf);
+static ngx_int_t ngx_http_llm_budget_targets(ngx_conf_t *cf,
+    ngx_shm_zone_t *zone, ngx_array_t *targets);
+static ngx_atomic_uint_t ngx_http_llm_budget_allowance(
+    ngx_http_llm_loc_conf_t *llcf);
+
+
+/* llm_retry_budget [ratio=R] [min=N/s] [window=TIME] [zone=NAME] | off */
+
+char *
+ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_msec_t   ms;
+    ngx_uint_t   i;
+
+    if (llcf->budget != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        llcf->budget = 0;
+        return NGX_CONF_OK;
+    }
+
+    llcf->budget = 1;
+    llcf->budget_ratio = 200;
+    llcf->budget_min = 10;
+    llcf->budget_window = 10;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "ratio=", 6) == 0) {
+
+            n = ngx_atofp(value[i].data + 6, value[i].len - 6, 3);
+
+            if (n == NGX_ERROR || n > 1000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid ratio \"%V\", it must be "
+                                   "between 0 and 1", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            llcf->budget_ratio = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "min=", 4) == 0) {
+
+            s.data = value[i].data + 4;
+            s.len = value[i].len - 4;
+
+            if (s.len < 3 || ngx_strncmp(s.data + s.len - 2, "/s", 2) != 0) {
+                goto invalid;
+            }
+
+            n = ngx_atoi(s.data, s.len - 2);
+
+            if (n == NGX_ERROR || n > 100000) {
+                goto invalid;
+            }
+
+            llcf->budget_min = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
+
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms % 1000
+                || ms == 0 || ms > NGX_HTTP_LLM_WINDOW_MAX * 1000)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid window \"%V\", it must be "
+                                   "a whole number of seconds from 1s "
+                                   "to 60s", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            llcf->budget_window = ms / 1000;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+            llcf->budget_zone.data = value[i].data + 5;
+            llcf->budget_zone.len = value[i].len - 5;
+
+            if (llcf->budget_zone.len == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/* llm_cooldown fails=N window=TIME time=TIME | off */
+
+char *
+ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_msec_t   ms;
+    ngx_uint_t   i;
+
+    if (llcf->cooldown_fails != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        llcf->cooldown_fails = 0;
+        llcf->cooldown_window = 0;
+        llcf->cooldown_time = 0;
+        return NGX_CONF_OK;
+    }
+
+    llcf->cooldown_fails = 5;
+    llcf->cooldown_window = 10;
+    llcf->cooldown_time = 10000;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "fails=", 6) == 0) {
+
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+
+            if (n == NGX_ERROR || n == 0 || n > 100000) {
+                goto invalid;
+            }
+
+            llcf->cooldown_fails = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
+
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms % 1000
+                || ms == 0 || ms > NGX_HTTP_LLM_WINDOW_MAX * 1000)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid window \"%V\", it must be "
+                                   "a whole number of seconds from 1s "
+                                   "to 60s", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            llcf->cooldown_window = ms / 1000;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "time=", 5) == 0) {
+
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                goto invalid;
+            }
+
+            llcf->cooldown_time = ms;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * At the end of the configuration: binds every route to its zone (its
+ * llm_retry_budget zone=, else the first llm_zone) and asks the zone for
+ * the nodes of the route and of its targets.
+ */
+
+ngx_int_t
+ngx_http_llm_budget_init(ngx_conf_t *cf)
+{
+    ngx_uint_t                  i;
+    ngx_http_llm_main_conf_t   *lmcf;
+    ngx_http_llm_route_name_t  *rn;
+
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+
+    rn = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+        if (ngx_http_llm_budget_route(cf, lmcf, rn[i].conf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_budget_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
+    ngx_http_llm_loc_conf_t *llcf)
+{
+    ngx_uint_t       i;
+    ngx_shm_zone_t  **zones, *zone;
+
+    zones = lmcf->zones.elts;
+    zone = NULL;
+
+    if (llcf->budget_zone.len) {
+
+        for (i = 0; i < lmcf->zones.nelts; i++) {
+            if (zones[i]->shm.name.len == llcf->budget_zone.len
+                && ngx_strncmp(zones[i]->shm.name.data,
+                               llcf->budget_zone.data,
+                               llcf->budget_zone.len) == 0)
+            {
+                zone = zones[i];
+                break;
+            }
+        }
+
+        if (zone == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "unknown llm zone \"%V\" in %V:%ui",
+                          &llcf->budget_zone, &llcf->conf_file,
+                          llcf->conf_line);
+            return NGX_ERROR;
+        }
+
+    } else if (lmcf->zones.nelts) {
+        zone = zones[0];
+
+    } else if (llcf->budget) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"llm_retry_budget\" requires \"llm_zone\" "
+                      "in %V:%ui", &llcf->conf_file, llcf->conf_line);
+        return NGX_ERROR;
+
+    } else {
+        /* no zone at all: nothing is counted */
+        return NGX_OK;
+    }
+
+    llcf->zone = zone;
+
+    if (ngx_http_llm_zone_want(cf, zone, NGX_HTTP_LLM_NODE_ROUTE,
+                               &llcf->route, &llcf->node)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_llm_budget_targets(cf, zone, llcf->targets) != NGX_OK
+        || ngx_http_llm_budget_targets(cf, zone, llcf->fallbacks) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_budget_targets(ngx_conf_t *cf, ngx_shm_zone_t *zone,
+    ngx_array_t *targets)
+{
+    ngx_uint_t              i;
+    ngx_http_llm_target_t  *target;
+
+    if (targets == NULL) {
+        return NGX_OK;
+    }
+
+    target = targets->elts;
+
+    for (i = 0; i < targets->nelts; i++) {
+        if (ngx_http_llm_zone_want(cf, zone, NGX_HTTP_LLM_NODE_TARGET,
+                                   &target[i].key, &target[i].node)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Takes one retry from the route's budget: NGX_OK, or NGX_DECLINED when
+ * the budget is spent.  Without a budget (or a node) every retry passes,
+ * and is counted when there is a node.
+ */
+
+ngx_int_t
+ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_atomic_uint_t         retries, allowance;
+    ngx_http_llm_node_t      *n;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ctx->conf;
+    n = llcf->node;
+
+    if (n == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_llm_slot_add(llcf->zone, n,
+                          offsetof(ngx_http_llm_slot_t, retries), 1);
+
+    if (llcf->budget) {
+        allowance = ngx_http_llm_budget_allowance(llcf);
+        retries = ngx_http_llm_slot_sum(n,
+                                        offsetof(ngx_http_llm_slot_t, retries),
+                                        llcf->budget_window);
+
+        if (retries * 1000 > allowance) {
+            ngx_http_llm_slot_add(llcf->zone, n,
+                                  offsetof(ngx_http_llm_slot_t, retries), -1);
+            return NGX_DECLINED;
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&n->retries, 1);
+
+    return NGX_OK;
+}
+
+
+/* retries the budget allows in the window, in thousandths */
+
+static ngx_atomic_uint_t
+ngx_http_llm_budget_allowance(ngx_http_llm_loc_conf_t *llcf)
+{
+    ngx_atomic_uint_t  requests;
+
+    requests = ngx_http_llm_slot_sum(llcf->node,
+                                     offsetof(ngx_http_llm_slot_t, requests),
+                                     llcf->budget_window);
+
+    return (ngx_atomic_uint_t) llcf->budget_min * llcf->budget_window * 1000
+           + (ngx_atomic_uint_t) llcf->budget_ratio * requests;
+}
+
+
+/* retries the budget allows now, for the status page; -1: no budget */
+
+ngx_msec_int_t
+ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf)
+{
+    ngx_atomic_uint_t  allowance, retries;
+
+    if (!llcf->budget || llcf->node == NULL) {
+        return -1;
+    }
+
+    allowance = ngx_http_llm_budget_allowance(llcf) / 1000;
+    retries = ngx_http_llm_slot_sum(llcf->node,
+                                    offsetof(ngx_http_llm_slot_t, retries),
+                                    llcf->budget_window);
+
+    return allowance > retries ? (ngx_msec_int_t) (allowance - retries) : 0;
+}
+
+
+/*
+ * A failed attempt on a target.  The target cools down (no attempt goes
+ * there, from any worker) for wait ms when the provider asked for a wait
+ * longer than the route waits (a Retry-After above llm_backoff max), or
+ * for llm_cooldown time= once it failed fails= times in window=.  Errors
+ * that belong to the request (invalid_request, context_length,
+ * content_filter) say nothing of the target's health and do not count.
+ */
+
+void
+ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target, ngx_uint_t err, ngx_msec_int_t wait)
+{
+    ngx_msec_t                now, until, old;
+    ngx_atomic_uint_t         fails;
+    ngx_http_llm_node_t      *n;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ctx->conf;
+    n = target->node;
+
+    if (n == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&n->errors[err], 1);
+
+    if (err == NGX_HTTP_LLM_ERR_INVALID_REQUEST
+        || err == NGX_HTTP_LLM_ERR_CONTEXT_LENGTH
+        || err == NGX_HTTP_LLM_ERR_CONTENT_FILTER
+        || err == NGX_HTTP_LLM_ERR_NONE)
+    {
+        return;
+    }
+
+    ngx_http_llm_slot_add(llcf->zone, n,
+                          offsetof(ngx_http_llm_slot_t, failures), 1);
+
+    now = ngx_http_llm_wall_msec();
+    until = 0;
+
+    if (wait > 0) {
+        until = now + wait;
+
+    } else if (llcf->cooldown_fails) {
+        fails = ngx_http_llm_slot_sum(n,
+                                      offsetof(ngx_http_llm_slot_t, failures),
+                                      llcf->cooldown_window);
+
+        if (fails >= llcf->cooldown_fails) {
+            until = now + llcf->cooldown_time;
+        }
+    }
+
+    if (until == 0) {
+        return;
+    }
+
+    /* the later end wins; only the worker that starts a cooldown logs */
+
+    for ( ;; ) {
+        old = n->cooldown_until;
+
+        if (old >= until) {
+            return;
+        }
+
+        if (ngx_atomic_cmp_set(&n->cooldown_until, old, until)) {
+            break;
+        }
+    }
+
+    if (old <= now) {
+        (void) ngx_atomic_fetch_add(&n->cooldowns, 1);
+
+        ngx_log_error(NGX_LOG_WARN, ctx->log, 0,
+                      "llm target \"%V\" cooling down for %M ms after %V",
+                      &target->key, until - now,
+                      &ngx_http_llm_err_names[err]);
+    }
+}
+
+
+/* ms left of the target's cooldown; 0 when it may be tried */
+
+ngx_msec_int_t
+ngx_http_llm_target_cooling(ngx_http_llm_target_t *target)
+{
+    ngx_msec_t  now, until;
+
+    if (target->node == NULL) {
+        return 0;
+    }
+
+    until = target->node->cooldown_until;
+
+    if (until == 0) {
+        return 0;
+    }
+
+    now = ngx_http_llm_wall_msec();
+
+    return until > now ? (ngx_msec_int_t) (until - now) : 0;
+}

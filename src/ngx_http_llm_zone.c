@@ -1,0 +1,425 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * The shared zone of llm_zone: a node per route and per target, found by
+ * name in an rbtree (as limit_req finds its keys), with totals and
+ * per-second slots.  Nodes are made when the zone is initialised, for
+ * every route and target of the configuration, never on the request
+ * path; a reload with the same zone name and size finds the old nodes,
+ * so counters and cooldowns survive it.  The request path only adds to
+ * atomics, and takes the zone's mutex for nothing but a slot rotation.
+ */
+
+
+static ngx_int_t ngx_http_llm_zone_init(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_int_t ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone);
+static ngx_http_llm_node_t *ngx_http_llm_zone_node(
+    ngx_http_llm_zone_t *zone, ngx_uint_t kind, ngx_str_t *name);
+static void ngx_http_llm_zone_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static uint32_t ngx_http_llm_zone_hash(ngx_uint_t kind, ngx_str_t *name);
+
+
+/* llm_zone NAME:SIZE */
+
+char *
+ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_main_conf_t *lmcf = conf;
+
+    u_char               *p;
+    ssize_t               size;
+    ngx_str_t            *value, name, s;
+    ngx_shm_zone_t       *shm_zone, **pz;
+    ngx_http_llm_zone_t  *zone;
+
+    value = cf->args->elts;
+
+    p = (u_char *) ngx_strchr(value[1].data, ':');
+
+    if (p == NULL || p == value[1].data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data;
+    name.len = p - value[1].data;
+
+    s.data = p + 1;
+    s.len = value[1].data + value[1].len - s.data;
+
+    size = ngx_parse_size(&s);
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_llm_module);
+    if (shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate llm zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_zone_t));
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    zone->name = name;
+
+    if (ngx_array_init(&zone->refs, cf->pool, 8,
+                       sizeof(ngx_http_llm_node_ref_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone->init = ngx_http_llm_zone_init;
+    shm_zone->data = zone;
+
+    pz = ngx_array_push(&lmcf->zones);
+    if (pz == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *pz = shm_zone;
+
+    return NGX_CONF_OK;
+}
+
+
+/* asks for a node of the zone, found or made when the zone is ready */
+
+ngx_int_t
+ngx_http_llm_zone_want(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
+    ngx_uint_t kind, ngx_str_t *name, ngx_http_llm_node_t **node)
+{
+    ngx_http_llm_zone_t      *zone;
+    ngx_http_llm_node_ref_t  *ref;
+
+    zone = shm_zone->data;
+
+    ref = ngx_array_push(&zone->refs);
+    if (ref == NULL) {
+        return NGX_ERROR;
+    }
+
+    ref->kind = kind;
+    ref->name = *name;
+    ref->node = node;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_zone_init(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_llm_zone_t  *ozone = data;
+
+    size_t                len;
+    ngx_http_llm_zone_t  *zone;
+
+    zone = shm_zone->data;
+
+    if (ozone) {
+        /* a reload with the same zone: its nodes are still there */
+        zone->sh = ozone->sh;
+        zone->shpool = ozone->shpool;
+
+        return ngx_http_llm_zone_nodes(shm_zone);
+    }
+
+    zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        zone->sh = zone->shpool->data;
+        return ngx_http_llm_zone_nodes(shm_zone);
+    }
+
+    zone->sh = ngx_slab_alloc(zone->shpool, sizeof(ngx_http_llm_shctx_t));
+    if (zone->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    zone->shpool->data = zone->sh;
+
+    ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
+                    ngx_http_llm_zone_insert);
+    ngx_queue_init(&zone->sh->queue);
+
+    len = sizeof(" in llm zone \"\"") + shm_zone->shm.name.len;
+
+    zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+    if (zone->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(zone->shpool->log_ctx, " in llm zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    /* a full zone is reported once, below, not by the slab allocator */
+    zone->shpool->log_nomem = 0;
+
+    return ngx_http_llm_zone_nodes(shm_zone);
+}
+
+
+/*
+ * Finds or makes the node of every route and target the configuration
+ * asked for.  A full zone leaves a node out: that route or target is then
+ * not counted (and its budget allows everything), which is logged once.
+ */
+
+static ngx_int_t
+ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
+{
+    ngx_uint_t                i;
+    ngx_http_llm_zone_t      *zone;
+    ngx_http_llm_node_ref_t  *ref;
+
+    zone = shm_zone->data;
+    ref = zone->refs.elts;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (i = 0; i < zone->refs.nelts; i++) {
+        *ref[i].node = ngx_http_llm_zone_node(zone, ref[i].kind,
+                                              &ref[i].name);
+
+        if (*ref[i].node == NULL) {
+            ngx_log_error(NGX_LOG_WARN, shm_zone->shm.log, 0,
+                          "llm zone \"%V\" is full: %s \"%V\" is not "
+                          "counted, its retries are not limited",
+                          &shm_zone->shm.name,
+                          ref[i].kind == NGX_HTTP_LLM_NODE_ROUTE
+                          ? "route" : "target", &ref[i].name);
+        }
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+/* with the zone's mutex held */
+
+static ngx_http_llm_node_t *
+ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
+    ngx_str_t *name)
+{
+    uint32_t              hash;
+    ngx_rbtree_node_t    *node, *sentinel;
+    ngx_http_llm_node_t  *n;
+
+    hash = ngx_http_llm_zone_hash(kind, name);
+
+    node = zone->sh->rbtree.root;
+    sentinel = zone->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        n = (ngx_http_llm_node_t *) node;
+
+        if (n->kind == kind && n->len == name->len
+            && ngx_memcmp(n->name, name->data, name->len) == 0)
+        {
+            return n;
+        }
+
+        node = (n->kind < kind
+                || (n->kind == kind
+                    && ngx_memn2cmp(n->name, name->data, n->len, name->len)
+                       < 0))
+               ? node->right : node->left;
+    }
+
+    n = ngx_slab_alloc_locked(zone->shpool,
+                              offsetof(ngx_http_llm_node_t, name) + name->len);
+    if (n == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(n, offsetof(ngx_http_llm_node_t, name));
+
+    n->node.key = hash;
+    n->kind = kind;
+    n->len = name->len;
+    ngx_memcpy(n->name, name->data, name->len);
+
+    ngx_rbtree_insert(&zone->sh->rbtree, &n->node);
+    ngx_queue_insert_tail(&zone->sh->queue, &n->queue);
+
+    return n;
+}
+
+
+static void
+ngx_http_llm_zone_insert(ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
+    ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t    **p;
+    ngx_http_llm_node_t   *n, *t;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            n = (ngx_http_llm_node_t *) node;
+            t = (ngx_http_llm_node_t *) temp;
+
+            p = (t->kind < n->kind
+                 || (t->kind == n->kind
+                     && ngx_memn2cmp(t->name, n->name, t->len, n->len) < 0))
+                ? &temp->right : &temp->left;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+static uint32_t
+ngx_http_llm_zone_hash(ngx_uint_t kind, ngx_str_t *name)
+{
+    u_char    k;
+    uint32_t  crc;
+
+    k = (u_char) kind;
+
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, &k, 1);
+    ngx_crc32_update(&crc, name->data, name->len);
+    ngx_crc32_final(crc);
+
+    return crc;
+}
+
+
+/*
+ * Adds v to a counter of the node's slot for the current second.  A slot
+ * last used a minute ago is reset first, under the zone's mutex; the
+ * counters are zeroed before the second is set, so a worker that sees
+ * the new second adds to zeroed counters.
+ */
+
+void
+ngx_http_llm_slot_add(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
+    size_t field, ngx_atomic_int_t v)
+{
+    time_t                now;
+    ngx_slab_pool_t      *shpool;
+    ngx_http_llm_slot_t  *slot;
+
+    now = ngx_time();
+    slot = &n->slots[now % NGX_HTTP_LLM_SLOTS];
+
+    if ((time_t) slot->sec != now) {
+        shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+        ngx_shmtx_lock(&shpool->mutex);
+
+        if ((time_t) slot->sec != now) {
+            slot->requests = 0;
+            slot->retries = 0;
+            slot->failures = 0;
+            ngx_memory_barrier();
+            slot->sec = now;
+        }
+
+        ngx_shmtx_unlock(&shpool->mutex);
+    }
+
+    (void) ngx_atomic_fetch_add((ngx_atomic_t *) ((u_char *) slot + field),
+                                v);
+}
+
+
+/* the sum of a slot counter over the last window seconds */
+
+ngx_atomic_uint_t
+ngx_http_llm_slot_sum(ngx_http_llm_node_t *n, size_t field, ngx_uint_t window)
+{
+    time_t                now, sec;
+    ngx_uint_t            i;
+    ngx_atomic_uint_t     sum;
+    ngx_http_llm_slot_t  *slot;
+
+    now = ngx_time();
+    sum = 0;
+
+    for (i = 0; i < window; i++) {
+        sec = now - i;
+        slot = &n->slots[sec % NGX_HTTP_LLM_SLOTS];
+
+        if ((time_t) slot->sec == sec) {
+            sum += *(ngx_atomic_t *) ((u_char *) slot + field);
+        }
+    }
+
+    return sum;
+}
+
+
+/* wall-clock milliseconds: cooldowns are shared with other nodes later */
+
+ngx_msec_t
+ngx_http_llm_wall_msec(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (ngx_msec_t) tp->sec * 1000 + tp->msec;
+}
