@@ -18,6 +18,7 @@
 #   KEEP=1            keep the temp dir (configs, logs, callgrind files)
 #   NOISE_LIMIT=3     % of cpu 0 busy with other work that marks a run noisy
 #   NGINX=/usr/sbin/nginx  MODULE=build/ngx_http_llm_module.so
+#   BUDGET=1          B with llm_zone, llm_retry_budget and llm_cooldown
 #
 # Exits 0 whatever the numbers are (it is a measuring tool, not a test);
 # non-zero only if the setup failed (nginx did not start, B does not answer
@@ -221,6 +222,8 @@ $(temp_paths "$d")
     keepalive_requests 10000000;
     keepalive_timeout 300s;
 
+$(budget_zone)
+
     upstream mock_upstream {
         server 127.0.0.1:$MOCK_PORT;
         keepalive 32;
@@ -242,6 +245,7 @@ $(temp_paths "$d")
         location = /b/v1/chat/completions {
             llm_route chat;
             llm_target /_llm/mock;
+$(budget_conf)
         }
 
         location /_llm/mock {
@@ -253,6 +257,19 @@ $(temp_paths "$d")
     }
 }
 EOF
+}
+
+# BUDGET=1: B counts in a shared zone under a retry budget and cooldowns
+# (issue 5: the success path with a budget within 5% of A)
+budget_conf() {
+    [ "${BUDGET:-0}" = 1 ] || return 0
+    echo "            llm_retry_budget ratio=0.2 min=10/s window=10s;"
+    echo "            llm_cooldown fails=5 window=10s time=10s;"
+}
+
+budget_zone() {
+    [ "${BUDGET:-0}" = 1 ] && echo "    llm_zone llm:1m;"
+    return 0
 }
 
 proxy_conf "$TMP/proxy" "" > "$TMP/proxy/nginx.conf"
