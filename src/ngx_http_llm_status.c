@@ -1,0 +1,1061 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * llm_status: the counters of the llm zones as JSON, or as Prometheus
+ * text with ?format=prometheus (docs/status.md).  Counters are read
+ * without a lock: each is one atomic word, and a page a few requests
+ * behind on one counter is as good as any.  The body is built twice,
+ * once to measure it, with every number counted at its widest so that
+ * counters moving meanwhile still fit, and once to write it.
+ */
+
+
+#define NGX_HTTP_LLM_STATUS_JSON        0
+#define NGX_HTTP_LLM_STATUS_PROMETHEUS  1
+
+/* what a Prometheus family reports, and of what */
+#define NGX_HTTP_LLM_METRIC_ROUTE       0   /* a route counter */
+#define NGX_HTTP_LLM_METRIC_DECISIONS   1   /* ... by decision */
+#define NGX_HTTP_LLM_METRIC_BUDGET      2
+#define NGX_HTTP_LLM_METRIC_TARGET      3   /* a target counter */
+#define NGX_HTTP_LLM_METRIC_ERRORS      4   /* ... by error category */
+#define NGX_HTTP_LLM_METRIC_COOLING     5
+#define NGX_HTTP_LLM_METRIC_REMAINING   6
+
+/* a number in thousandths, "0.2": the widest integer part, ".", 3 digits */
+#define NGX_HTTP_LLM_STATUS_DECIMAL_LEN  (NGX_ATOMIC_T_LEN + 4)
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_str_t                    help;
+    ngx_str_t                    type;
+    ngx_uint_t                   kind;
+    size_t                       offset;    /* of a node counter */
+} ngx_http_llm_metric_t;
+
+
+typedef struct {
+    ngx_http_llm_target_t       *target;    /* the first one counted */
+    ngx_msec_t                   remaining; /* of its cooldown, ms */
+} ngx_http_llm_status_target_t;
+
+
+typedef struct {
+    ngx_str_t                   *name;
+    ngx_http_llm_loc_conf_t     *conf;      /* the first one counted */
+    ngx_msec_int_t               left;      /* of the budget; -1: none */
+    ngx_array_t                  targets;   /* of ngx_uint_t: indexes */
+} ngx_http_llm_status_route_t;
+
+
+typedef struct {
+    ngx_array_t                  routes;  /* of ngx_http_llm_status_route_t */
+    ngx_array_t                  targets; /* of ngx_http_llm_status_target_t */
+    ngx_array_t                 *zones;   /* of ngx_shm_zone_t * */
+    ngx_msec_t                   now;     /* ms since the epoch */
+
+    /* the body: measured into len while start is NULL, then written */
+    u_char                      *start;
+    u_char                      *pos;
+    u_char                      *end;
+    size_t                       len;
+    unsigned                     overflow:1;
+} ngx_http_llm_status_t;
+
+
+typedef void (*ngx_http_llm_status_pt)(ngx_http_llm_status_t *st);
+
+
+static ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_status_not_allowed(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_status_collect(ngx_http_request_t *r,
+    ngx_http_llm_status_t *st);
+static ngx_int_t ngx_http_llm_status_add_targets(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_route_t *route, ngx_array_t *targets);
+static void ngx_http_llm_status_json(ngx_http_llm_status_t *st);
+static void ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_route_t *route);
+static void ngx_http_llm_status_json_target(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_target_t *t);
+static void ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st);
+static void ngx_http_llm_status_routes(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m);
+static void ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m);
+static void ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m, ngx_str_t *route, ngx_http_llm_target_t *target,
+    char *label, ngx_str_t *value);
+static u_char *ngx_http_llm_status_reserve(ngx_http_llm_status_t *st,
+    size_t len);
+static void ngx_http_llm_status_copy(ngx_http_llm_status_t *st, u_char *s,
+    size_t len);
+static void ngx_http_llm_status_number(ngx_http_llm_status_t *st,
+    ngx_atomic_uint_t n);
+static void ngx_http_llm_status_decimal(ngx_http_llm_status_t *st,
+    ngx_atomic_uint_t n);
+static void ngx_http_llm_status_bool(ngx_http_llm_status_t *st,
+    ngx_uint_t v);
+static void ngx_http_llm_status_string(ngx_http_llm_status_t *st,
+    ngx_str_t *s);
+static void ngx_http_llm_status_label(ngx_http_llm_status_t *st,
+    ngx_str_t *s);
+static uintptr_t ngx_http_llm_status_escape_label(u_char *dst, u_char *src,
+    size_t size);
+
+
+#define ngx_http_llm_status_literal(st, s)                                   \
+    ngx_http_llm_status_copy(st, (u_char *) s, sizeof(s) - 1)
+
+/* a node counter; an uncounted route or target reads as zeros */
+#define ngx_http_llm_status_counter(n, off)                                  \
+    ((n) ? *(ngx_atomic_t *) ((u_char *) (n) + (off)) : 0)
+
+
+static ngx_str_t  ngx_http_llm_status_types[] = {
+    ngx_string("application/json"),
+    ngx_string("text/plain; version=0.0.4; charset=utf-8")
+};
+
+
+/* the families in the order they are written */
+
+static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
+
+    { ngx_string("nginx_llm_route_requests_total"),
+      ngx_string("Client requests to the llm route."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
+      offsetof(ngx_http_llm_node_t, requests) },
+
+    { ngx_string("nginx_llm_route_attempts_total"),
+      ngx_string("Attempts sent to the targets of the llm route."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
+      offsetof(ngx_http_llm_node_t, attempts) },
+
+    { ngx_string("nginx_llm_route_retries_total"),
+      ngx_string("Attempts after the first of a request, retries and "
+                 "fallbacks, taken from the retry budget."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
+      offsetof(ngx_http_llm_node_t, retries) },
+
+    { ngx_string("nginx_llm_route_decisions_total"),
+      ngx_string("What the llm route decided after a failed attempt."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_DECISIONS, 0 },
+
+    { ngx_string("nginx_llm_route_budget_remaining"),
+      ngx_string("Retries the retry budget of the llm route allows now."),
+      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_BUDGET, 0 },
+
+    { ngx_string("nginx_llm_target_attempts_total"),
+      ngx_string("Attempts sent to the llm target."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
+      offsetof(ngx_http_llm_node_t, attempts) },
+
+    { ngx_string("nginx_llm_target_skipped_total"),
+      ngx_string("Attempts not sent to the llm target while it was "
+                 "cooling down."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
+      offsetof(ngx_http_llm_node_t, skipped) },
+
+    { ngx_string("nginx_llm_target_errors_total"),
+      ngx_string("Failed attempts at the llm target by error category."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ERRORS, 0 },
+
+    { ngx_string("nginx_llm_target_cooling"),
+      ngx_string("1 while the llm target is cooling down, else 0."),
+      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_COOLING, 0 },
+
+    { ngx_string("nginx_llm_target_cooldown_remaining_seconds"),
+      ngx_string("Seconds until the cooldown of the llm target ends."),
+      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_REMAINING, 0 },
+
+    { ngx_string("nginx_llm_target_cooldowns_total"),
+      ngx_string("Cooldowns the llm target went into."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
+      offsetof(ngx_http_llm_node_t, cooldowns) },
+
+    { ngx_null_string, ngx_null_string, ngx_null_string, 0, 0 }
+};
+
+
+static ngx_int_t
+ngx_http_llm_status_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                rc;
+    ngx_str_t                value;
+    ngx_buf_t               *b;
+    ngx_uint_t               format;
+    ngx_chain_t              out;
+    ngx_http_llm_status_t    st;
+    ngx_http_llm_status_pt   build;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_llm_status_not_allowed(r);
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    format = NGX_HTTP_LLM_STATUS_JSON;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &value) == NGX_OK) {
+
+        if (value.len == 10
+            && ngx_strncmp(value.data, "prometheus", 10) == 0)
+        {
+            format = NGX_HTTP_LLM_STATUS_PROMETHEUS;
+
+        } else if (value.len != 4
+                   || ngx_strncmp(value.data, "json", 4) != 0)
+        {
+            return NGX_HTTP_BAD_REQUEST;
+        }
+    }
+
+    ngx_memzero(&st, sizeof(ngx_http_llm_status_t));
+
+    if (ngx_http_llm_status_collect(r, &st) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    build = (format == NGX_HTTP_LLM_STATUS_PROMETHEUS)
+            ? ngx_http_llm_status_prometheus : ngx_http_llm_status_json;
+
+    build(&st);
+
+    b = ngx_create_temp_buf(r->pool, st.len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st.start = b->start;
+    st.pos = b->pos;
+    st.end = b->end;
+
+    build(&st);
+
+    if (st.overflow) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "llm status longer than the %uz bytes measured",
+                      st.len);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = st.pos;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    r->headers_out.content_type = ngx_http_llm_status_types[format];
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_llm_status_not_allowed(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+    ngx_str_set(&h->key, "Allow");
+    ngx_str_set(&h->value, "GET, HEAD");
+
+    return NGX_HTTP_NOT_ALLOWED;
+}
+
+
+/*
+ * Routes and targets, each once: a route name may be used in several
+ * servers (all of them count in one node), and a target ("URI model")
+ * in several routes.  Where only some of them are counted, the page
+ * shows a counted one.
+ */
+
+static ngx_int_t
+ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
+{
+    ngx_uint_t                     i, k;
+    ngx_atomic_uint_t              until;
+    ngx_http_llm_node_t           *n;
+    ngx_http_llm_main_conf_t      *lmcf;
+    ngx_http_llm_route_name_t     *rn;
+    ngx_http_llm_status_route_t   *route;
+    ngx_http_llm_status_target_t  *t;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+
+    st->zones = &lmcf->zones;
+    st->now = ngx_http_llm_wall_msec();
+
+    if (ngx_array_init(&st->routes, r->pool, lmcf->routes.nelts + 1,
+                       sizeof(ngx_http_llm_status_route_t))
+        != NGX_OK
+        || ngx_array_init(&st->targets, r->pool, 2 * lmcf->routes.nelts + 1,
+                          sizeof(ngx_http_llm_status_target_t))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rn = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+
+        route = st->routes.elts;
+
+        for (k = 0; k < st->routes.nelts; k++) {
+            if (route[k].name->len == rn[i].name.len
+                && ngx_strncmp(route[k].name->data, rn[i].name.data,
+                               rn[i].name.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (k < st->routes.nelts) {
+            route = &route[k];
+
+            if (route->conf->node == NULL) {
+                route->conf = rn[i].conf;
+            }
+
+        } else {
+            route = ngx_array_push(&st->routes);
+            if (route == NULL) {
+                return NGX_ERROR;
+            }
+
+            route->name = &rn[i].name;
+            route->conf = rn[i].conf;
+
+            if (ngx_array_init(&route->targets, r->pool, 2,
+                               sizeof(ngx_uint_t))
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        if (ngx_http_llm_status_add_targets(st, route, rn[i].conf->targets)
+            != NGX_OK
+            || ngx_http_llm_status_add_targets(st, route,
+                                               rn[i].conf->fallbacks)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    /* read once, so that both passes over the body see the same */
+
+    route = st->routes.elts;
+
+    for (i = 0; i < st->routes.nelts; i++) {
+        route[i].left = route[i].conf->budget
+                        ? ngx_http_llm_budget_left(route[i].conf) : -1;
+    }
+
+    t = st->targets.elts;
+
+    for (i = 0; i < st->targets.nelts; i++) {
+        n = t[i].target->node;
+        until = n ? n->cooldown_until : 0;
+        t[i].remaining = (until > st->now) ? (ngx_msec_t) (until - st->now)
+                                           : 0;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_status_add_targets(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_route_t *route, ngx_array_t *targets)
+{
+    ngx_uint_t                     i, k, j, *index;
+    ngx_http_llm_target_t         *target;
+    ngx_http_llm_status_target_t  *t;
+
+    if (targets == NULL) {
+        return NGX_OK;
+    }
+
+    target = targets->elts;
+
+    for (i = 0; i < targets->nelts; i++) {
+
+        t = st->targets.elts;
+
+        for (k = 0; k < st->targets.nelts; k++) {
+            if (t[k].target->key.len == target[i].key.len
+                && ngx_strncmp(t[k].target->key.data, target[i].key.data,
+                               target[i].key.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (k < st->targets.nelts) {
+            if (t[k].target->node == NULL) {
+                t[k].target = &target[i];
+            }
+
+        } else {
+            t = ngx_array_push(&st->targets);
+            if (t == NULL) {
+                return NGX_ERROR;
+            }
+
+            t->target = &target[i];
+        }
+
+        /* the route's own list, in the order of its plan */
+
+        index = route->targets.elts;
+
+        for (j = 0; j < route->targets.nelts; j++) {
+            if (index[j] == k) {
+                break;
+            }
+        }
+
+        if (j == route->targets.nelts) {
+            index = ngx_array_push(&route->targets);
+            if (index == NULL) {
+                return NGX_ERROR;
+            }
+
+            *index = k;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_status_json(ngx_http_llm_status_t *st)
+{
+    ngx_uint_t                     i;
+    ngx_shm_zone_t               **zone;
+    ngx_http_llm_status_route_t   *route;
+    ngx_http_llm_status_target_t  *t;
+
+    ngx_http_llm_status_literal(st, "{\"version\":1,\"time_ms\":");
+    ngx_http_llm_status_number(st, st->now);
+
+    ngx_http_llm_status_literal(st, ",\"zones\":[");
+
+    zone = st->zones->elts;
+
+    for (i = 0; i < st->zones->nelts; i++) {
+        if (i) {
+            ngx_http_llm_status_literal(st, ",");
+        }
+
+        ngx_http_llm_status_literal(st, "{\"name\":");
+        ngx_http_llm_status_string(st, &zone[i]->shm.name);
+        ngx_http_llm_status_literal(st, ",\"size\":");
+        ngx_http_llm_status_number(st, zone[i]->shm.size);
+        ngx_http_llm_status_literal(st, "}");
+    }
+
+    ngx_http_llm_status_literal(st, "],\"routes\":{");
+
+    route = st->routes.elts;
+
+    for (i = 0; i < st->routes.nelts; i++) {
+        if (i) {
+            ngx_http_llm_status_literal(st, ",");
+        }
+
+        ngx_http_llm_status_json_route(st, &route[i]);
+    }
+
+    ngx_http_llm_status_literal(st, "},\"targets\":{");
+
+    t = st->targets.elts;
+
+    for (i = 0; i < st->targets.nelts; i++) {
+        if (i) {
+            ngx_http_llm_status_literal(st, ",");
+        }
+
+        ngx_http_llm_status_json_target(st, &t[i]);
+    }
+
+    ngx_http_llm_status_literal(st, "}}\n");
+}
+
+
+static void
+ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_route_t *route)
+{
+    ngx_uint_t                     i, *index;
+    ngx_http_llm_node_t           *n;
+    ngx_http_llm_loc_conf_t       *llcf;
+    ngx_http_llm_status_target_t  *t;
+
+    llcf = route->conf;
+    n = llcf->node;
+
+    ngx_http_llm_status_string(st, route->name);
+    ngx_http_llm_status_literal(st, ":{\"zone\":");
+
+    if (llcf->zone) {
+        ngx_http_llm_status_string(st, &llcf->zone->shm.name);
+
+    } else {
+        ngx_http_llm_status_literal(st, "null");
+    }
+
+    ngx_http_llm_status_literal(st, ",\"counted\":");
+    ngx_http_llm_status_bool(st, n != NULL);
+
+    ngx_http_llm_status_literal(st, ",\"requests\":");
+    ngx_http_llm_status_number(st, ngx_http_llm_status_counter(n,
+                                   offsetof(ngx_http_llm_node_t, requests)));
+    ngx_http_llm_status_literal(st, ",\"attempts\":");
+    ngx_http_llm_status_number(st, ngx_http_llm_status_counter(n,
+                                   offsetof(ngx_http_llm_node_t, attempts)));
+    ngx_http_llm_status_literal(st, ",\"retries\":");
+    ngx_http_llm_status_number(st, ngx_http_llm_status_counter(n,
+                                   offsetof(ngx_http_llm_node_t, retries)));
+
+    ngx_http_llm_status_literal(st, ",\"budget\":");
+
+    if (llcf->budget) {
+        ngx_http_llm_status_literal(st, "{\"ratio\":");
+        ngx_http_llm_status_decimal(st, llcf->budget_ratio);
+        ngx_http_llm_status_literal(st, ",\"min_per_second\":");
+        ngx_http_llm_status_number(st, llcf->budget_min);
+        ngx_http_llm_status_literal(st, ",\"window\":");
+        ngx_http_llm_status_number(st, llcf->budget_window);
+        ngx_http_llm_status_literal(st, ",\"left\":");
+
+        if (route->left >= 0) {
+            ngx_http_llm_status_number(st, route->left);
+
+        } else {
+            ngx_http_llm_status_literal(st, "null");
+        }
+
+        ngx_http_llm_status_literal(st, "}");
+
+    } else {
+        ngx_http_llm_status_literal(st, "null");
+    }
+
+    ngx_http_llm_status_literal(st, ",\"decisions\":{");
+
+    for (i = 1;
+         i < NGX_HTTP_LLM_DECISIONS && ngx_http_llm_decision_names[i].len;
+         i++)
+    {
+        if (i > 1) {
+            ngx_http_llm_status_literal(st, ",");
+        }
+
+        ngx_http_llm_status_string(st, &ngx_http_llm_decision_names[i]);
+        ngx_http_llm_status_literal(st, ":");
+        ngx_http_llm_status_number(st, n ? n->decisions[i] : 0);
+    }
+
+    ngx_http_llm_status_literal(st, "},\"targets\":[");
+
+    index = route->targets.elts;
+    t = st->targets.elts;
+
+    for (i = 0; i < route->targets.nelts; i++) {
+        if (i) {
+            ngx_http_llm_status_literal(st, ",");
+        }
+
+        ngx_http_llm_status_string(st, &t[index[i]].target->key);
+    }
+
+    ngx_http_llm_status_literal(st, "]}");
+}
+
+
+static void
+ngx_http_llm_status_json_target(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_target_t *t)
+{
+    ngx_uint_t              i;
+    ngx_http_llm_node_t    *n;
+    ngx_http_llm_target_t  *target;
+
+    target = t->target;
+    n = target->node;
+
+    ngx_http_llm_status_string(st, &target->key);
+    ngx_http_llm_status_literal(st, ":{\"uri\":");
+    ngx_http_llm_status_string(st, &target->uri);
+    ngx_http_llm_status_literal(st, ",\"model\":");
+
+    if (target->model.len) {
+        ngx_http_llm_status_string(st, &target->model);
+
+    } else {
+        ngx_http_llm_status_literal(st, "null");
+    }
+
+    ngx_http_llm_status_literal(st, ",\"counted\":");
+    ngx_http_llm_status_bool(st, n != NULL);
+
+    ngx_http_llm_status_literal(st, ",\"attempts\":");
+    ngx_http_llm_status_number(st, ngx_http_llm_status_counter(n,
+                                   offsetof(ngx_http_llm_node_t, attempts)));
+    ngx_http_llm_status_literal(st, ",\"skipped\":");
+    ngx_http_llm_status_number(st, ngx_http_llm_status_counter(n,
+                                   offsetof(ngx_http_llm_node_t, skipped)));
+
+    ngx_http_llm_status_literal(st, ",\"errors\":{");
+
+    for (i = 1; i < NGX_HTTP_LLM_ERR_LAST; i++) {
+        if (i > 1) {
+            ngx_http_llm_status_literal(st, ",");
+        }
+
+        ngx_http_llm_status_string(st, &ngx_http_llm_err_names[i]);
+        ngx_http_llm_status_literal(st, ":");
+        ngx_http_llm_status_number(st, n ? n->errors[i] : 0);
+    }
+
+    ngx_http_llm_status_literal(st, "},\"cooling\":");
+    ngx_http_llm_status_bool(st, t->remaining != 0);
+    ngx_http_llm_status_literal(st, ",\"cooldown_remaining_ms\":");
+    ngx_http_llm_status_number(st, t->remaining);
+    ngx_http_llm_status_literal(st, ",\"cooldowns\":");
+    ngx_http_llm_status_number(st, ngx_http_llm_status_counter(n,
+                                   offsetof(ngx_http_llm_node_t, cooldowns)));
+    ngx_http_llm_status_literal(st, "}");
+}
+
+
+/*
+ * Text exposition format 0.0.4: each family's HELP and TYPE lines, then
+ * all its samples.  Only counted routes and targets have samples: a
+ * route without a zone has no counters to report.
+ */
+
+static void
+ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
+{
+    ngx_http_llm_metric_t  *m;
+
+    for (m = ngx_http_llm_metrics; m->name.len; m++) {
+
+        ngx_http_llm_status_literal(st, "# HELP ");
+        ngx_http_llm_status_copy(st, m->name.data, m->name.len);
+        ngx_http_llm_status_literal(st, " ");
+        ngx_http_llm_status_copy(st, m->help.data, m->help.len);
+        ngx_http_llm_status_literal(st, "\n# TYPE ");
+        ngx_http_llm_status_copy(st, m->name.data, m->name.len);
+        ngx_http_llm_status_literal(st, " ");
+        ngx_http_llm_status_copy(st, m->type.data, m->type.len);
+        ngx_http_llm_status_literal(st, "\n");
+
+        if (m->kind < NGX_HTTP_LLM_METRIC_TARGET) {
+            ngx_http_llm_status_routes(st, m);
+
+        } else {
+            ngx_http_llm_status_targets(st, m);
+        }
+    }
+}
+
+
+static void
+ngx_http_llm_status_routes(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m)
+{
+    ngx_uint_t                    i, d;
+    ngx_http_llm_node_t          *n;
+    ngx_http_llm_status_route_t  *route;
+
+    route = st->routes.elts;
+
+    for (i = 0; i < st->routes.nelts; i++) {
+
+        n = route[i].conf->node;
+
+        if (n == NULL) {
+            continue;
+        }
+
+        switch (m->kind) {
+
+        case NGX_HTTP_LLM_METRIC_DECISIONS:
+
+            for (d = 1;
+                 d < NGX_HTTP_LLM_DECISIONS
+                 && ngx_http_llm_decision_names[d].len;
+                 d++)
+            {
+                ngx_http_llm_status_sample(st, m, route[i].name, NULL,
+                                           "decision",
+                                           &ngx_http_llm_decision_names[d]);
+                ngx_http_llm_status_number(st, n->decisions[d]);
+                ngx_http_llm_status_literal(st, "\n");
+            }
+
+            break;
+
+        case NGX_HTTP_LLM_METRIC_BUDGET:
+
+            if (route[i].left < 0) {
+                break;
+            }
+
+            ngx_http_llm_status_sample(st, m, route[i].name, NULL, NULL,
+                                       NULL);
+            ngx_http_llm_status_number(st, route[i].left);
+            ngx_http_llm_status_literal(st, "\n");
+            break;
+
+        default: /* NGX_HTTP_LLM_METRIC_ROUTE */
+
+            ngx_http_llm_status_sample(st, m, route[i].name, NULL, NULL,
+                                       NULL);
+            ngx_http_llm_status_number(st,
+                                   ngx_http_llm_status_counter(n, m->offset));
+            ngx_http_llm_status_literal(st, "\n");
+        }
+    }
+}
+
+
+static void
+ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m)
+{
+    ngx_uint_t                     i, e;
+    ngx_http_llm_node_t           *n;
+    ngx_http_llm_status_target_t  *t;
+
+    t = st->targets.elts;
+
+    for (i = 0; i < st->targets.nelts; i++) {
+
+        n = t[i].target->node;
+
+        if (n == NULL) {
+            continue;
+        }
+
+        switch (m->kind) {
+
+        case NGX_HTTP_LLM_METRIC_ERRORS:
+
+            for (e = 1; e < NGX_HTTP_LLM_ERR_LAST; e++) {
+                ngx_http_llm_status_sample(st, m, NULL, t[i].target, "error",
+                                           &ngx_http_llm_err_names[e]);
+                ngx_http_llm_status_number(st, n->errors[e]);
+                ngx_http_llm_status_literal(st, "\n");
+            }
+
+            break;
+
+        case NGX_HTTP_LLM_METRIC_COOLING:
+
+            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
+            ngx_http_llm_status_number(st, t[i].remaining ? 1 : 0);
+            ngx_http_llm_status_literal(st, "\n");
+            break;
+
+        case NGX_HTTP_LLM_METRIC_REMAINING:
+
+            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
+            ngx_http_llm_status_decimal(st, t[i].remaining);
+            ngx_http_llm_status_literal(st, "\n");
+            break;
+
+        default: /* NGX_HTTP_LLM_METRIC_TARGET */
+
+            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
+            ngx_http_llm_status_number(st,
+                                   ngx_http_llm_status_counter(n, m->offset));
+            ngx_http_llm_status_literal(st, "\n");
+        }
+    }
+}
+
+
+/* a sample's name and labels, up to its value */
+
+static void
+ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m, ngx_str_t *route, ngx_http_llm_target_t *target,
+    char *label, ngx_str_t *value)
+{
+    ngx_http_llm_status_copy(st, m->name.data, m->name.len);
+
+    if (route) {
+        ngx_http_llm_status_literal(st, "{route=\"");
+        ngx_http_llm_status_label(st, route);
+
+    } else {
+        ngx_http_llm_status_literal(st, "{target=\"");
+        ngx_http_llm_status_label(st, &target->uri);
+        ngx_http_llm_status_literal(st, "\",model=\"");
+        ngx_http_llm_status_label(st, &target->model);
+    }
+
+    if (label) {
+        ngx_http_llm_status_literal(st, "\",");
+        ngx_http_llm_status_copy(st, (u_char *) label, ngx_strlen(label));
+        ngx_http_llm_status_literal(st, "=\"");
+        ngx_http_llm_status_label(st, value);
+    }
+
+    ngx_http_llm_status_literal(st, "\"} ");
+}
+
+
+/*
+ * Room for len bytes at st->pos: NULL while the body is measured (len
+ * is counted then), or if the measure fell short (noted, never expected)
+ */
+
+static u_char *
+ngx_http_llm_status_reserve(ngx_http_llm_status_t *st, size_t len)
+{
+    if (st->start == NULL) {
+        st->len += len;
+        return NULL;
+    }
+
+    if ((size_t) (st->end - st->pos) < len) {
+        st->overflow = 1;
+        return NULL;
+    }
+
+    return st->pos;
+}
+
+
+static void
+ngx_http_llm_status_copy(ngx_http_llm_status_t *st, u_char *s, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_http_llm_status_reserve(st, len);
+
+    if (p) {
+        st->pos = ngx_cpymem(p, s, len);
+    }
+}
+
+
+/* a number is measured at its widest: counters may grow meanwhile */
+
+static void
+ngx_http_llm_status_number(ngx_http_llm_status_t *st, ngx_atomic_uint_t n)
+{
+    u_char  *p;
+
+    p = ngx_http_llm_status_reserve(st, NGX_ATOMIC_T_LEN);
+
+    if (p) {
+        st->pos = ngx_sprintf(p, "%uA", n);
+    }
+}
+
+
+/* thousandths as a decimal number without trailing zeros: 200 is "0.2" */
+
+static void
+ngx_http_llm_status_decimal(ngx_http_llm_status_t *st, ngx_atomic_uint_t n)
+{
+    u_char      *p;
+    ngx_uint_t   frac;
+
+    p = ngx_http_llm_status_reserve(st, NGX_HTTP_LLM_STATUS_DECIMAL_LEN);
+
+    if (p == NULL) {
+        return;
+    }
+
+    p = ngx_sprintf(p, "%uA", n / 1000);
+
+    frac = n % 1000;
+
+    if (frac) {
+
+        if (frac % 100 == 0) {
+            p = ngx_sprintf(p, ".%ui", frac / 100);
+
+        } else if (frac % 10 == 0) {
+            p = ngx_sprintf(p, ".%02ui", frac / 10);
+
+        } else {
+            p = ngx_sprintf(p, ".%03ui", frac);
+        }
+    }
+
+    st->pos = p;
+}
+
+
+static void
+ngx_http_llm_status_bool(ngx_http_llm_status_t *st, ngx_uint_t v)
+{
+    if (v) {
+        ngx_http_llm_status_literal(st, "true");
+
+    } else {
+        ngx_http_llm_status_literal(st, "false");
+    }
+}
+
+
+/* a JSON string, quoted */
+
+static void
+ngx_http_llm_status_string(ngx_http_llm_status_t *st, ngx_str_t *s)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = s->len + 2 + ngx_escape_json(NULL, s->data, s->len);
+
+    p = ngx_http_llm_status_reserve(st, len);
+
+    if (p) {
+        *p++ = '"';
+        p = (u_char *) ngx_escape_json(p, s->data, s->len);
+        *p++ = '"';
+        st->pos = p;
+    }
+}
+
+
+/* a label value, without its quotes */
+
+static void
+ngx_http_llm_status_label(ngx_http_llm_status_t *st, ngx_str_t *s)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = s->len + ngx_http_llm_status_escape_label(NULL, s->data, s->len);
+
+    p = ngx_http_llm_status_reserve(st, len);
+
+    if (p) {
+        st->pos = (u_char *) ngx_http_llm_status_escape_label(p, s->data,
+                                                              s->len);
+    }
+}
+
+
+/*
+ * The exposition format escapes a backslash, a double quote and a line
+ * feed in label values.  As ngx_escape_json(): without dst, returns the
+ * bytes escaping adds; with it, where the escaped value ends.
+ */
+
+static uintptr_t
+ngx_http_llm_status_escape_label(u_char *dst, u_char *src, size_t size)
+{
+    u_char      ch;
+    ngx_uint_t  n;
+
+    if (dst == NULL) {
+        n = 0;
+
+        while (size--) {
+            ch = *src++;
+
+            if (ch == '\\' || ch == '"' || ch == '\n') {
+                n++;
+            }
+        }
+
+        return (uintptr_t) n;
+    }
+
+    while (size--) {
+        ch = *src++;
+
+        switch (ch) {
+
+        case '\\':
+        case '"':
+            *dst++ = '\\';
+            *dst++ = ch;
+            break;
+
+        case '\n':
+            *dst++ = '\\';
+            *dst++ = 'n';
+            break;
+
+        default:
+            *dst++ = ch;
+        }
+    }
+
+    return (uintptr_t) dst;
+}
+
+
+char *
+ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler == ngx_http_llm_status_handler) {
+        return "is duplicate";
+    }
+
+    if (clcf->handler) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"llm_status\" cannot be combined with another "
+                           "content handler in one location");
+        return NGX_CONF_ERROR;
+    }
+
+    clcf->handler = ngx_http_llm_status_handler;
+
+    return NGX_CONF_OK;
+}
