@@ -7,6 +7,8 @@ set -eu
 pkgs_build="gcc make nginx nginx-dev libyajl-dev libhiredis-dev"
 pkgs_build="$pkgs_build libcurl4-openssl-dev"
 pkgs_test="perl redis-server curl"
+# promtool (t/status.t checks the Prometheus text with it)
+pkgs_test="$pkgs_test prometheus"
 pkgs_demo="curl"
 pkgs_bench="wrk valgrind curl util-linux"
 pkgs_asan="clang libclang-rt-14-dev"
