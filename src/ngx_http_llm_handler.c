@@ -1172,7 +1172,6 @@ ngx_http_llm_cooling_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     u_char                  *p;
     ngx_uint_t               i;
     ngx_msec_int_t           left, soonest;
-    ngx_table_elt_t         *h;
     ngx_http_llm_attempt_t  *at;
 
     at = ctx->tried.elts;
@@ -1190,23 +1189,19 @@ ngx_http_llm_cooling_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                   "llm route \"%V\": every target is cooling down",
                   &ctx->conf->route);
 
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    h->hash = 1;
-#if (nginx_version >= 1023000)
-    h->next = NULL;
-#endif
-    ngx_str_set(&h->key, "Retry-After");
-    h->value.data = p;
-    h->value.len = ngx_sprintf(p, "%T", (time_t) (soonest + 999) / 1000) - p;
+    if (ngx_http_llm_add_header(r, "Retry-After", p,
+                                ngx_sprintf(p, "%T",
+                                            (time_t) (soonest + 999) / 1000)
+                                - p)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     return ngx_http_llm_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                    "server_error",
@@ -1290,19 +1285,8 @@ ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         }
     }
 
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-#if (nginx_version >= 1023000)
-    h->next = NULL;
-#endif
-    ngx_str_set(&h->key, "x-should-retry");
-    ngx_str_set(&h->value, "false");
-
-    return NGX_OK;
+    return ngx_http_llm_add_header(r, "x-should-retry", (u_char *) "false",
+                                   sizeof("false") - 1);
 }
 
 
@@ -1345,19 +1329,12 @@ ngx_http_llm_family(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_llm_method_not_allowed(ngx_http_request_t *r)
 {
-    ngx_table_elt_t  *h;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
+    if (ngx_http_llm_add_header(r, "Allow", (u_char *) "POST",
+                                sizeof("POST") - 1)
+        != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    h->hash = 1;
-#if (nginx_version >= 1023000)
-    h->next = NULL;
-#endif
-    ngx_str_set(&h->key, "Allow");
-    ngx_str_set(&h->value, "POST");
 
     return NGX_HTTP_NOT_ALLOWED;
 }

@@ -170,6 +170,8 @@ ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,
 ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_target_t *target,
     ngx_chain_t **out, off_t *len);
+ngx_int_t ngx_http_llm_add_header(ngx_http_request_t *r, char *key,
+    u_char *value, size_t len);
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, const char *message, const char *code);
 

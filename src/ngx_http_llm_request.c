@@ -381,6 +381,32 @@ ngx_http_llm_request_link(ngx_http_request_t *r, ngx_buf_t *b,
 }
 
 
+/* adds a response header of the gateway's own */
+
+ngx_int_t
+ngx_http_llm_add_header(ngx_http_request_t *r, char *key, u_char *value,
+    size_t len)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value.data = value;
+    h->value.len = len;
+
+    return NGX_OK;
+}
+
+
 /*
  * The gateway's own error answer, in the OpenAI error shape that both
  * OpenAI and Anthropic SDKs surface to the caller.  message is a fixed
