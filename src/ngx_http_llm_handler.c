@@ -27,6 +27,7 @@ static void ngx_http_llm_next(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 static ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
 static void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_target_t *target);
+static void ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx);
 static ngx_msec_int_t ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
@@ -156,6 +157,8 @@ ngx_http_llm_body_read(ngx_http_request_t *r)
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
+
+    ngx_http_llm_count_request(ctx);
 
     ctx->picked = ngx_http_llm_pick(ctx);
     ctx->start = ngx_current_msec;
@@ -371,8 +374,6 @@ ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx)
 }
 
 
-/* the route's first attempt deposits into its budget */
-
 static void
 ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_target_t *target)
@@ -386,18 +387,32 @@ ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
     ctx->attempts++;
 
     ngx_http_llm_count(target->node, attempts, 1);
+    ngx_http_llm_count(n, attempts, 1);
+}
+
+
+/*
+ * A client request of the route, counted (and deposited into its budget)
+ * once its body passed the check, whatever follows: even when every
+ * target is cooling down and no attempt is made.
+ */
+
+static void
+ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_node_t      *n;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ctx->conf;
+    n = llcf->node;
 
     if (n == NULL) {
         return;
     }
 
-    (void) ngx_atomic_fetch_add(&n->attempts, 1);
-
-    if (ctx->attempts == 1) {
-        (void) ngx_atomic_fetch_add(&n->requests, 1);
-        ngx_http_llm_slot_add(llcf->zone, n,
-                              offsetof(ngx_http_llm_slot_t, requests), 1);
-    }
+    (void) ngx_atomic_fetch_add(&n->requests, 1);
+    ngx_http_llm_slot_add(llcf->zone, n,
+                          offsetof(ngx_http_llm_slot_t, requests), 1);
 }
 
 

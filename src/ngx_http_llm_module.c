@@ -337,6 +337,18 @@ ngx_http_llm_merge_route(ngx_conf_t *cf, ngx_http_llm_loc_conf_t *conf)
 {
     ngx_http_core_loc_conf_t  *clcf;
 
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    /* proxy_pass, return, ... given after llm_status replace its handler */
+
+    if (conf->status && clcf->handler != ngx_http_llm_status_handler) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"llm_status\" cannot be combined with another "
+                      "content handler in one location in %V:%ui",
+                      &conf->conf_file, conf->conf_line);
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->route.len == 0) {
 
         if (conf->targets || conf->fallbacks) {
@@ -350,8 +362,6 @@ ngx_http_llm_merge_route(ngx_conf_t *cf, ngx_http_llm_loc_conf_t *conf)
 
         return NGX_CONF_OK;
     }
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
     /* proxy_pass, return, ... given after llm_route replace its handler */
 

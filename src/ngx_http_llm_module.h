@@ -77,6 +77,8 @@ typedef struct {
     ngx_uint_t                   cooldown_window;   /* seconds */
     ngx_msec_t                   cooldown_time;
 
+    ngx_flag_t                   status;    /* llm_status here */
+
     ngx_shm_zone_t              *zone;      /* the route's counters */
     ngx_http_llm_node_t         *node;
 
@@ -188,6 +190,7 @@ void ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
 ngx_msec_int_t ngx_http_llm_target_cooling(ngx_http_llm_target_t *target);
 
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
 ngx_uint_t ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);

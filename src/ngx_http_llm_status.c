@@ -77,7 +77,6 @@ typedef struct {
 typedef void (*ngx_http_llm_status_pt)(ngx_http_llm_status_t *st);
 
 
-static ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_status_not_allowed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_status_collect(ngx_http_request_t *r,
     ngx_http_llm_status_t *st);
@@ -188,7 +187,7 @@ static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
 };
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_llm_status_handler(ngx_http_request_t *r)
 {
     ngx_int_t                rc;
@@ -280,19 +279,12 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_llm_status_not_allowed(ngx_http_request_t *r)
 {
-    ngx_table_elt_t  *h;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
+    if (ngx_http_llm_add_header(r, "Allow", (u_char *) "GET, HEAD",
+                                sizeof("GET, HEAD") - 1)
+        != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    h->hash = 1;
-#if (nginx_version >= 1023000)
-    h->next = NULL;
-#endif
-    ngx_str_set(&h->key, "Allow");
-    ngx_str_set(&h->value, "GET, HEAD");
 
     return NGX_HTTP_NOT_ALLOWED;
 }
@@ -1040,6 +1032,8 @@ ngx_http_llm_status_escape_label(u_char *dst, u_char *src, size_t size)
 char *
 ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
@@ -1056,6 +1050,15 @@ ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     clcf->handler = ngx_http_llm_status_handler;
+
+    /* merge checks that no later directive replaced the handler */
+
+    llcf->status = 1;
+
+    if (llcf->conf_line == 0) {
+        llcf->conf_file = cf->conf_file->file.name;
+        llcf->conf_line = cf->conf_file->line;
+    }
 
     return NGX_CONF_OK;
 }

@@ -17,6 +17,7 @@ use Test::More;
 use Test::LLM;
 use Test::LLM::Engine;
 
+use JSON::PP;
 use Time::HiRes qw(sleep);
 
 my $t = Test::LLM->new;
@@ -78,6 +79,10 @@ http {
             llm_target /_llm/off;
             llm_fallback /_llm/spare;
             llm_cooldown off;
+        }
+
+        location = /status {
+            llm_status;
         }
 
         location ~ ^/_llm/(\w+)$ {
@@ -194,6 +199,13 @@ ok(($r->{headers}{'retry-after'} // 0) >= 4
    'all cooling: Retry-After of the soonest end ('
    . ($r->{headers}{'retry-after'} // '-') . ')');
 is(at_mock('alone'), $before, 'all cooling: no attempt');
+
+my $status = decode_json(parse_response(http_get('/status', port => $port))
+                         ->{body});
+is($status->{routes}{alone}{requests}, 2,
+   'all cooling: the refused request is counted as a route request');
+is($status->{targets}{'/_llm/alone'}{skipped}, 1,
+   'all cooling: the target shows it skipped');
 is($e->{attempts}, 0, 'all cooling: $llm_attempts 0');
 is($e->{errors}, 'skipped', 'all cooling: skipped');
 

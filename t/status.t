@@ -149,6 +149,12 @@ EOF
              '"llm_route" cannot be combined with another content handler '
              . 'in one location', $line_of->(qr/llm_route chat;/));
 
+    $conf->('llm_status;
+            proxy_pass http://127.0.0.1:1;');
+    $fails->('llm_status, then proxy_pass',
+             '"llm_status" cannot be combined with another content handler '
+             . 'in one location', $line_of->(qr/^\s+llm_status;/));
+
     $conf->('proxy_pass http://127.0.0.1:1;
             llm_status;');
     $fails->('proxy_pass, then llm_status',
