@@ -67,7 +67,8 @@ test-asan:
 	@$(MAKE) -s all BUILD=$(BUILD)/asan CC_OPT="$(ASAN_OPT)" \
 	    LD_OPT="-fsanitize=address,undefined -fPIC"
 	TEST_LLM_MODULE=$(CURDIR)/$(BUILD)/asan/ngx_http_llm_module.so \
-	TEST_LLM_NGINX=$(CURDIR)/tools/nginx-asan.sh prove -r t/
+	TEST_LLM_NGINX=$(CURDIR)/tools/nginx-asan.sh TEST_LLM_ASAN=1 \
+	    prove -r t/
 
 fuzz:
 	@tools/deps.sh fuzz

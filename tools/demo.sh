@@ -55,6 +55,8 @@ http {
 
     access_log $prefix/logs/access.log llm;
 
+    llm_zone llm:1m;
+
     upstream mock_openai {
         server 127.0.0.1:$mock_port;
         keepalive 8;
@@ -76,6 +78,11 @@ http {
             llm_target   /_llm/overloaded tries=2;
             llm_fallback /_llm/openai model=gpt-4o-mini;
             llm_backoff  base=50ms max=500ms;
+        }
+
+        location = /llm/status {
+            llm_status;
+            access_log off;
         }
 
         # a quota error is not retried on the same key
@@ -167,6 +174,11 @@ echo
 echo "== access log"
 sleep 0.2
 cat "$prefix/logs/access.log"
+
+echo
+echo "== status page (JSON; Prometheus text with ?format=prometheus)"
+curl -sS "$url/llm/status" | perl -MJSON::PP -0777 -ne \
+    'print JSON::PP->new->pretty->canonical->encode(decode_json($_))'
 
 echo
 echo "== error log (warnings and above)"
