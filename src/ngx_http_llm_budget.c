@@ -533,3 +533,45 @@ ngx_http_llm_target_cooling(ngx_http_llm_target_t *target)
 
     return until > now ? (ngx_msec_int_t) (until - now) : 0;
 }
+
+
+void
+ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target)
+{
+    ngx_http_llm_node_t      *n;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ctx->conf;
+    n = llcf->node;
+
+    ctx->attempts++;
+
+    ngx_http_llm_count(target->node, attempts, 1);
+    ngx_http_llm_count(n, attempts, 1);
+}
+
+
+/*
+ * A client request of the route, counted (and deposited into its budget)
+ * once its body passed the check, whatever follows: even when every
+ * target is cooling down and no attempt is made.
+ */
+
+void
+ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_node_t      *n;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ctx->conf;
+    n = llcf->node;
+
+    if (n == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&n->requests, 1);
+    ngx_http_llm_slot_add(llcf->zone, n,
+                          offsetof(ngx_http_llm_slot_t, requests), 1);
+}

@@ -24,6 +24,10 @@
  * The attempt's remaining header filters are not run: filters of the
  * target location (gzip, sub_filter, ...) would describe a body the client
  * never gets in that form.
+ *
+ * At the end of this file: the gateway's final answers when no attempt
+ * follows (the last provider answer replayed, x-should-retry, the 503 of
+ * a route whose targets are all cooling down).
  */
 
 
@@ -493,4 +497,133 @@ ngx_http_llm_copy_headers(ngx_http_request_t *r, ngx_http_request_t *sr)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * 503 from the gateway when every target of the plan is cooling down,
+ * with a Retry-After of the soonest end.
+ */
+
+ngx_int_t
+ngx_http_llm_cooling_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    u_char                  *p;
+    ngx_uint_t               i;
+    ngx_msec_int_t           left, soonest;
+    ngx_http_llm_attempt_t  *at;
+
+    at = ctx->tried.elts;
+    soonest = 0;
+
+    for (i = 0; i < ctx->tried.nelts; i++) {
+        left = ngx_http_llm_target_cooling(at[i].target);
+
+        if (left && (soonest == 0 || left < soonest)) {
+            soonest = left;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "llm route \"%V\": every target is cooling down",
+                  &ctx->conf->route);
+
+    p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_llm_add_header(r, "Retry-After", p,
+                                ngx_sprintf(p, "%T",
+                                            (time_t) (soonest + 999) / 1000)
+                                - p)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_llm_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "server_error",
+                                   "every target of the route is cooling "
+                                   "down", "targets_cooling_down");
+}
+
+
+ngx_int_t
+ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    rc = ngx_http_llm_commit(r, ctx->answer);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ctx->answer_body;
+
+    if (b == NULL || b->pos == b->last) {
+        return ngx_http_send_special(r, NGX_HTTP_LAST);
+    }
+
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * x-should-retry: false on a final failure when the gateway has spent
+ * retries or may not spend more: the OpenAI and Anthropic SDKs honour it,
+ * so client retries do not multiply ours
+ */
+
+ngx_int_t
+ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    if (!ctx->retried
+        && ctx->decision != NGX_HTTP_LLM_DECISION_EXHAUSTED
+        && ctx->decision != NGX_HTTP_LLM_DECISION_DEADLINE
+        && ctx->decision != NGX_HTTP_LLM_DECISION_BUDGET)
+    {
+        return NGX_OK;
+    }
+
+    /* the provider's own x-should-retry is the gateway's to answer now */
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("x-should-retry") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "x-should-retry",
+                               h[i].key.len) == 0)
+        {
+            h[i].hash = 0;
+        }
+    }
+
+    return ngx_http_llm_add_header(r, "x-should-retry", (u_char *) "false",
+                                   sizeof("false") - 1);
 }

@@ -191,11 +191,23 @@ ngx_msec_int_t ngx_http_llm_target_cooling(ngx_http_llm_target_t *target);
 
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
+ngx_http_llm_target_t *ngx_http_llm_pick(ngx_http_llm_ctx_t *ctx);
+ngx_http_llm_target_t *ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx,
+    ngx_uint_t step);
+ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
+ngx_msec_int_t ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
 ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target);
+void ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_family(ngx_http_request_t *r);
 
 
 extern ngx_str_t     ngx_http_llm_family_names[];

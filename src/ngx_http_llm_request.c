@@ -461,3 +461,39 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
 
     return ngx_http_output_filter(r, &out);
 }
+
+
+/* the endpoint family from the request URI's ending (SPEC 3.1) */
+
+ngx_uint_t
+ngx_http_llm_family(ngx_http_request_t *r)
+{
+    ngx_uint_t   i;
+    ngx_str_t   *uri;
+
+    static struct {
+        ngx_str_t   suffix;
+        ngx_uint_t  family;
+    } suffixes[] = {
+        { ngx_string("/chat/completions"), NGX_HTTP_LLM_FAMILY_CHAT },
+        { ngx_string("/responses"), NGX_HTTP_LLM_FAMILY_RESPONSES },
+        { ngx_string("/messages"), NGX_HTTP_LLM_FAMILY_MESSAGES },
+        { ngx_string("/embeddings"), NGX_HTTP_LLM_FAMILY_EMBEDDINGS },
+        { ngx_string("/completions"), NGX_HTTP_LLM_FAMILY_COMPLETIONS },
+        { ngx_null_string, 0 }
+    };
+
+    uri = &r->uri;
+
+    for (i = 0; suffixes[i].suffix.len; i++) {
+        if (uri->len >= suffixes[i].suffix.len
+            && ngx_strncmp(uri->data + uri->len - suffixes[i].suffix.len,
+                           suffixes[i].suffix.data,
+                           suffixes[i].suffix.len) == 0)
+        {
+            return suffixes[i].family;
+        }
+    }
+
+    return NGX_HTTP_LLM_FAMILY_OTHER;
+}

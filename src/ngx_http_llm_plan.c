@@ -1,0 +1,376 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * The attempt plan of a request (SPEC 3.2): the weighted pick among the
+ * route's targets, then its fallbacks in order, targets in cooldown
+ * passed over; and what follows a failed attempt: the same target after
+ * a backoff, the next step at once, or no further attempt, within
+ * llm_retry_on, llm_attempts, llm_deadline and the retry budget.
+ */
+
+
+static ngx_uint_t ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx);
+static ngx_msec_t ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx);
+
+
+/* the weighted pick among llm_target (weight 0: never picked) */
+
+ngx_http_llm_target_t *
+ngx_http_llm_pick(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t              i, n;
+    ngx_http_llm_target_t  *target;
+
+    target = ctx->conf->targets->elts;
+
+    if (ctx->conf->targets->nelts == 1) {
+        return target;
+    }
+
+    n = (ngx_uint_t) ngx_random() % ctx->conf->total_weight;
+
+    for (i = 0; n >= target[i].weight; i++) {
+        n -= target[i].weight;
+    }
+
+    return &target[i];
+}
+
+
+/* step 0 is the picked target, step n the n-th llm_fallback */
+
+ngx_http_llm_target_t *
+ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx, ngx_uint_t step)
+{
+    ngx_http_llm_target_t  *fallback;
+
+    if (step == 0) {
+        return ctx->picked;
+    }
+
+    if (ctx->conf->fallbacks == NULL || step > ctx->conf->fallbacks->nelts) {
+        return NULL;
+    }
+
+    fallback = ctx->conf->fallbacks->elts;
+
+    return &fallback[step - 1];
+}
+
+
+/*
+ * The target of the current step, skipping those that are cooling down:
+ * each is recorded in the attempt lists as skipped, and the plan moves
+ * on at once.  NULL when no target is left.
+ */
+
+ngx_http_llm_target_t *
+ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_target_t   *target;
+    ngx_http_llm_attempt_t  *at;
+
+    for ( ;; ) {
+        target = ngx_http_llm_plan_target(ctx, ctx->step);
+
+        if (target == NULL || ngx_http_llm_target_cooling(target) == 0) {
+            return target;
+        }
+
+        at = ngx_array_push(&ctx->tried);
+        if (at == NULL) {
+            return NULL;
+        }
+
+        at->target = target;
+        at->status = 0;
+        at->error = NGX_HTTP_LLM_ERR_NONE;
+        at->time = 0;
+        at->skipped = 1;
+
+        ngx_http_llm_count(target->node, skipped, 1);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->log, 0,
+                       "llm target \"%V\" skipped, cooling down",
+                       &target->key);
+
+        ctx->step++;
+        ctx->step_tries = 0;
+    }
+}
+
+
+/*
+ * Whether any attempt may follow the one in flight, whatever its error:
+ * NGX_HTTP_LLM_DECISION_NONE if one may (then an error answer is held
+ * back to be classified), else why not.
+ */
+
+ngx_uint_t
+ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_loc_conf_t  *conf;
+
+    conf = ctx->conf;
+
+    if (!ctx->can_retry) {
+        return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
+    }
+
+    if (ctx->attempts >= conf->attempts) {
+        return NGX_HTTP_LLM_DECISION_EXHAUSTED;
+    }
+
+    if (conf->deadline && ngx_current_msec - ctx->start >= conf->deadline) {
+        return NGX_HTTP_LLM_DECISION_DEADLINE;
+    }
+
+    if (ctx->step_tries < ctx->target->tries
+        || ngx_http_llm_plan_target(ctx, ctx->step + 1) != NULL)
+    {
+        return NGX_HTTP_LLM_DECISION_NONE;
+    }
+
+    return NGX_HTTP_LLM_DECISION_EXHAUSTED;
+}
+
+
+/*
+ * What follows a failed attempt, by SPEC 3.2: only categories listed in
+ * llm_retry_on go on; the same target again while its tries= last
+ * (never for errors that the same target would repeat), else the next
+ * step of the plan; within llm_attempts and llm_deadline.  A Retry-After
+ * longer than llm_backoff max moves on to the next target at once.
+ */
+
+ngx_uint_t
+ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t  d, step;
+
+    step = ctx->step;
+
+    d = ngx_http_llm_decide_plan(ctx);
+
+    /* every attempt after the first needs the route's budget */
+
+    if ((d == NGX_HTTP_LLM_DECISION_RETRY
+         || d == NGX_HTTP_LLM_DECISION_FALLBACK)
+        && ngx_http_llm_budget_withdraw(ctx) != NGX_OK)
+    {
+        if (ctx->step != step) {
+            ctx->step = step;
+            ctx->step_tries = ctx->target->tries;
+        }
+
+        ctx->wait = 0;
+        d = NGX_HTTP_LLM_DECISION_BUDGET;
+
+        ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
+                      "llm route \"%V\": retry budget exhausted",
+                      &ctx->conf->route);
+    }
+
+    if (ctx->conf->node && d < NGX_HTTP_LLM_DECISIONS) {
+        (void) ngx_atomic_fetch_add(&ctx->conf->node->decisions[d], 1);
+    }
+
+    return d;
+}
+
+
+static ngx_uint_t
+ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t                err, same, late;
+    ngx_msec_t                elapsed, wait;
+    ngx_http_llm_loc_conf_t  *conf;
+
+    conf = ctx->conf;
+    err = ctx->error;
+
+    ctx->decided = 1;
+    ctx->wait = 0;
+
+    if (err == NGX_HTTP_LLM_ERR_NONE
+        || err == NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
+        || !(conf->retry_on & (1 << err))
+        || !ctx->can_retry)
+    {
+        return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
+    }
+
+    if (ctx->attempts >= conf->attempts) {
+        return NGX_HTTP_LLM_DECISION_EXHAUSTED;
+    }
+
+    elapsed = ngx_current_msec - ctx->start;
+
+    if (conf->deadline && elapsed >= conf->deadline) {
+        return NGX_HTTP_LLM_DECISION_DEADLINE;
+    }
+
+    late = 0;
+
+    same = ctx->step_tries < ctx->target->tries
+           && err != NGX_HTTP_LLM_ERR_QUOTA
+           && err != NGX_HTTP_LLM_ERR_AUTH
+           && err != NGX_HTTP_LLM_ERR_CONTEXT_LENGTH
+           && err != NGX_HTTP_LLM_ERR_INVALID_REQUEST
+           && err != NGX_HTTP_LLM_ERR_CONTENT_FILTER;
+
+    if (same) {
+        if (ctx->retry_after >= 0) {
+            wait = (ngx_msec_t) ctx->retry_after;
+            same = (wait <= conf->backoff_max);
+
+        } else {
+            wait = ngx_http_llm_backoff_delay(ctx);
+        }
+
+        if (same && conf->deadline && elapsed + wait >= conf->deadline) {
+            same = 0;
+            late = 1;
+        }
+
+        if (same) {
+            ctx->wait = wait;
+            return NGX_HTTP_LLM_DECISION_RETRY;
+        }
+    }
+
+    /* moving to a fallback does not wait */
+
+    if (ngx_http_llm_plan_target(ctx, ctx->step + 1)) {
+        ctx->step++;
+        ctx->step_tries = 0;
+        return NGX_HTTP_LLM_DECISION_FALLBACK;
+    }
+
+    return late ? NGX_HTTP_LLM_DECISION_DEADLINE
+                : NGX_HTTP_LLM_DECISION_EXHAUSTED;
+}
+
+
+/*
+ * Exponential backoff with full jitter: a random wait in
+ * [0, min(max, base * 2^(n-1))] before the n-th retry on a target.
+ */
+
+static ngx_msec_t
+ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t                n;
+    ngx_msec_t                cap;
+    ngx_http_llm_loc_conf_t  *conf;
+
+    conf = ctx->conf;
+    cap = conf->backoff_base;
+
+    for (n = 1; n < ctx->step_tries && cap < conf->backoff_max; n++) {
+        cap *= 2;
+    }
+
+    cap = ngx_min(cap, conf->backoff_max);
+
+    if (cap == 0) {
+        return 0;
+    }
+
+    return (ngx_msec_t) ngx_random() % (cap + 1);
+}
+
+
+/*
+ * A provider that asks for a wait longer than the route waits (rate
+ * limits, quota, overload with a Retry-After above llm_backoff max) is
+ * left alone for that long by every worker.
+ */
+
+ngx_msec_int_t
+ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx)
+{
+    if (ctx->retry_after > (ngx_msec_int_t) ctx->conf->backoff_max
+        && (ctx->error == NGX_HTTP_LLM_ERR_RATE_LIMITED
+            || ctx->error == NGX_HTTP_LLM_ERR_QUOTA
+            || ctx->error == NGX_HTTP_LLM_ERR_OVERLOADED))
+    {
+        return ctx->retry_after;
+    }
+
+    return 0;
+}
+
+
+/* retry-after-ms first (finer), then Retry-After; -1: none */
+
+ngx_msec_int_t
+ngx_http_llm_retry_after(ngx_http_request_t *sr)
+{
+    ngx_uint_t        i, ms;
+    ngx_msec_int_t    found, v;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    found = -1;
+
+    part = &sr->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash == 0) {
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("retry-after-ms") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "retry-after-ms",
+                               h[i].key.len) == 0)
+        {
+            ms = 1;
+
+        } else if (h[i].key.len == sizeof("Retry-After") - 1
+                   && ngx_strncasecmp(h[i].key.data,
+                                      (u_char *) "Retry-After",
+                                      h[i].key.len) == 0)
+        {
+            if (found != -1) {
+                continue;
+            }
+
+            ms = 0;
+
+        } else {
+            continue;
+        }
+
+        v = ngx_http_llm_parse_retry_after(h[i].value.data, h[i].value.len,
+                                           ms);
+
+        if (v >= 0 && (ms || found == -1)) {
+            found = v;
+        }
+    }
+
+    return found;
+}
