@@ -720,16 +720,23 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         if (!ctx->answered || rc == NGX_ERROR
             || rc >= NGX_HTTP_SPECIAL_RESPONSE)
         {
-            /*
-             * the answer broke after its headers reached the client: end
-             * the connection rather than the response, so the client
-             * cannot take a half answer for a whole one
-             */
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "llm route \"%V\": answer of target \"%V\" "
                           "ended prematurely", &ctx->conf->route,
                           &ctx->target->uri);
 
+            if (ctx->sse && !r->connection->error) {
+                /* a stream ends with the protocol's error event */
+                ngx_http_finalize_request(r,
+                                          ngx_http_llm_stream_error(r, ctx));
+                return;
+            }
+
+            /*
+             * any other answer broke after its headers reached the
+             * client: end the connection rather than the response, so the
+             * client cannot take a half answer for a whole one
+             */
             ngx_http_finalize_request(r, NGX_ERROR);
             return;
         }

@@ -149,6 +149,7 @@ typedef struct {
 
     ngx_event_t                  backoff;   /* wait before an attempt */
     ngx_msec_t                   wait;      /* of the decided retry */
+    u_char                       sse_tail[4];   /* last bytes passed */
 
     unsigned                     committed:1;   /* client got the headers */
     unsigned                     answered:1;    /* ... and the last byte */
@@ -159,6 +160,8 @@ typedef struct {
     unsigned                     can_retry:1;
     unsigned                     retried:1;     /* a retry was spent */
     unsigned                     decided:1;
+    unsigned                     sse:1;         /* text/event-stream */
+    unsigned                     sse_split:1;   /* cut inside an event */
 } ngx_http_llm_ctx_t;
 
 
@@ -202,6 +205,8 @@ ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
 ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_stream_error(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,

@@ -456,10 +456,11 @@ for my $round (1, 2) {
 ###############################################################################
 # an answer cut after its headers: no clean end for the client
 #
-# The client must be able to tell: a Content-Length answer comes short and
-# the connection closes, a chunked one lacks its last chunk and the
-# connection closes (as with a plain proxy_pass).  Once each, with
-# "Connection: close" and on a keepalive connection.
+# The client must be able to tell: a JSON answer with a Content-Length
+# comes short and the connection closes (as with a plain proxy_pass); an
+# SSE stream (chunked) ends with the protocol's own error event after the
+# events that came, then the end of the stream (SPEC 3.2).  Once each,
+# with "Connection: close" and on a keepalive connection.
 
 for my $case ([ 'partial', 'cut answer with Content-Length' ],
               [ 'chunked-cut', 'cut chunked answer' ])
@@ -479,7 +480,18 @@ for my $case ([ 'partial', 'cut answer with Content-Length' ],
          "$name: bytes before the cut came");
     ok($took < 5, "$name: connection closed, no hang");
 
-    ok(!$r->{complete}, "$name: no clean end") or diag($raw);
+    my $error_event = qr/\n\ndata: \{"error":\{"message":"the provider's stream was interrupted","type":"server_error","param":null,"code":"stream_interrupted"\}\}\n\n\z/;
+
+    if ($mock eq 'partial') {
+        ok(!$r->{complete}, "$name: no clean end") or diag($raw);
+
+    } else {
+        like($r->{body}, qr/^data: \{"n":1\}\n\ndata: \{"n":2\}\n\n/,
+             "$name: the events before the cut, whole");
+        like($r->{body}, $error_event, "$name: then the error event")
+            or diag($raw);
+        ok($r->{complete}, "$name: then the end of the stream");
+    }
 
     my $s = http_start(http_request('POST', "/v1/chat/completions?$mock=ka",
                                     body => $REQ, keepalive => 1,
@@ -490,9 +502,13 @@ for my $case ([ 'partial', 'cut answer with Content-Length' ],
 
     is($r->{status}, 200, "$name, keepalive: headers came");
 
-    ok($closed, "$name, keepalive: connection closed");
-    ok(!$r->{complete}, "$name, keepalive: no clean end")
-        if $mock eq 'chunked-cut';
+    if ($mock eq 'partial') {
+        ok($closed, "$name, keepalive: connection closed");
+
+    } else {
+        like($r->{body}, $error_event, "$name, keepalive: the error event");
+        ok($r->{complete}, "$name, keepalive: the end of the stream");
+    }
 }
 
 # the server still serves after all of the above
