@@ -29,6 +29,8 @@ static ngx_int_t ngx_http_llm_variable_attempts(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_family(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_stream(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_target_model(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_error_type(ngx_http_request_t *r,
@@ -65,6 +67,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_family"), NULL, ngx_http_llm_variable_family, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_stream"), NULL, ngx_http_llm_variable_stream, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_target_model"), NULL,
@@ -206,6 +211,35 @@ ngx_http_llm_variable_family(ngx_http_request_t *r,
     }
 
     ngx_http_llm_variable_set(v, &ngx_http_llm_family_names[ctx->family]);
+
+    return NGX_OK;
+}
+
+
+/*
+ * 1 when the request asked for a stream ("stream": true), 0 when it did
+ * not; not found before the body was inspected
+ */
+
+static ngx_int_t
+ngx_http_llm_variable_stream(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->scan == NULL || ctx->tried.nelts == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = 1;
+    v->data = (u_char *) (ctx->scan->stream == NGX_HTTP_LLM_STREAM_TRUE
+                          ? "1" : "0");
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
 
     return NGX_OK;
 }

@@ -27,7 +27,7 @@ events {}
 
 http {
     log_format llm '$request_uri model=$llm_model attempts=$llm_attempts '
-                   'status=$status';
+                   'stream=$llm_stream status=$status';
 
     access_log %%TESTDIR%%/logs/access.log llm;
 
@@ -112,6 +112,8 @@ for my $case (@good) {
     is($r->{status}, 200, "$name: 200");
     is(attempts(), $before + 1, "$name: one attempt");
     like($r->{log}, qr/ model=\Q$model\E attempts=1 /, "$name: \$llm_model");
+    like($r->{log}, $body =~ /"stream":true/ ? qr/ stream=1 / : qr/ stream=0 /,
+         "$name: \$llm_stream");
 
     my $got = $t->mock_requests('provider')->[-1];
     is($got->{body}, $body, "$name: body unchanged");
@@ -196,7 +198,7 @@ for my $case (@bad) {
     is($e->{error}{type}, 'invalid_request_error', "$name: error type");
     is($e->{error}{code}, 'invalid_json', "$name: error code");
     unlike($r->{body}, qr/\Q$SECRET\E/, "$name: no body bytes in answer");
-    like($r->{log}, qr/ attempts=0 status=400$/, "$name: logged");
+    like($r->{log}, qr/ attempts=0 stream=- status=400$/, "$name: logged");
 }
 
 my $errors = $t->read_file('logs/error.log');

@@ -28,7 +28,7 @@ events {}
 
 http {
     log_format sse '$arg_id|$status|$llm_attempts|$llm_attempt_errors|'
-                   '$llm_error_type';
+                   '$llm_error_type|$llm_stream';
     access_log %%TESTDIR%%/logs/access.log sse;
 
     server {
@@ -127,7 +127,7 @@ sub log_entry {
     my $line = $t->wait_for_log('logs/access.log', qr/^\Q$id\E\|/) // '';
     my @f = split /\|/, $line, -1;
     return { status => $f[1], attempts => $f[2], errors => $f[3],
-             error => $f[4] };
+             error => $f[4], stream => $f[5] };
 }
 
 my $expected = join '', map { "data: $_\n\n" } @CHUNKS, '[DONE]';
@@ -181,6 +181,7 @@ for my $round (1, 2) {
     is($r->{status}, 200, 'before the first byte: retried');
     is($r->{body}, $expected, 'before the first byte: the stream');
     is($e->{errors}, 'overloaded, -', 'before the first byte: recorded');
+    is($e->{stream}, '1', 'before the first byte: $llm_stream');
 }
 
 ###############################################################################
