@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_status.h"
 
 
 /*
@@ -16,62 +17,14 @@
  * without a lock: each is one atomic word, and a page a few requests
  * behind on one counter is as good as any.  The body is built twice,
  * once to measure it, with every number counted at its widest so that
- * counters moving meanwhile still fit, and once to write it.
+ * counters moving meanwhile still fit, and once to write it.  This
+ * file serves the page and writes the JSON; ngx_http_llm_prometheus.c
+ * writes the Prometheus text.
  */
 
 
 #define NGX_HTTP_LLM_STATUS_JSON        0
 #define NGX_HTTP_LLM_STATUS_PROMETHEUS  1
-
-/* what a Prometheus family reports, and of what */
-#define NGX_HTTP_LLM_METRIC_ROUTE       0   /* a route counter */
-#define NGX_HTTP_LLM_METRIC_DECISIONS   1   /* ... by decision */
-#define NGX_HTTP_LLM_METRIC_BUDGET      2
-#define NGX_HTTP_LLM_METRIC_TARGET      3   /* a target counter */
-#define NGX_HTTP_LLM_METRIC_ERRORS      4   /* ... by error category */
-#define NGX_HTTP_LLM_METRIC_COOLING     5
-#define NGX_HTTP_LLM_METRIC_REMAINING   6
-
-/* a number in thousandths, "0.2": the widest integer part, ".", 3 digits */
-#define NGX_HTTP_LLM_STATUS_DECIMAL_LEN  (NGX_ATOMIC_T_LEN + 4)
-
-
-typedef struct {
-    ngx_str_t                    name;
-    ngx_str_t                    help;
-    ngx_str_t                    type;
-    ngx_uint_t                   kind;
-    size_t                       offset;    /* of a node counter */
-} ngx_http_llm_metric_t;
-
-
-typedef struct {
-    ngx_http_llm_target_t       *target;    /* the first one counted */
-    ngx_msec_t                   remaining; /* of its cooldown, ms */
-} ngx_http_llm_status_target_t;
-
-
-typedef struct {
-    ngx_str_t                   *name;
-    ngx_http_llm_loc_conf_t     *conf;      /* the first one counted */
-    ngx_msec_int_t               left;      /* of the budget; -1: none */
-    ngx_array_t                  targets;   /* of ngx_uint_t: indexes */
-} ngx_http_llm_status_route_t;
-
-
-typedef struct {
-    ngx_array_t                  routes;  /* of ngx_http_llm_status_route_t */
-    ngx_array_t                  targets; /* of ngx_http_llm_status_target_t */
-    ngx_array_t                 *zones;   /* of ngx_shm_zone_t * */
-    ngx_msec_t                   now;     /* ms since the epoch */
-
-    /* the body: measured into len while start is NULL, then written */
-    u_char                      *start;
-    u_char                      *pos;
-    u_char                      *end;
-    size_t                       len;
-    unsigned                     overflow:1;
-} ngx_http_llm_status_t;
 
 
 typedef void (*ngx_http_llm_status_pt)(ngx_http_llm_status_t *st);
@@ -87,103 +40,11 @@ static void ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
     ngx_http_llm_status_route_t *route);
 static void ngx_http_llm_status_json_target(ngx_http_llm_status_t *st,
     ngx_http_llm_status_target_t *t);
-static void ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st);
-static void ngx_http_llm_status_routes(ngx_http_llm_status_t *st,
-    ngx_http_llm_metric_t *m);
-static void ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
-    ngx_http_llm_metric_t *m);
-static void ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
-    ngx_http_llm_metric_t *m, ngx_str_t *route, ngx_http_llm_target_t *target,
-    char *label, ngx_str_t *value);
-static u_char *ngx_http_llm_status_reserve(ngx_http_llm_status_t *st,
-    size_t len);
-static void ngx_http_llm_status_copy(ngx_http_llm_status_t *st, u_char *s,
-    size_t len);
-static void ngx_http_llm_status_number(ngx_http_llm_status_t *st,
-    ngx_atomic_uint_t n);
-static void ngx_http_llm_status_decimal(ngx_http_llm_status_t *st,
-    ngx_atomic_uint_t n);
-static void ngx_http_llm_status_bool(ngx_http_llm_status_t *st,
-    ngx_uint_t v);
-static void ngx_http_llm_status_string(ngx_http_llm_status_t *st,
-    ngx_str_t *s);
-static void ngx_http_llm_status_label(ngx_http_llm_status_t *st,
-    ngx_str_t *s);
-static uintptr_t ngx_http_llm_status_escape_label(u_char *dst, u_char *src,
-    size_t size);
-
-
-#define ngx_http_llm_status_literal(st, s)                                   \
-    ngx_http_llm_status_copy(st, (u_char *) s, sizeof(s) - 1)
-
-/* a node counter; an uncounted route or target reads as zeros */
-#define ngx_http_llm_status_counter(n, off)                                  \
-    ((n) ? *(ngx_atomic_t *) ((u_char *) (n) + (off)) : 0)
 
 
 static ngx_str_t  ngx_http_llm_status_types[] = {
     ngx_string("application/json"),
     ngx_string("text/plain; version=0.0.4; charset=utf-8")
-};
-
-
-/* the families in the order they are written */
-
-static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
-
-    { ngx_string("nginx_llm_route_requests_total"),
-      ngx_string("Client requests to the llm route."),
-      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
-      offsetof(ngx_http_llm_node_t, requests) },
-
-    { ngx_string("nginx_llm_route_attempts_total"),
-      ngx_string("Attempts sent to the targets of the llm route."),
-      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
-      offsetof(ngx_http_llm_node_t, attempts) },
-
-    { ngx_string("nginx_llm_route_retries_total"),
-      ngx_string("Attempts after the first of a request, retries and "
-                 "fallbacks, taken from the retry budget."),
-      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
-      offsetof(ngx_http_llm_node_t, retries) },
-
-    { ngx_string("nginx_llm_route_decisions_total"),
-      ngx_string("What the llm route decided after a failed attempt."),
-      ngx_string("counter"), NGX_HTTP_LLM_METRIC_DECISIONS, 0 },
-
-    { ngx_string("nginx_llm_route_budget_remaining"),
-      ngx_string("Retries the retry budget of the llm route allows now."),
-      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_BUDGET, 0 },
-
-    { ngx_string("nginx_llm_target_attempts_total"),
-      ngx_string("Attempts sent to the llm target."),
-      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
-      offsetof(ngx_http_llm_node_t, attempts) },
-
-    { ngx_string("nginx_llm_target_skipped_total"),
-      ngx_string("Attempts not sent to the llm target while it was "
-                 "cooling down."),
-      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
-      offsetof(ngx_http_llm_node_t, skipped) },
-
-    { ngx_string("nginx_llm_target_errors_total"),
-      ngx_string("Failed attempts at the llm target by error category."),
-      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ERRORS, 0 },
-
-    { ngx_string("nginx_llm_target_cooling"),
-      ngx_string("1 while the llm target is cooling down, else 0."),
-      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_COOLING, 0 },
-
-    { ngx_string("nginx_llm_target_cooldown_remaining_seconds"),
-      ngx_string("Seconds until the cooldown of the llm target ends."),
-      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_REMAINING, 0 },
-
-    { ngx_string("nginx_llm_target_cooldowns_total"),
-      ngx_string("Cooldowns the llm target went into."),
-      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
-      offsetof(ngx_http_llm_node_t, cooldowns) },
-
-    { ngx_null_string, ngx_null_string, ngx_null_string, 0, 0 }
 };
 
 
@@ -662,191 +523,11 @@ ngx_http_llm_status_json_target(ngx_http_llm_status_t *st,
 
 
 /*
- * Text exposition format 0.0.4: each family's HELP and TYPE lines, then
- * all its samples.  Only counted routes and targets have samples: a
- * route without a zone has no counters to report.
- */
-
-static void
-ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
-{
-    ngx_http_llm_metric_t  *m;
-
-    for (m = ngx_http_llm_metrics; m->name.len; m++) {
-
-        ngx_http_llm_status_literal(st, "# HELP ");
-        ngx_http_llm_status_copy(st, m->name.data, m->name.len);
-        ngx_http_llm_status_literal(st, " ");
-        ngx_http_llm_status_copy(st, m->help.data, m->help.len);
-        ngx_http_llm_status_literal(st, "\n# TYPE ");
-        ngx_http_llm_status_copy(st, m->name.data, m->name.len);
-        ngx_http_llm_status_literal(st, " ");
-        ngx_http_llm_status_copy(st, m->type.data, m->type.len);
-        ngx_http_llm_status_literal(st, "\n");
-
-        if (m->kind < NGX_HTTP_LLM_METRIC_TARGET) {
-            ngx_http_llm_status_routes(st, m);
-
-        } else {
-            ngx_http_llm_status_targets(st, m);
-        }
-    }
-}
-
-
-static void
-ngx_http_llm_status_routes(ngx_http_llm_status_t *st,
-    ngx_http_llm_metric_t *m)
-{
-    ngx_uint_t                    i, d;
-    ngx_http_llm_node_t          *n;
-    ngx_http_llm_status_route_t  *route;
-
-    route = st->routes.elts;
-
-    for (i = 0; i < st->routes.nelts; i++) {
-
-        n = route[i].conf->node;
-
-        if (n == NULL) {
-            continue;
-        }
-
-        switch (m->kind) {
-
-        case NGX_HTTP_LLM_METRIC_DECISIONS:
-
-            for (d = 1;
-                 d < NGX_HTTP_LLM_DECISIONS
-                 && ngx_http_llm_decision_names[d].len;
-                 d++)
-            {
-                ngx_http_llm_status_sample(st, m, route[i].name, NULL,
-                                           "decision",
-                                           &ngx_http_llm_decision_names[d]);
-                ngx_http_llm_status_number(st, n->decisions[d]);
-                ngx_http_llm_status_literal(st, "\n");
-            }
-
-            break;
-
-        case NGX_HTTP_LLM_METRIC_BUDGET:
-
-            if (route[i].left < 0) {
-                break;
-            }
-
-            ngx_http_llm_status_sample(st, m, route[i].name, NULL, NULL,
-                                       NULL);
-            ngx_http_llm_status_number(st, route[i].left);
-            ngx_http_llm_status_literal(st, "\n");
-            break;
-
-        default: /* NGX_HTTP_LLM_METRIC_ROUTE */
-
-            ngx_http_llm_status_sample(st, m, route[i].name, NULL, NULL,
-                                       NULL);
-            ngx_http_llm_status_number(st,
-                                   ngx_http_llm_status_counter(n, m->offset));
-            ngx_http_llm_status_literal(st, "\n");
-        }
-    }
-}
-
-
-static void
-ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
-    ngx_http_llm_metric_t *m)
-{
-    ngx_uint_t                     i, e;
-    ngx_http_llm_node_t           *n;
-    ngx_http_llm_status_target_t  *t;
-
-    t = st->targets.elts;
-
-    for (i = 0; i < st->targets.nelts; i++) {
-
-        n = t[i].target->node;
-
-        if (n == NULL) {
-            continue;
-        }
-
-        switch (m->kind) {
-
-        case NGX_HTTP_LLM_METRIC_ERRORS:
-
-            for (e = 1; e < NGX_HTTP_LLM_ERR_LAST; e++) {
-                ngx_http_llm_status_sample(st, m, NULL, t[i].target, "error",
-                                           &ngx_http_llm_err_names[e]);
-                ngx_http_llm_status_number(st, n->errors[e]);
-                ngx_http_llm_status_literal(st, "\n");
-            }
-
-            break;
-
-        case NGX_HTTP_LLM_METRIC_COOLING:
-
-            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
-            ngx_http_llm_status_number(st, t[i].remaining ? 1 : 0);
-            ngx_http_llm_status_literal(st, "\n");
-            break;
-
-        case NGX_HTTP_LLM_METRIC_REMAINING:
-
-            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
-            ngx_http_llm_status_decimal(st, t[i].remaining);
-            ngx_http_llm_status_literal(st, "\n");
-            break;
-
-        default: /* NGX_HTTP_LLM_METRIC_TARGET */
-
-            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
-            ngx_http_llm_status_number(st,
-                                   ngx_http_llm_status_counter(n, m->offset));
-            ngx_http_llm_status_literal(st, "\n");
-        }
-    }
-}
-
-
-/* a sample's name and labels, up to its value */
-
-static void
-ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
-    ngx_http_llm_metric_t *m, ngx_str_t *route, ngx_http_llm_target_t *target,
-    char *label, ngx_str_t *value)
-{
-    ngx_http_llm_status_copy(st, m->name.data, m->name.len);
-
-    if (route) {
-        ngx_http_llm_status_literal(st, "{route=\"");
-        ngx_http_llm_status_label(st, route);
-
-    } else {
-        ngx_http_llm_status_literal(st, "{target=\"");
-        ngx_http_llm_status_label(st, &target->uri);
-        ngx_http_llm_status_literal(st, "\",model=\"");
-        ngx_http_llm_status_label(st, &target->model);
-    }
-
-    if (label) {
-        ngx_http_llm_status_literal(st, "\",");
-        ngx_http_llm_status_copy(st, (u_char *) label, ngx_strlen(label));
-        ngx_http_llm_status_literal(st, "=\"");
-        ngx_http_llm_status_label(st, value);
-    }
-
-    ngx_http_llm_status_literal(st, "\"} ");
-}
-
-
-/*
  * Room for len bytes at st->pos: NULL while the body is measured (len
  * is counted then), or if the measure fell short (noted, never expected)
  */
 
-static u_char *
+u_char *
 ngx_http_llm_status_reserve(ngx_http_llm_status_t *st, size_t len)
 {
     if (st->start == NULL) {
@@ -863,7 +544,7 @@ ngx_http_llm_status_reserve(ngx_http_llm_status_t *st, size_t len)
 }
 
 
-static void
+void
 ngx_http_llm_status_copy(ngx_http_llm_status_t *st, u_char *s, size_t len)
 {
     u_char  *p;
@@ -878,7 +559,7 @@ ngx_http_llm_status_copy(ngx_http_llm_status_t *st, u_char *s, size_t len)
 
 /* a number is measured at its widest: counters may grow meanwhile */
 
-static void
+void
 ngx_http_llm_status_number(ngx_http_llm_status_t *st, ngx_atomic_uint_t n)
 {
     u_char  *p;
@@ -893,7 +574,7 @@ ngx_http_llm_status_number(ngx_http_llm_status_t *st, ngx_atomic_uint_t n)
 
 /* thousandths as a decimal number without trailing zeros: 200 is "0.2" */
 
-static void
+void
 ngx_http_llm_status_decimal(ngx_http_llm_status_t *st, ngx_atomic_uint_t n)
 {
     u_char      *p;
@@ -926,7 +607,7 @@ ngx_http_llm_status_decimal(ngx_http_llm_status_t *st, ngx_atomic_uint_t n)
 }
 
 
-static void
+void
 ngx_http_llm_status_bool(ngx_http_llm_status_t *st, ngx_uint_t v)
 {
     if (v) {
@@ -940,7 +621,7 @@ ngx_http_llm_status_bool(ngx_http_llm_status_t *st, ngx_uint_t v)
 
 /* a JSON string, quoted */
 
-static void
+void
 ngx_http_llm_status_string(ngx_http_llm_status_t *st, ngx_str_t *s)
 {
     u_char  *p;
@@ -956,76 +637,6 @@ ngx_http_llm_status_string(ngx_http_llm_status_t *st, ngx_str_t *s)
         *p++ = '"';
         st->pos = p;
     }
-}
-
-
-/* a label value, without its quotes */
-
-static void
-ngx_http_llm_status_label(ngx_http_llm_status_t *st, ngx_str_t *s)
-{
-    u_char  *p;
-    size_t   len;
-
-    len = s->len + ngx_http_llm_status_escape_label(NULL, s->data, s->len);
-
-    p = ngx_http_llm_status_reserve(st, len);
-
-    if (p) {
-        st->pos = (u_char *) ngx_http_llm_status_escape_label(p, s->data,
-                                                              s->len);
-    }
-}
-
-
-/*
- * The exposition format escapes a backslash, a double quote and a line
- * feed in label values.  As ngx_escape_json(): without dst, returns the
- * bytes escaping adds; with it, where the escaped value ends.
- */
-
-static uintptr_t
-ngx_http_llm_status_escape_label(u_char *dst, u_char *src, size_t size)
-{
-    u_char      ch;
-    ngx_uint_t  n;
-
-    if (dst == NULL) {
-        n = 0;
-
-        while (size--) {
-            ch = *src++;
-
-            if (ch == '\\' || ch == '"' || ch == '\n') {
-                n++;
-            }
-        }
-
-        return (uintptr_t) n;
-    }
-
-    while (size--) {
-        ch = *src++;
-
-        switch (ch) {
-
-        case '\\':
-        case '"':
-            *dst++ = '\\';
-            *dst++ = ch;
-            break;
-
-        case '\n':
-            *dst++ = '\\';
-            *dst++ = 'n';
-            break;
-
-        default:
-            *dst++ = ch;
-        }
-    }
-
-    return (uintptr_t) dst;
 }
 
 

@@ -1,0 +1,360 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+#include "ngx_http_llm_status.h"
+
+
+/*
+ * The status page in the Prometheus text exposition format (0.0.4):
+ * each family once, with its HELP and TYPE lines and all its samples
+ * together; label values escaped as the format says.
+ */
+
+
+/* what a Prometheus family reports, and of what */
+#define NGX_HTTP_LLM_METRIC_ROUTE       0   /* a route counter */
+#define NGX_HTTP_LLM_METRIC_DECISIONS   1   /* ... by decision */
+#define NGX_HTTP_LLM_METRIC_BUDGET      2
+#define NGX_HTTP_LLM_METRIC_TARGET      3   /* a target counter */
+#define NGX_HTTP_LLM_METRIC_ERRORS      4   /* ... by error category */
+#define NGX_HTTP_LLM_METRIC_COOLING     5
+#define NGX_HTTP_LLM_METRIC_REMAINING   6
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_str_t                    help;
+    ngx_str_t                    type;
+    ngx_uint_t                   kind;
+    size_t                       offset;    /* of a node counter */
+} ngx_http_llm_metric_t;
+
+
+static void ngx_http_llm_status_routes(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m);
+static void ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m);
+static void ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m, ngx_str_t *route, ngx_http_llm_target_t *target,
+    char *label, ngx_str_t *value);
+static void ngx_http_llm_status_label(ngx_http_llm_status_t *st,
+    ngx_str_t *s);
+static uintptr_t ngx_http_llm_status_escape_label(u_char *dst, u_char *src,
+    size_t size);
+
+
+/* the families in the order they are written */
+
+static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
+
+    { ngx_string("nginx_llm_route_requests_total"),
+      ngx_string("Client requests to the llm route."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
+      offsetof(ngx_http_llm_node_t, requests) },
+
+    { ngx_string("nginx_llm_route_attempts_total"),
+      ngx_string("Attempts sent to the targets of the llm route."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
+      offsetof(ngx_http_llm_node_t, attempts) },
+
+    { ngx_string("nginx_llm_route_retries_total"),
+      ngx_string("Attempts after the first of a request, retries and "
+                 "fallbacks, taken from the retry budget."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
+      offsetof(ngx_http_llm_node_t, retries) },
+
+    { ngx_string("nginx_llm_route_decisions_total"),
+      ngx_string("What the llm route decided after a failed attempt."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_DECISIONS, 0 },
+
+    { ngx_string("nginx_llm_route_budget_remaining"),
+      ngx_string("Retries the retry budget of the llm route allows now."),
+      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_BUDGET, 0 },
+
+    { ngx_string("nginx_llm_target_attempts_total"),
+      ngx_string("Attempts sent to the llm target."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
+      offsetof(ngx_http_llm_node_t, attempts) },
+
+    { ngx_string("nginx_llm_target_skipped_total"),
+      ngx_string("Attempts not sent to the llm target while it was "
+                 "cooling down."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
+      offsetof(ngx_http_llm_node_t, skipped) },
+
+    { ngx_string("nginx_llm_target_errors_total"),
+      ngx_string("Failed attempts at the llm target by error category."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ERRORS, 0 },
+
+    { ngx_string("nginx_llm_target_cooling"),
+      ngx_string("1 while the llm target is cooling down, else 0."),
+      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_COOLING, 0 },
+
+    { ngx_string("nginx_llm_target_cooldown_remaining_seconds"),
+      ngx_string("Seconds until the cooldown of the llm target ends."),
+      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_REMAINING, 0 },
+
+    { ngx_string("nginx_llm_target_cooldowns_total"),
+      ngx_string("Cooldowns the llm target went into."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
+      offsetof(ngx_http_llm_node_t, cooldowns) },
+
+    { ngx_null_string, ngx_null_string, ngx_null_string, 0, 0 }
+};
+
+
+/*
+ * Text exposition format 0.0.4: each family's HELP and TYPE lines, then
+ * all its samples.  Only counted routes and targets have samples: a
+ * route without a zone has no counters to report.
+ */
+
+void
+ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
+{
+    ngx_http_llm_metric_t  *m;
+
+    for (m = ngx_http_llm_metrics; m->name.len; m++) {
+
+        ngx_http_llm_status_literal(st, "# HELP ");
+        ngx_http_llm_status_copy(st, m->name.data, m->name.len);
+        ngx_http_llm_status_literal(st, " ");
+        ngx_http_llm_status_copy(st, m->help.data, m->help.len);
+        ngx_http_llm_status_literal(st, "\n# TYPE ");
+        ngx_http_llm_status_copy(st, m->name.data, m->name.len);
+        ngx_http_llm_status_literal(st, " ");
+        ngx_http_llm_status_copy(st, m->type.data, m->type.len);
+        ngx_http_llm_status_literal(st, "\n");
+
+        if (m->kind < NGX_HTTP_LLM_METRIC_TARGET) {
+            ngx_http_llm_status_routes(st, m);
+
+        } else {
+            ngx_http_llm_status_targets(st, m);
+        }
+    }
+}
+
+
+static void
+ngx_http_llm_status_routes(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m)
+{
+    ngx_uint_t                    i, d;
+    ngx_http_llm_node_t          *n;
+    ngx_http_llm_status_route_t  *route;
+
+    route = st->routes.elts;
+
+    for (i = 0; i < st->routes.nelts; i++) {
+
+        n = route[i].conf->node;
+
+        if (n == NULL) {
+            continue;
+        }
+
+        switch (m->kind) {
+
+        case NGX_HTTP_LLM_METRIC_DECISIONS:
+
+            for (d = 1;
+                 d < NGX_HTTP_LLM_DECISIONS
+                 && ngx_http_llm_decision_names[d].len;
+                 d++)
+            {
+                ngx_http_llm_status_sample(st, m, route[i].name, NULL,
+                                           "decision",
+                                           &ngx_http_llm_decision_names[d]);
+                ngx_http_llm_status_number(st, n->decisions[d]);
+                ngx_http_llm_status_literal(st, "\n");
+            }
+
+            break;
+
+        case NGX_HTTP_LLM_METRIC_BUDGET:
+
+            if (route[i].left < 0) {
+                break;
+            }
+
+            ngx_http_llm_status_sample(st, m, route[i].name, NULL, NULL,
+                                       NULL);
+            ngx_http_llm_status_number(st, route[i].left);
+            ngx_http_llm_status_literal(st, "\n");
+            break;
+
+        default: /* NGX_HTTP_LLM_METRIC_ROUTE */
+
+            ngx_http_llm_status_sample(st, m, route[i].name, NULL, NULL,
+                                       NULL);
+            ngx_http_llm_status_number(st,
+                                   ngx_http_llm_status_counter(n, m->offset));
+            ngx_http_llm_status_literal(st, "\n");
+        }
+    }
+}
+
+
+static void
+ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m)
+{
+    ngx_uint_t                     i, e;
+    ngx_http_llm_node_t           *n;
+    ngx_http_llm_status_target_t  *t;
+
+    t = st->targets.elts;
+
+    for (i = 0; i < st->targets.nelts; i++) {
+
+        n = t[i].target->node;
+
+        if (n == NULL) {
+            continue;
+        }
+
+        switch (m->kind) {
+
+        case NGX_HTTP_LLM_METRIC_ERRORS:
+
+            for (e = 1; e < NGX_HTTP_LLM_ERR_LAST; e++) {
+                ngx_http_llm_status_sample(st, m, NULL, t[i].target, "error",
+                                           &ngx_http_llm_err_names[e]);
+                ngx_http_llm_status_number(st, n->errors[e]);
+                ngx_http_llm_status_literal(st, "\n");
+            }
+
+            break;
+
+        case NGX_HTTP_LLM_METRIC_COOLING:
+
+            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
+            ngx_http_llm_status_number(st, t[i].remaining ? 1 : 0);
+            ngx_http_llm_status_literal(st, "\n");
+            break;
+
+        case NGX_HTTP_LLM_METRIC_REMAINING:
+
+            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
+            ngx_http_llm_status_decimal(st, t[i].remaining);
+            ngx_http_llm_status_literal(st, "\n");
+            break;
+
+        default: /* NGX_HTTP_LLM_METRIC_TARGET */
+
+            ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
+            ngx_http_llm_status_number(st,
+                                   ngx_http_llm_status_counter(n, m->offset));
+            ngx_http_llm_status_literal(st, "\n");
+        }
+    }
+}
+
+
+/* a sample's name and labels, up to its value */
+
+static void
+ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m, ngx_str_t *route, ngx_http_llm_target_t *target,
+    char *label, ngx_str_t *value)
+{
+    ngx_http_llm_status_copy(st, m->name.data, m->name.len);
+
+    if (route) {
+        ngx_http_llm_status_literal(st, "{route=\"");
+        ngx_http_llm_status_label(st, route);
+
+    } else {
+        ngx_http_llm_status_literal(st, "{target=\"");
+        ngx_http_llm_status_label(st, &target->uri);
+        ngx_http_llm_status_literal(st, "\",model=\"");
+        ngx_http_llm_status_label(st, &target->model);
+    }
+
+    if (label) {
+        ngx_http_llm_status_literal(st, "\",");
+        ngx_http_llm_status_copy(st, (u_char *) label, ngx_strlen(label));
+        ngx_http_llm_status_literal(st, "=\"");
+        ngx_http_llm_status_label(st, value);
+    }
+
+    ngx_http_llm_status_literal(st, "\"} ");
+}
+
+
+/* a label value, without its quotes */
+
+static void
+ngx_http_llm_status_label(ngx_http_llm_status_t *st, ngx_str_t *s)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = s->len + ngx_http_llm_status_escape_label(NULL, s->data, s->len);
+
+    p = ngx_http_llm_status_reserve(st, len);
+
+    if (p) {
+        st->pos = (u_char *) ngx_http_llm_status_escape_label(p, s->data,
+                                                              s->len);
+    }
+}
+
+
+/*
+ * The exposition format escapes a backslash, a double quote and a line
+ * feed in label values.  As ngx_escape_json(): without dst, returns the
+ * bytes escaping adds; with it, where the escaped value ends.
+ */
+
+static uintptr_t
+ngx_http_llm_status_escape_label(u_char *dst, u_char *src, size_t size)
+{
+    u_char      ch;
+    ngx_uint_t  n;
+
+    if (dst == NULL) {
+        n = 0;
+
+        while (size--) {
+            ch = *src++;
+
+            if (ch == '\\' || ch == '"' || ch == '\n') {
+                n++;
+            }
+        }
+
+        return (uintptr_t) n;
+    }
+
+    while (size--) {
+        ch = *src++;
+
+        switch (ch) {
+
+        case '\\':
+        case '"':
+            *dst++ = '\\';
+            *dst++ = ch;
+            break;
+
+        case '\n':
+            *dst++ = '\\';
+            *dst++ = 'n';
+            break;
+
+        default:
+            *dst++ = ch;
+        }
+    }
+
+    return (uintptr_t) dst;
+}

@@ -1,0 +1,73 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_STATUS_H_INCLUDED_
+#define _NGX_HTTP_LLM_STATUS_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_llm_module.h"
+
+
+/* a number in thousandths, "0.2": the widest integer part, ".", 3 digits */
+#define NGX_HTTP_LLM_STATUS_DECIMAL_LEN  (NGX_ATOMIC_T_LEN + 4)
+
+
+typedef struct {
+    ngx_http_llm_target_t       *target;    /* the first one counted */
+    ngx_msec_t                   remaining; /* of its cooldown, ms */
+} ngx_http_llm_status_target_t;
+
+
+typedef struct {
+    ngx_str_t                   *name;
+    ngx_http_llm_loc_conf_t     *conf;      /* the first one counted */
+    ngx_msec_int_t               left;      /* of the budget; -1: none */
+    ngx_array_t                  targets;   /* of ngx_uint_t: indexes */
+} ngx_http_llm_status_route_t;
+
+
+typedef struct {
+    ngx_array_t                  routes;  /* of ngx_http_llm_status_route_t */
+    ngx_array_t                  targets; /* of ngx_http_llm_status_target_t */
+    ngx_array_t                 *zones;   /* of ngx_shm_zone_t * */
+    ngx_msec_t                   now;     /* ms since the epoch */
+
+    /* the body: measured into len while start is NULL, then written */
+    u_char                      *start;
+    u_char                      *pos;
+    u_char                      *end;
+    size_t                       len;
+    unsigned                     overflow:1;
+} ngx_http_llm_status_t;
+
+
+#define ngx_http_llm_status_literal(st, s)                                   \
+    ngx_http_llm_status_copy(st, (u_char *) s, sizeof(s) - 1)
+
+/* a node counter; an uncounted route or target reads as zeros */
+#define ngx_http_llm_status_counter(n, off)                                  \
+    ((n) ? *(ngx_atomic_t *) ((u_char *) (n) + (off)) : 0)
+
+
+u_char *ngx_http_llm_status_reserve(ngx_http_llm_status_t *st,
+    size_t len);
+void ngx_http_llm_status_copy(ngx_http_llm_status_t *st, u_char *s,
+    size_t len);
+void ngx_http_llm_status_number(ngx_http_llm_status_t *st,
+    ngx_atomic_uint_t n);
+void ngx_http_llm_status_decimal(ngx_http_llm_status_t *st,
+    ngx_atomic_uint_t n);
+void ngx_http_llm_status_bool(ngx_http_llm_status_t *st,
+    ngx_uint_t v);
+void ngx_http_llm_status_string(ngx_http_llm_status_t *st,
+    ngx_str_t *s);
+void ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st);
+
+
+#endif /* _NGX_HTTP_LLM_STATUS_H_INCLUDED_ */
