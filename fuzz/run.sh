@@ -1,6 +1,8 @@
 #!/bin/bash
-# make fuzz: the scan and classifier under libFuzzer with ASan + UBSan.
-#   FUZZ_SECONDS=60 (per run), FUZZ_CORPUS=fuzz/corpus (seeds, kept)
+# make fuzz: the scan and classifier, then the answer reader, under
+# libFuzzer with ASan + UBSan.
+#   FUZZ_SECONDS=60 (per run), FUZZ_CORPUS=fuzz/corpus (seeds, kept),
+#   FUZZ_ANSWER_CORPUS=fuzz/corpus-answer (seeds of answer_fuzz)
 
 set -eu
 
@@ -8,11 +10,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=$ROOT/build/nginx
 SECONDS_=${FUZZ_SECONDS:-60}
 CORPUS=${FUZZ_CORPUS:-$ROOT/fuzz/corpus}
+ANSWER_CORPUS=${FUZZ_ANSWER_CORPUS:-$ROOT/fuzz/corpus-answer}
 OUT=$ROOT/build/fuzz
 
 [ -f "$B/objs/ngx_auto_config.h" ] || { echo "fuzz: run make first" >&2; exit 2; }
 
-mkdir -p "$OUT" "$OUT/corpus"
+mkdir -p "$OUT" "$OUT/corpus" "$OUT/corpus-answer"
 
 clang -g -O1 -fsanitize=fuzzer,address,undefined \
     -fno-sanitize-recover=undefined \
@@ -22,6 +25,18 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined \
     "$ROOT/src/ngx_http_llm_classify.c" "$ROOT/fuzz/stubs.c" -lyajl \
     -o "$OUT/scan_fuzz"
 
+clang -g -O1 -fsanitize=fuzzer,address,undefined \
+    -fno-sanitize-recover=undefined \
+    -I"$B/src/core" -I"$B/src/event" -I"$B/src/event/modules" \
+    -I"$B/src/os/unix" -I"$B/src/http" -I"$B/src/http/modules" \
+    -I"$B/src/http/v2" -I"$B/objs" -I"$ROOT/src" \
+    "$ROOT/fuzz/answer_fuzz.c" "$ROOT/src/ngx_http_llm_answer.c" \
+    "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_classify.c" \
+    "$ROOT/fuzz/stubs.c" -lyajl \
+    -o "$OUT/answer_fuzz"
+
 cd "$OUT"
 ./scan_fuzz -max_total_time="$SECONDS_" -max_len=4096 -timeout=5 \
     corpus "$CORPUS"
+./answer_fuzz -max_total_time="$SECONDS_" -max_len=4096 -timeout=5 \
+    -dict="$ROOT/fuzz/answer.dict" corpus-answer "$ANSWER_CORPUS"
