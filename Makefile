@@ -6,7 +6,8 @@
 #   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
 #   make lint     formatting checks of the C sources
 #   make test-asan    the tests against a module built with ASan + UBSan
-#   make fuzz     the body scan and error classifier under libFuzzer
+#   make fuzz     the body scan, error classifier and answer reader under
+#                 libFuzzer
 
 SHELL      := /bin/bash
 NGX_SRC    ?= /usr/share/nginx/src

@@ -40,6 +40,8 @@ typedef struct {
 static ngx_int_t ngx_http_llm_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
+static ngx_int_t ngx_http_llm_read_answer(ngx_http_request_t *sr,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_uint_t ngx_http_llm_is_sse(ngx_http_request_t *r);
 static void ngx_http_llm_sse_tail(ngx_http_llm_ctx_t *ctx, ngx_buf_t *b);
 static ngx_int_t ngx_http_llm_observe(ngx_http_request_t *sr,
@@ -123,6 +125,10 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     if (r->headers_out.status < NGX_HTTP_SPECIAL_RESPONSE) {
 
+        if (ngx_http_llm_read_answer(r, ctx) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         if (ngx_http_llm_is_sse(r)) {
 
             /*
@@ -202,6 +208,20 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
                 ctx->answered = 1;
             }
 
+            if (!ngx_buf_in_memory(cl->buf) || cl->buf->pos == cl->buf->last)
+            {
+                continue;
+            }
+
+            if (ctx->first_byte == 0) {
+                ctx->first_byte = ngx_current_msec;
+            }
+
+            if (ctx->reading) {
+                ngx_http_llm_answer_feed(ctx->reading, cl->buf->pos,
+                                         cl->buf->last);
+            }
+
             if (ctx->sse) {
                 ngx_http_llm_sse_tail(ctx, cl->buf);
             }
@@ -230,6 +250,36 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         cl->buf->pos = cl->buf->last;
         cl->buf->file_pos = cl->buf->file_last;
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A good answer is read as it passes, for usage, model and shape (SPEC
+ * 3.6); its buffers are asked for in memory, so that an answer the
+ * upstream buffered to a temp file is read too.
+ */
+
+static ngx_int_t
+ngx_http_llm_read_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_answer_t  *a;
+
+    a = ngx_palloc(sr->pool, sizeof(ngx_http_llm_answer_t));
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_llm_answer_init(a, sr->pool, ctx->family,
+                                 ngx_http_llm_is_sse(sr))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->reading = a;
+    sr->filter_need_in_memory = 1;
 
     return NGX_OK;
 }
@@ -751,4 +801,38 @@ ngx_http_llm_stream_error(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * Whether a good answer that arrived whole at the HTTP level is whole
+ * for its protocol too: a stream of a family with a documented end
+ * (chat [DONE], Responses response.completed, Anthropic message_stop)
+ * that lacks it, or that carried the provider's own error event, is a
+ * half answer.
+ */
+
+ngx_uint_t
+ngx_http_llm_stream_whole(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_answer_t  *a;
+
+    a = ctx->reading;
+
+    if (a == NULL || !a->sse) {
+        return 1;
+    }
+
+    if (a->error != NGX_HTTP_LLM_ERR_NONE) {
+        return 0;
+    }
+
+    switch (ctx->family) {
+    case NGX_HTTP_LLM_FAMILY_CHAT:
+    case NGX_HTTP_LLM_FAMILY_RESPONSES:
+    case NGX_HTTP_LLM_FAMILY_MESSAGES:
+        return a->done;
+    default:
+        return 1;
+    }
 }

@@ -84,6 +84,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 
     ctx->conf = llcf;
     ctx->log = r->connection->log;
+    ctx->request_start = ngx_current_msec;
     ctx->family = llcf->family ? llcf->family : ngx_http_llm_family(r);
     ctx->retry_after = -1;
 
@@ -411,6 +412,10 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         ctx->answer_partial = 1;
     }
 
+    if (ctx->reading) {
+        ngx_http_llm_answer_end(ctx->reading);
+    }
+
     if (!ctx->decided) {
         ctx->error = ngx_http_llm_attempt_error(sr, ctx, rc);
 
@@ -466,7 +471,9 @@ ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
         }
 
         if (ctx->attempt_status < NGX_HTTP_SPECIAL_RESPONSE) {
-            return NGX_HTTP_LLM_ERR_NONE;
+            return ngx_http_llm_stream_whole(ctx)
+                   ? NGX_HTTP_LLM_ERR_NONE
+                   : NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED;
         }
 
         /* a final error answer, passed on: its beginning was observed */
@@ -739,6 +746,23 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
              */
             ngx_http_finalize_request(r, NGX_ERROR);
             return;
+        }
+
+        if (ctx->error == NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED) {
+
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "llm route \"%V\": stream of target \"%V\" %s",
+                          &ctx->conf->route, &ctx->target->uri,
+                          ctx->reading->error != NGX_HTTP_LLM_ERR_NONE
+                          ? "carried an error event"
+                          : "ended without its end event");
+
+            if (ctx->reading->error == NGX_HTTP_LLM_ERR_NONE) {
+                /* the provider said nothing: the gateway says it */
+                ngx_http_finalize_request(r,
+                                          ngx_http_llm_stream_error(r, ctx));
+                return;
+            }
         }
 
         rc = ngx_http_send_special(r, NGX_HTTP_LAST);

@@ -14,6 +14,7 @@
 #include "ngx_http_llm_scan.h"
 #include "ngx_http_llm_classify.h"
 #include "ngx_http_llm_zone.h"
+#include "ngx_http_llm_answer.h"
 
 
 /* endpoint families, SPEC 3.1 */
@@ -147,6 +148,10 @@ typedef struct {
     ngx_buf_t                   *answer_body;
     ngx_msec_int_t               retry_after;   /* ms, -1: none */
 
+    ngx_http_llm_answer_t       *reading;   /* the committed good answer */
+    ngx_msec_t                   first_byte;    /* of the answer, or 0 */
+    ngx_msec_t                   request_start;
+
     ngx_event_t                  backoff;   /* wait before an attempt */
     ngx_msec_t                   wait;      /* of the decided retry */
     u_char                       sse_tail[4];   /* last bytes passed */
@@ -207,6 +212,7 @@ ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
 ngx_int_t ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_stream_error(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_stream_whole(ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,

@@ -31,6 +31,14 @@ static ngx_int_t ngx_http_llm_variable_family(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_stream(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_usage(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_response_model(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_shape(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_ttft(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_target_model(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_error_type(ngx_http_request_t *r,
@@ -70,6 +78,25 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_stream"), NULL, ngx_http_llm_variable_stream, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_usage_input_tokens"), NULL,
+      ngx_http_llm_variable_usage,
+      offsetof(ngx_http_llm_answer_t, input_tokens),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_usage_output_tokens"), NULL,
+      ngx_http_llm_variable_usage,
+      offsetof(ngx_http_llm_answer_t, output_tokens),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_response_model"), NULL,
+      ngx_http_llm_variable_response_model, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_response_shape"), NULL, ngx_http_llm_variable_shape,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_ttft"), NULL, ngx_http_llm_variable_ttft, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_target_model"), NULL,
@@ -237,6 +264,139 @@ ngx_http_llm_variable_stream(ngx_http_request_t *r,
     v->len = 1;
     v->data = (u_char *) (ctx->scan->stream == NGX_HTTP_LLM_STREAM_TRUE
                           ? "1" : "0");
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* tokens the provider reported for the answer; not found if it did not */
+
+static ngx_int_t
+ngx_http_llm_variable_usage(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char              *p;
+    off_t                n;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->reading == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    n = *(off_t *) ((u_char *) ctx->reading + data);
+
+    if (n < 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_OFF_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(p, "%O", n) - p;
+    v->data = p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* the model the answer names, capped; provider input, escape it in logs */
+
+static ngx_int_t
+ngx_http_llm_variable_response_model(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->reading == NULL || ctx->reading->model_len == 0)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = ctx->reading->model_len;
+    v->data = ctx->reading->model;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_variable_shape(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    static ngx_str_t  shapes[] = {
+        ngx_string("unchecked"),
+        ngx_string("ok"),
+        ngx_string("mismatch")
+    };
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->reading == NULL
+        || ctx->reading->shape > NGX_HTTP_LLM_SHAPE_MISMATCH)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_variable_set(v, &shapes[ctx->reading->shape]);
+
+    return NGX_OK;
+}
+
+
+/*
+ * Time to the first byte of the answer sent to the client, from the
+ * client request's start, seconds with millisecond resolution
+ */
+
+static ngx_int_t
+ngx_http_llm_variable_ttft(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char              *p;
+    ngx_msec_int_t       ms;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->first_byte == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ms = (ngx_msec_int_t) (ctx->first_byte - ctx->request_start);
+
+    if (ms < 0) {
+        ms = 0;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN + 4);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(p, "%T.%03M", (time_t) ms / 1000, ms % 1000) - p;
+    v->data = p;
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;
