@@ -257,14 +257,22 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
 /*
  * A good answer is read as it passes, for usage, model and shape (SPEC
- * 3.6); its buffers are asked for in memory, so that an answer the
- * upstream buffered to a temp file is read too.
+ * 3.6), when the configuration uses them or it is a stream; its buffers
+ * are asked for in memory, so that an answer the upstream buffered to a
+ * temp file is read too.
  */
 
 static ngx_int_t
 ngx_http_llm_read_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_http_llm_answer_t  *a;
+    ngx_http_llm_answer_t     *a;
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(sr, ngx_http_llm_module);
+
+    if (!lmcf->read_answers && !ngx_http_llm_is_sse(sr)) {
+        return NGX_OK;
+    }
 
     a = ngx_palloc(sr->pool, sizeof(ngx_http_llm_answer_t));
     if (a == NULL) {

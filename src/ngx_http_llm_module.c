@@ -204,6 +204,11 @@ ngx_http_llm_preconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_postconfiguration(ngx_conf_t *cf)
 {
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+    lmcf->read_answers = ngx_http_llm_answer_variables_used(cf);
+
     if (ngx_http_llm_request_init(cf) != NGX_OK
         || ngx_http_llm_budget_init(cf) != NGX_OK)
     {

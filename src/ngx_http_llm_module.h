@@ -101,6 +101,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  routes;    /* of ngx_http_llm_route_name_t */
     ngx_array_t                  zones;     /* of ngx_shm_zone_t * */
+    ngx_flag_t                   read_answers;  /* usage variables used */
 } ngx_http_llm_main_conf_t;
 
 
@@ -173,6 +174,7 @@ typedef struct {
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
+ngx_flag_t ngx_http_llm_answer_variables_used(ngx_conf_t *cf);
 
 ngx_int_t ngx_http_llm_request_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,

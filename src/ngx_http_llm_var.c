@@ -150,6 +150,47 @@ ngx_http_llm_add_variables(ngx_conf_t *cf)
 }
 
 
+/*
+ * Whether the configuration uses a variable that needs a non-streamed
+ * answer read: nginx indexes every variable that a log_format or any
+ * other directive refers to, before postconfiguration.  Reading costs
+ * several thousand instructions per answer, so answers are only read
+ * when that is wanted (streams always are: their end is checked).
+ */
+
+ngx_flag_t
+ngx_http_llm_answer_variables_used(ngx_conf_t *cf)
+{
+    ngx_uint_t                  i, j;
+    ngx_http_variable_t        *v;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    static ngx_str_t  names[] = {
+        ngx_string("llm_usage_input_tokens"),
+        ngx_string("llm_usage_output_tokens"),
+        ngx_string("llm_response_model"),
+        ngx_string("llm_response_shape"),
+        ngx_null_string
+    };
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+    v = cmcf->variables.elts;
+
+    for (i = 0; i < cmcf->variables.nelts; i++) {
+        for (j = 0; names[j].len; j++) {
+            if (v[i].name.len == names[j].len
+                && ngx_strncmp(v[i].name.data, names[j].data,
+                               names[j].len) == 0)
+            {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
 static void
 ngx_http_llm_variable_set(ngx_http_variable_value_t *v, ngx_str_t *s)
 {
