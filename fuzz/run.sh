@@ -31,6 +31,8 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined \
     -I"$B/src/os/unix" -I"$B/src/http" -I"$B/src/http/modules" \
     -I"$B/src/http/v2" -I"$B/objs" -I"$ROOT/src" \
     "$ROOT/fuzz/answer_fuzz.c" "$ROOT/src/ngx_http_llm_answer.c" \
+    "$ROOT/src/ngx_http_llm_answer_json.c" \
+    "$ROOT/src/ngx_http_llm_answer_value.c" \
     "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_classify.c" \
     "$ROOT/fuzz/stubs.c" -lyajl \
     -o "$OUT/answer_fuzz"

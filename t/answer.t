@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 
 # What the module reads of an answer as it passes (SPEC 3.1, 3.6): a unit
-# test of src/ngx_http_llm_answer.c without nginx.  A small C driver
+# test of src/ngx_http_llm_answer*.c without nginx.  A small C driver
 # written here is compiled against the build tree's nginx headers and fed
 # cases on stdin; it feeds each answer whole, then cut into pieces every
 # way it can afford (fixed sizes from 1 byte, every split point of small
@@ -994,7 +994,7 @@ my @incs = map { ('-I', $_) } "$ngx/src/core", "$ngx/src/event",
     "$ngx/src/http/modules", "$ngx/src/http/v2", "$ngx/objs", "$root/src";
 
 my @srcs = ("$dir/driver.c", map { "$root/src/ngx_http_llm_$_.c" }
-    qw(answer scan classify));
+    qw(answer answer_json answer_value scan classify));
 
 # nginx's own warning flags, as the module is built
 my @plain = qw(-O2 -W -Wall -Wpointer-arith -Wno-unused-parameter -Werror);

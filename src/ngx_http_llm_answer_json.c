@@ -1,0 +1,607 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include "ngx_http_llm_answer_int.h"
+
+
+/*
+ * The scan of one JSON document of an answer (the body of a plain answer,
+ * or the data of one SSE event): strings skipped with memchr(), brackets
+ * counted, the members followed kept up to their bounds.
+ */
+
+
+static ngx_http_llm_answer_cap_t *ngx_http_llm_answer_value(
+    ngx_http_llm_answer_t *a, ngx_http_llm_answer_state_t *st, u_char c);
+static void ngx_http_llm_answer_close(ngx_http_llm_answer_t *a,
+    ngx_http_llm_answer_state_t *st);
+static ngx_uint_t ngx_http_llm_answer_member(
+    ngx_http_llm_answer_state_t *st);
+static u_char *ngx_http_llm_answer_string_end(ngx_uint_t *backslashes,
+    u_char *p, u_char *last);
+
+
+static ngx_http_llm_answer_name_t  ngx_http_llm_answer_members[] = {
+    { ngx_string("model"), ngx_http_llm_m_model },
+    { ngx_string("usage"), ngx_http_llm_m_usage },
+    { ngx_string("object"), ngx_http_llm_m_object },
+    { ngx_string("type"), ngx_http_llm_m_type },
+    { ngx_string("error"), ngx_http_llm_m_error },
+    { ngx_string("choices"), ngx_http_llm_m_choices },
+    { ngx_string("output"), ngx_http_llm_m_output },
+    { ngx_string("content"), ngx_http_llm_m_content },
+    { ngx_string("data"), ngx_http_llm_m_data },
+    { ngx_string("message"), ngx_http_llm_m_message },
+    { ngx_string("response"), ngx_http_llm_m_response },
+    { ngx_null_string, ngx_http_llm_m_other }
+};
+
+
+/* bytes that end a run inside a nested value: strings and brackets */
+
+static u_char  ngx_http_llm_answer_stop[256] = {
+    ['"'] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1
+};
+
+
+/* the states that skip whitespace before their token */
+
+static const ngx_uint_t  ngx_http_llm_answer_ws_states =
+    (1 << sw_start) | (1 << sw_first_key) | (1 << sw_key) | (1 << sw_colon)
+    | (1 << sw_value) | (1 << sw_after_value) | (1 << sw_done);
+
+
+#define ngx_http_llm_answer_ws(c)                                             \
+    ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
+
+#define ngx_http_llm_answer_literal(c)                                        \
+    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z')                \
+     || ((c) >= '0' && (c) <= '9') || (c) == '-' || (c) == '+'                \
+     || (c) == '.')
+
+
+void
+ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
+    ngx_http_llm_answer_state_t *st, u_char *p, u_char *last)
+{
+    u_char  c, *q, *start;
+
+    while (p < last) {
+
+        /* whitespace between tokens, in one run */
+
+        if ((1 << st->state) & ngx_http_llm_answer_ws_states) {
+
+            while (ngx_http_llm_answer_ws(*p)) {
+                if (++p == last) {
+                    return;
+                }
+            }
+        }
+
+        switch (st->state) {
+
+        case sw_start:
+
+            if (*p != '{') {
+                st->state = sw_error;
+                return;
+            }
+
+            st->depth = 1;
+            st->level = 1;
+            st->state = sw_first_key;
+            p++;
+            break;
+
+        case sw_first_key:
+        case sw_key:
+            c = *p;
+
+            if (c == '"') {
+                st->key.len = 0;
+                st->backslashes = 0;
+                st->state = sw_key_string;
+                ngx_http_llm_answer_keep(&st->key, p, p + 1);
+                p++;
+                break;
+            }
+
+            if (c == '}' && st->state == sw_first_key) {
+                ngx_http_llm_answer_close(a, st);
+                p++;
+                break;
+            }
+
+            st->state = sw_error;
+            return;
+
+        case sw_key_string:
+            q = ngx_http_llm_answer_string_end(&st->backslashes, p, last);
+
+            ngx_http_llm_answer_keep(&st->key, p, q ? q : last);
+
+            if (q == NULL) {
+                return;
+            }
+
+            st->member = ngx_http_llm_answer_member(st);
+            st->state = sw_colon;
+            p = q;
+            break;
+
+        case sw_colon:
+
+            if (*p != ':') {
+                st->state = sw_error;
+                return;
+            }
+
+            st->state = sw_value;
+            p++;
+            break;
+
+        case sw_value:
+            c = *p;
+
+            if (c == '{'
+                && a->sse
+                && st->level == 1
+                && (st->member == ngx_http_llm_m_message
+                    || st->member == ngx_http_llm_m_response))
+            {
+                /* follow the members of this object too */
+                st->seen |= (ngx_uint_t) 1 << st->member;
+                st->depth = 2;
+                st->level = 2;
+                st->state = sw_first_key;
+                p++;
+                break;
+            }
+
+            st->cap = ngx_http_llm_answer_value(a, st, c);
+
+            if (c == '"') {
+                if (st->cap) {
+                    ngx_http_llm_answer_keep(st->cap, p, p + 1);
+                }
+
+                st->backslashes = 0;
+                st->state = sw_string;
+                p++;
+                break;
+            }
+
+            if (c == '{' || c == '[') {
+                if (st->cap) {
+                    ngx_http_llm_answer_keep(st->cap, p, p + 1);
+                }
+
+                st->depth++;
+                st->state = sw_nested;
+                p++;
+                break;
+            }
+
+            if (ngx_http_llm_answer_literal(c)) {
+                st->state = sw_literal;
+                break;
+            }
+
+            st->state = sw_error;
+            return;
+
+        case sw_string:
+            q = ngx_http_llm_answer_string_end(&st->backslashes, p, last);
+
+            if (st->cap) {
+                ngx_http_llm_answer_keep(st->cap, p, q ? q : last);
+            }
+
+            if (q == NULL) {
+                return;
+            }
+
+            if (st->cap) {
+                st->cap->complete = 1;
+                st->cap = NULL;
+            }
+
+            st->state = sw_after_value;
+            p = q;
+            break;
+
+        case sw_literal:
+
+            while (p < last && ngx_http_llm_answer_literal(*p)) {
+                p++;
+            }
+
+            if (p == last) {
+                return;
+            }
+
+            st->state = sw_after_value;
+            break;
+
+        case sw_nested:
+
+            /* a value's insides, token after token in one loop */
+
+            start = p;
+
+            for ( ;; ) {
+                while (p < last && !ngx_http_llm_answer_stop[*p]) {
+                    p++;
+                }
+
+                if (p == last) {
+                    break;
+                }
+
+                c = *p++;
+
+                if (c == '"') {
+                    st->backslashes = 0;
+                    q = ngx_http_llm_answer_string_end(&st->backslashes, p,
+                                                       last);
+
+                    if (q == NULL) {
+                        st->state = sw_nested_string;
+                        p = last;
+                        break;
+                    }
+
+                    p = q;
+                    continue;
+                }
+
+                if (c == '{' || c == '[') {
+                    st->depth++;
+                    continue;
+                }
+
+                /* the kinds of brackets are left to the provider */
+
+                if (--st->depth == st->level) {
+                    st->state = sw_after_value;
+                    break;
+                }
+            }
+
+            if (st->cap) {
+                ngx_http_llm_answer_keep(st->cap, start, p);
+
+                if (st->state == sw_after_value) {
+                    st->cap->complete = 1;
+                    st->cap = NULL;
+                }
+            }
+
+            break;
+
+        case sw_nested_string:
+            q = ngx_http_llm_answer_string_end(&st->backslashes, p, last);
+
+            if (st->cap) {
+                ngx_http_llm_answer_keep(st->cap, p, q ? q : last);
+            }
+
+            if (q == NULL) {
+                return;
+            }
+
+            st->state = sw_nested;
+            p = q;
+            break;
+
+        case sw_after_value:
+            c = *p;
+
+            if (c == ',') {
+                st->state = sw_key;
+                p++;
+                break;
+            }
+
+            if (c == '}') {
+                ngx_http_llm_answer_close(a, st);
+                p++;
+                break;
+            }
+
+            st->state = sw_error;
+            return;
+
+        case sw_done:
+            /* something after the object */
+            st->state = sw_error;
+            return;
+
+        default: /* sw_error */
+            return;
+        }
+    }
+}
+
+
+/*
+ * A value starts with c: marks its member seen and returns where to keep
+ * its bytes, if they are looked at.
+ */
+
+static ngx_http_llm_answer_cap_t *
+ngx_http_llm_answer_value(ngx_http_llm_answer_t *a,
+    ngx_http_llm_answer_state_t *st, u_char c)
+{
+    ngx_http_llm_answer_cap_t  *cap;
+
+    st->seen |= (ngx_uint_t) 1 << st->member;
+
+    switch (st->member) {
+
+    case ngx_http_llm_m_error:
+
+        /* Responses objects carry "error": null */
+
+        if (c != 'n') {
+            st->error = 1;
+        }
+
+        return NULL;
+
+    case ngx_http_llm_m_model:
+    case ngx_http_llm_m_nested_model:
+
+        /* the first model is kept: chat chunks repeat it in each */
+
+        if (c != '"' || a->model_len) {
+            return NULL;
+        }
+
+        cap = &st->model;
+        break;
+
+    case ngx_http_llm_m_usage:
+    case ngx_http_llm_m_nested_usage:
+
+        /* "usage": null in all chunks of a chat stream but the last */
+
+        if (c != '{') {
+            return NULL;
+        }
+
+        cap = &st->usage;
+        break;
+
+    case ngx_http_llm_m_object:
+    case ngx_http_llm_m_type:
+    case ngx_http_llm_m_nested_object:
+    case ngx_http_llm_m_nested_type:
+
+        if (c != '"') {
+            return NULL;
+        }
+
+        switch (st->member) {
+
+        case ngx_http_llm_m_object:
+            cap = &st->object;
+            break;
+
+        case ngx_http_llm_m_type:
+            cap = &st->type;
+            break;
+
+        case ngx_http_llm_m_nested_object:
+            cap = &st->nested_object;
+            break;
+
+        default:
+            cap = &st->nested_type;
+        }
+
+        break;
+
+    case ngx_http_llm_m_nested_error:
+
+        if (c != '{') {
+            return NULL;
+        }
+
+        cap = &st->nested_error;
+        break;
+
+    default:
+        return NULL;
+    }
+
+    cap->len = 0;
+    cap->complete = 0;
+
+    return cap;
+}
+
+
+static void
+ngx_http_llm_answer_close(ngx_http_llm_answer_t *a,
+    ngx_http_llm_answer_state_t *st)
+{
+    if (st->level == 2) {
+        st->depth = 1;
+        st->level = 1;
+        st->state = sw_after_value;
+        return;
+    }
+
+    st->depth = 0;
+    st->state = sw_done;
+
+    if (!a->sse) {
+        ngx_http_llm_answer_body(a, st);
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_llm_answer_member(ngx_http_llm_answer_state_t *st)
+{
+    u_char      *name, buf[NGX_HTTP_LLM_ANSWER_KEY_MAX];
+    size_t       len;
+    ngx_uint_t   m;
+
+    if (st->key.len > st->key.size) {
+        /* even with every character escaped, no name we know */
+        return ngx_http_llm_m_other;
+    }
+
+    name = st->key.data + 1;
+    len = st->key.len - 2;
+
+    if (memchr(name, '\\', len)) {
+
+        /* "mod\u0065l" is "model" to the provider too */
+
+        if (ngx_http_llm_json_string(st->key.data, st->key.len, buf,
+                                     sizeof(buf), &len)
+            != NGX_OK)
+        {
+            return ngx_http_llm_m_other;
+        }
+
+        name = buf;
+    }
+
+    m = ngx_http_llm_answer_lookup(ngx_http_llm_answer_members, name, len);
+
+    if (st->level == 1) {
+        return m;
+    }
+
+    switch (m) {
+
+    case ngx_http_llm_m_model:
+        return ngx_http_llm_m_nested_model;
+
+    case ngx_http_llm_m_usage:
+        return ngx_http_llm_m_nested_usage;
+
+    case ngx_http_llm_m_object:
+        return ngx_http_llm_m_nested_object;
+
+    case ngx_http_llm_m_type:
+        return ngx_http_llm_m_nested_type;
+
+    case ngx_http_llm_m_error:
+        return ngx_http_llm_m_nested_error;
+
+    case ngx_http_llm_m_output:
+        return ngx_http_llm_m_nested_output;
+
+    case ngx_http_llm_m_content:
+        return ngx_http_llm_m_nested_content;
+
+    default:
+        return ngx_http_llm_m_other;
+    }
+}
+
+
+/*
+ * Skips the bytes of a string up to and including its closing quote;
+ * returns the position after the quote, or NULL when the piece ends in
+ * the string.  A quote is escaped when an odd run of backslashes stands
+ * before it; a run may have begun in the previous piece.
+ */
+
+static u_char *
+ngx_http_llm_answer_string_end(ngx_uint_t *backslashes, u_char *p,
+    u_char *last)
+{
+    u_char  *q, *b;
+
+    for ( ;; ) {
+        q = memchr(p, '"', last - p);
+
+        if (q == NULL) {
+            for (b = last; b > p && b[-1] == '\\'; b--) { /* void */ }
+
+            if (b == p) {
+                *backslashes ^= (last - b) & 1;
+
+            } else {
+                *backslashes = (last - b) & 1;
+            }
+
+            return NULL;
+        }
+
+        for (b = q; b > p && b[-1] == '\\'; b--) { /* void */ }
+
+        if ((((q - b) & 1) ^ (b == p ? *backslashes : 0)) == 0) {
+            *backslashes = 0;
+            return q + 1;
+        }
+
+        *backslashes = 0;
+        p = q + 1;
+    }
+}
+
+
+/* keeps up to size bytes of a value; len counts all of them */
+
+void
+ngx_http_llm_answer_keep(ngx_http_llm_answer_cap_t *cap, u_char *p,
+    u_char *last)
+{
+    size_t  n;
+
+    if (cap->len < cap->size) {
+        n = ngx_min((size_t) (last - p), cap->size - cap->len);
+        ngx_memcpy(cap->data + cap->len, p, n);
+    }
+
+    cap->len += last - p;
+}
+
+
+void
+ngx_http_llm_answer_cap_init(ngx_http_llm_answer_cap_t *cap, u_char *buf,
+    size_t size)
+{
+    cap->data = buf;
+    cap->size = size;
+    cap->len = 0;
+    cap->complete = 0;
+}
+
+
+/* a new document: the next event's data */
+
+void
+ngx_http_llm_answer_reset(ngx_http_llm_answer_state_t *st)
+{
+    st->state = sw_start;
+    st->depth = 0;
+    st->level = 1;
+    st->member = ngx_http_llm_m_other;
+    st->seen = 0;
+    st->backslashes = 0;
+    st->cap = NULL;
+    st->error = 0;
+
+    st->prefix.len = 0;
+    st->model.len = 0;
+    st->usage.len = 0;
+    st->object.len = 0;
+    st->type.len = 0;
+    st->nested_object.len = 0;
+    st->nested_type.len = 0;
+    st->nested_error.len = 0;
+}
