@@ -110,6 +110,31 @@ http {
             proxy_pass http://prov/$1/v1/chat/completions;
         }
     }
+
+    # the same route, a line per attempt too
+    server {
+        listen 127.0.0.1:%%PORT_8082%%;
+
+        log_subrequest on;
+        access_log %%TESTDIR%%/logs/llm.sub.log llm_json;
+
+        llm_backoff base=1ms max=5ms;
+
+        location = /v1/chat/completions {
+            llm_route    chat;
+            llm_target   /_llm/primary model=gpt-4o-mini tries=2;
+            llm_fallback /_llm/backup model=claude-3-5-haiku;
+            llm_attempts 3;
+        }
+
+        location ~ ^/_llm/(\w+)$ {
+            internal;
+            proxy_set_header X-Attempt $llm_attempts;
+            proxy_set_header Connection "";
+            proxy_http_version 1.1;
+            proxy_pass http://prov/$1/v1/chat/completions;
+        }
+    }
 }
 EOF
 
@@ -562,6 +587,42 @@ is(scalar(grep { /[^\x20-\x7e]/ } @text), 0,
    'every escape=default line is printable ASCII');
 is(scalar(grep { /\\x(?:[01][0-9A-F]|7F|[89A-F][0-9A-F])/ } @json), 0,
    'no \\xXX escape in the JSON lines');
+
+###############################################################################
+# log_subrequest on: a line per attempt, then the client request's
+
+{
+    my $r = parse_response(http(http_request('POST',
+        "/v1/chat/completions?key=$QKEY", body => body('"gpt-4o"'),
+        headers => [ 'Content-Type' => 'application/json', %SECRET_HEADERS,
+                     'X-Case' => '1:rl;2:500;*:ok' ]),
+        port => $t->port(8082)));
+    is($r->{status}, 200, 'log_subrequest: 200');
+
+    my @l = $t->wait_for_lines('logs/llm.sub.log', 4);
+    is(scalar @l, 4, 'log_subrequest: three attempt lines and the request');
+    my @rec = map { record($_) || {} } @l;
+
+    is_deeply([ map { $_->{'url.path'} } @rec ],
+              [ '/_llm/primary', '/_llm/primary', '/_llm/backup',
+                '/v1/chat/completions' ], 'log_subrequest: url.path');
+    is_deeply([ map { $_->{'http.response.status_code'} } @rec ],
+              [ 429, 500, 200, 200 ], 'log_subrequest: each status');
+    is_deeply([ map { $_->{'llm.attempts'} } @rec ], [ 1, 2, 3, 3 ],
+              'log_subrequest: llm.attempts is the position');
+    is_deeply([ map { $_->{'error.type'} } @rec ],
+              [ 'rate_limited', 'server_error', '', '' ],
+              'log_subrequest: each attempt\'s error.type');
+    is_deeply([ map { $_->{'llm.retry_decision'} } @rec ],
+              [ '', 'retry', 'fallback', 'fallback' ],
+              'log_subrequest: the decision after the previous failure');
+    is_deeply([ map { $_->{'gen_ai.request.model'} } @rec ],
+              [ ('gpt-4o') x 4 ], 'log_subrequest: the client\'s model');
+    is($rec[3]{'upstream.status'}, '429 : 500 : 200',
+       'log_subrequest: $upstream_status of the request lists attempts');
+    unlike(join('', @l), qr/key=|\Q$QKEY\E/,
+           'log_subrequest: no query string');
+}
 
 ###############################################################################
 # the error log: the module's own lines
