@@ -640,7 +640,7 @@ ngx_http_llm_cooling_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         }
     }
 
-    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+    ngx_log_error(NGX_LOG_WARN, ctx->log, 0,
                   "llm route \"%V\": every target is cooling down",
                   &ctx->conf->route);
 

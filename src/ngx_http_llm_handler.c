@@ -41,6 +41,9 @@ static void ngx_http_llm_wait_cleanup(void *data);
 static void ngx_http_llm_final(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_method_not_allowed(ngx_http_request_t *r);
+static ngx_log_t *ngx_http_llm_request_log(ngx_http_request_t *r);
+static u_char *ngx_http_llm_log_context(ngx_log_t *log, u_char *buf,
+    size_t len);
 
 
 static ngx_str_t  ngx_http_llm_post_method = ngx_string("POST");
@@ -69,7 +72,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 
     if (r != r->main) {
         /* attempts are subrequests of the client request: no nesting */
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        ngx_log_error(NGX_LOG_ERR, ngx_http_llm_request_log(r), 0,
                       "llm route \"%V\" reached by a subrequest",
                       &llcf->route);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -83,7 +86,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
     }
 
     ctx->conf = llcf;
-    ctx->log = r->connection->log;
+    ctx->log = ngx_http_llm_request_log(r);
     ctx->request_start = ngx_current_msec;
     ctx->family = llcf->family ? llcf->family : ngx_http_llm_family(r);
     ctx->retry_after = -1;
@@ -596,7 +599,7 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
     if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY
         || ctx->decision == NGX_HTTP_LLM_DECISION_FALLBACK)
     {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+        ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
                       "llm route \"%V\": target \"%V\" failed with %V, %V",
                       &ctx->conf->route, &ctx->target->uri,
                       &ngx_http_llm_err_names[ctx->error],
@@ -713,7 +716,7 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         level = (ctx->retried || ctx->answer == NULL)
                 ? NGX_LOG_ERR : NGX_LOG_INFO;
 
-        ngx_log_error(level, r->connection->log, 0,
+        ngx_log_error(level, ctx->log, 0,
                       "llm route \"%V\": target \"%V\" failed with %V, "
                       "%V after %ui attempt%s",
                       &ctx->conf->route, &ctx->target->uri,
@@ -727,7 +730,7 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         if (!ctx->answered || rc == NGX_ERROR
             || rc >= NGX_HTTP_SPECIAL_RESPONSE)
         {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+            ngx_log_error(NGX_LOG_ERR, ctx->log, 0,
                           "llm route \"%V\": answer of target \"%V\" "
                           "ended prematurely", &ctx->conf->route,
                           &ctx->target->uri);
@@ -750,7 +753,7 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
         if (ctx->error == NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED) {
 
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+            ngx_log_error(NGX_LOG_ERR, ctx->log, 0,
                           "llm route \"%V\": stream of target \"%V\" %s",
                           &ctx->conf->route, &ctx->target->uri,
                           ctx->reading->error != NGX_HTTP_LLM_ERR_NONE
@@ -808,4 +811,46 @@ ngx_http_llm_method_not_allowed(ngx_http_request_t *r)
     }
 
     return NGX_HTTP_NOT_ALLOWED;
+}
+
+
+/*
+ * The module's own lines in the error log name the client, the server
+ * and the URI path of the request, never its query string nor its
+ * headers: nginx's context of a request ("request: \"POST /v1/...?key=
+ * ...\"") would write a key that a client passed in the query string
+ * (as some providers' APIs take it) into every line.
+ */
+
+static ngx_log_t *
+ngx_http_llm_request_log(ngx_http_request_t *r)
+{
+    ngx_log_t  *log;
+
+    log = ngx_palloc(r->pool, sizeof(ngx_log_t));
+    if (log == NULL) {
+        return r->connection->log;
+    }
+
+    *log = *r->connection->log;
+    log->handler = ngx_http_llm_log_context;
+    log->data = r;
+    log->action = NULL;
+
+    return log;
+}
+
+
+static u_char *
+ngx_http_llm_log_context(ngx_log_t *log, u_char *buf, size_t len)
+{
+    ngx_http_request_t        *r;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    r = log->data;
+    cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+
+    return ngx_snprintf(buf, len, ", client: %V, server: %V, uri: \"%V\"",
+                        &r->connection->addr_text, &cscf->server_name,
+                        &r->uri);
 }

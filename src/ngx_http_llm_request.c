@@ -96,7 +96,7 @@ ngx_http_llm_request_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_http_llm_scan_end(s);
 
     if (s->error) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+        ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
                       "llm route \"%V\": bad request body: %s, "
                       "at byte %O", &ctx->conf->route, s->error, s->offset);
         return NGX_DECLINED;
@@ -314,10 +314,11 @@ static ngx_int_t
 ngx_http_llm_request_memory(ngx_http_request_t *r, ngx_chain_t *body,
     off_t from, off_t to, ngx_chain_t ***ll)
 {
-    off_t         o, n, lo, hi;
-    ssize_t       got;
-    ngx_buf_t    *b, *nb;
-    ngx_chain_t  *cl;
+    off_t                o, n, lo, hi;
+    ssize_t              got;
+    ngx_buf_t           *b, *nb;
+    ngx_chain_t         *cl;
+    ngx_http_llm_ctx_t  *ctx;
 
     if (from == to) {
         return NGX_OK;
@@ -350,7 +351,9 @@ ngx_http_llm_request_memory(ngx_http_request_t *r, ngx_chain_t *body,
                             b->file_pos + (lo - o));
 
         if (got != (ssize_t) (hi - lo)) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+            ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+            ngx_log_error(NGX_LOG_ERR, ctx->log, 0,
                           "llm: short read of the request body temp file");
             return NGX_ERROR;
         }
