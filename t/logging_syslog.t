@@ -112,10 +112,7 @@ my $XKEY   = 'sk-ant-CANARY-syslog-xkey-c4e7';
 my $AZKEY  = 'CANARY-syslog-api-key-77b1';
 my $QKEY   = 'CANARY-syslog-query-5a0e';
 
-# $QKEY: not registered, since nginx's request line context carries it
-# into the module's error log lines (see t/logging.t); checked in every
-# datagram below
-$t->canary($PROMPT, $AUTH, $XKEY, $AZKEY);
+$t->canary($PROMPT, $AUTH, $XKEY, $AZKEY, $QKEY);
 
 my $STREAM = join '', map { "data: $_\n\n" }
     '{"object":"chat.completion.chunk","model":"gpt-4o-mini","choices":'
