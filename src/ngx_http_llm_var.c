@@ -39,6 +39,8 @@ static ngx_int_t ngx_http_llm_variable_shape(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_ttft(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_budget_source(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_target_model(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_error_type(ngx_http_request_t *r,
@@ -98,6 +100,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_ttft"), NULL, ngx_http_llm_variable_ttft, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_budget_source"), NULL,
+      ngx_http_llm_variable_budget_source, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_target_model"), NULL,
       ngx_http_llm_variable_target_model, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -441,6 +446,33 @@ ngx_http_llm_variable_ttft(ngx_http_request_t *r,
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Which counters the route's retry budget was judged on: "local", this
+ * node's llm_zone (shared by its workers).  Not found without a budget,
+ * or when the route's counters did not fit in a full zone.
+ */
+
+static ngx_int_t
+ngx_http_llm_variable_budget_source(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    static ngx_str_t  local = ngx_string("local");
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || !ctx->conf->budget || ctx->conf->node == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    ngx_http_llm_variable_set(v, &local);
 
     return NGX_OK;
 }

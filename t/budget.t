@@ -28,6 +28,9 @@ http {
     %%LOG_FORMAT%%
     access_log %%TESTDIR%%/logs/access.log engine;
 
+    log_format source '$arg_id|$llm_budget_source';
+    access_log %%TESTDIR%%/logs/source.log source;
+
     proxy_set_header X-Attempt $llm_attempts;
     proxy_set_header Connection "";
     proxy_http_version 1.1;
@@ -160,6 +163,8 @@ is($r->{headers}{'x-should-retry'}, 'false',
    'refused retry: x-should-retry: false');
 is($e->{decision}, 'budget_exhausted', 'refused retry: decision');
 is($e->{attempts}, 1, 'refused retry: one attempt');
+like($t->wait_for_log('logs/source.log', qr/^refused\|/) // '',
+     qr/^refused\|local$/, 'refused retry: $llm_budget_source local');
 
 ###############################################################################
 # the floor alone: min=1/s over 5 s allows 5 retries
@@ -188,6 +193,8 @@ for my $i (1 .. 3) {
 }
 
 is(at_mock('free'), 6, 'no budget: every retry made');
+like($t->wait_for_log('logs/source.log', qr/^free-3\|/) // '',
+     qr/^free-3\|-$/, 'no budget: $llm_budget_source not found');
 
 ###############################################################################
 # the counters survive a reload with the same zone: deposits made before
