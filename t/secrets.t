@@ -10,7 +10,8 @@
 # "error", every header at "debug"): documented in docs/logging.md, not
 # the module's to change.  So at both levels, the module's own lines
 # (those that start with "llm") and the access log (the module's
-# variables, a format without $request) are checked for every canary.
+# variables, a format without $request) and the status page (JSON and
+# Prometheus) are checked for every canary.
 
 use strict;
 use warnings;
@@ -45,6 +46,10 @@ http {
             llm_fallback /_llm/provider;
             llm_backoff base=1ms max=5ms;
             llm_cooldown fails=4 window=10s time=10s;
+        }
+
+        location = /status {
+            llm_status;
         }
 
         location /_llm/provider {
@@ -130,12 +135,18 @@ EOF
     ok(@ours > 5, "$level: " . scalar(@ours) . ' lines of the module');
 
     my $access = $t->read_file('logs/access.log');
+    my $status = parse_response(http_get('/status', port => $port))->{body}
+        . parse_response(http_get('/status?format=prometheus',
+                                  port => $port))->{body};
+
+    like($status, qr/"chat"/, "$level: the status page lists the route");
 
     for my $c (@CANARY) {
         my @bad = grep { index($_, $c) >= 0 } @ours;
         is(scalar @bad, 0, "$level: no $c in the module's lines")
             or diag(join "\n", @bad);
         ok(index($access, $c) < 0, "$level: no $c in the access log");
+        ok(index($status, $c) < 0, "$level: no $c on the status page");
     }
 
     $t->stop;
