@@ -758,6 +758,7 @@ ngx_http_llm_stream_error(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_buf_t    *b;
     ngx_str_t     event;
+    ngx_uint_t    split;
     ngx_chain_t   out;
 
     static ngx_str_t  anthropic = ngx_string(
@@ -787,16 +788,16 @@ ngx_http_llm_stream_error(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         event = openai;
     }
 
-    ctx->sse_split = !(ngx_strncmp(ctx->sse_tail + 2, "\n\n", 2) == 0
-                       || ngx_strncmp(ctx->sse_tail + 2, "\r\r", 2) == 0
-                       || ngx_strncmp(ctx->sse_tail, "\r\n\r\n", 4) == 0);
+    split = !(ngx_strncmp(ctx->sse_tail + 2, "\n\n", 2) == 0
+              || ngx_strncmp(ctx->sse_tail + 2, "\r\r", 2) == 0
+              || ngx_strncmp(ctx->sse_tail, "\r\n\r\n", 4) == 0);
 
     b = ngx_create_temp_buf(r->pool, event.len + 2);
     if (b == NULL) {
         return NGX_ERROR;
     }
 
-    if (ctx->sse_split) {
+    if (split) {
         *b->last++ = '\n';
         *b->last++ = '\n';
     }

@@ -136,7 +136,7 @@ typedef struct {
 
     ngx_http_request_t          *attempt;   /* subrequest in flight */
     ngx_http_llm_target_t       *target;    /* of the latest attempt */
-    ngx_msec_t                   start;
+    ngx_msec_t                   start;     /* of the first attempt */
     ngx_msec_t                   attempt_start;
 
     ngx_int_t                    attempt_rc;    /* as finalized */
@@ -151,7 +151,7 @@ typedef struct {
 
     ngx_http_llm_answer_t       *reading;   /* the committed good answer */
     ngx_msec_t                   first_byte;    /* of the answer, or 0 */
-    ngx_msec_t                   request_start;
+    ngx_msec_t                   request_start; /* for $llm_ttft */
 
     ngx_event_t                  backoff;   /* wait before an attempt */
     ngx_msec_t                   wait;      /* of the decided retry */
@@ -167,7 +167,6 @@ typedef struct {
     unsigned                     retried:1;     /* a retry was spent */
     unsigned                     decided:1;
     unsigned                     sse:1;         /* text/event-stream */
-    unsigned                     sse_split:1;   /* cut inside an event */
 } ngx_http_llm_ctx_t;
 
 
