@@ -25,6 +25,8 @@
  */
 
 
+static ngx_int_t ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param,
+    ngx_uint_t *seconds);
 static ngx_int_t ngx_http_llm_budget_route(ngx_conf_t *cf,
     ngx_http_llm_main_conf_t *lmcf, ngx_http_llm_loc_conf_t *llcf);
 static ngx_int_t ngx_http_llm_budget_targets(ngx_conf_t *cf,
@@ -42,7 +44,6 @@ ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_int_t    n;
     ngx_str_t   *value, s;
-    ngx_msec_t   ms;
     ngx_uint_t   i;
 
     if (llcf->budget != NGX_CONF_UNSET_UINT) {
@@ -98,23 +99,12 @@ ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
-
-            s.data = value[i].data + 7;
-            s.len = value[i].len - 7;
-
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms % 1000
-                || ms == 0 || ms > NGX_HTTP_LLM_WINDOW_MAX * 1000)
+            if (ngx_http_llm_window(cf, &value[i], &llcf->budget_window)
+                != NGX_OK)
             {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid window \"%V\", it must be "
-                                   "a whole number of seconds from 1s "
-                                   "to 60s", &value[i]);
                 return NGX_CONF_ERROR;
             }
 
-            llcf->budget_window = ms / 1000;
             continue;
         }
 
@@ -186,23 +176,12 @@ ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
-
-            s.data = value[i].data + 7;
-            s.len = value[i].len - 7;
-
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms % 1000
-                || ms == 0 || ms > NGX_HTTP_LLM_WINDOW_MAX * 1000)
+            if (ngx_http_llm_window(cf, &value[i], &llcf->cooldown_window)
+                != NGX_OK)
             {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid window \"%V\", it must be "
-                                   "a whole number of seconds from 1s "
-                                   "to 60s", &value[i]);
                 return NGX_CONF_ERROR;
             }
 
-            llcf->cooldown_window = ms / 1000;
             continue;
         }
 
@@ -231,6 +210,34 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
+}
+
+
+/* window=TIME: whole seconds, as many as the zone has slots for */
+
+static ngx_int_t
+ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param, ngx_uint_t *seconds)
+{
+    ngx_str_t   s;
+    ngx_msec_t  ms;
+
+    s.data = param->data + sizeof("window=") - 1;
+    s.len = param->len - (sizeof("window=") - 1);
+
+    ms = ngx_parse_time(&s, 0);
+
+    if (ms == (ngx_msec_t) NGX_ERROR || ms % 1000
+        || ms == 0 || ms > NGX_HTTP_LLM_WINDOW_MAX * 1000)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid window \"%V\", it must be a whole "
+                           "number of seconds from 1s to 60s", param);
+        return NGX_ERROR;
+    }
+
+    *seconds = ms / 1000;
+
+    return NGX_OK;
 }
 
 
