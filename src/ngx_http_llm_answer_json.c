@@ -22,8 +22,6 @@ static void ngx_http_llm_answer_close(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st);
 static ngx_uint_t ngx_http_llm_answer_member(
     ngx_http_llm_answer_state_t *st);
-static u_char *ngx_http_llm_answer_string_end(ngx_uint_t *backslashes,
-    u_char *p, u_char *last);
 
 
 static ngx_http_llm_answer_name_t  ngx_http_llm_answer_members[] = {
@@ -42,27 +40,11 @@ static ngx_http_llm_answer_name_t  ngx_http_llm_answer_members[] = {
 };
 
 
-/* bytes that end a run inside a nested value: strings and brackets */
-
-static u_char  ngx_http_llm_answer_stop[256] = {
-    ['"'] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1
-};
-
-
 /* the states that skip whitespace before their token */
 
 static const ngx_uint_t  ngx_http_llm_answer_ws_states =
     (1 << sw_start) | (1 << sw_first_key) | (1 << sw_key) | (1 << sw_colon)
     | (1 << sw_value) | (1 << sw_after_value) | (1 << sw_done);
-
-
-#define ngx_http_llm_answer_ws(c)                                             \
-    ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
-
-#define ngx_http_llm_answer_literal(c)                                        \
-    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z')                \
-     || ((c) >= '0' && (c) <= '9') || (c) == '-' || (c) == '+'                \
-     || (c) == '.')
 
 
 void
@@ -77,7 +59,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
         if ((1 << st->state) & ngx_http_llm_answer_ws_states) {
 
-            while (ngx_http_llm_answer_ws(*p)) {
+            while (ngx_http_llm_json_ws(*p)) {
                 if (++p == last) {
                     return;
                 }
@@ -122,7 +104,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             return;
 
         case sw_key_string:
-            q = ngx_http_llm_answer_string_end(&st->backslashes, p, last);
+            q = ngx_http_llm_json_string_end(&st->backslashes, p, last);
 
             ngx_http_llm_answer_keep(&st->key, p, q ? q : last);
 
@@ -188,7 +170,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
                 break;
             }
 
-            if (ngx_http_llm_answer_literal(c)) {
+            if (ngx_http_llm_json_literal(c)) {
                 st->state = sw_literal;
                 break;
             }
@@ -197,7 +179,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             return;
 
         case sw_string:
-            q = ngx_http_llm_answer_string_end(&st->backslashes, p, last);
+            q = ngx_http_llm_json_string_end(&st->backslashes, p, last);
 
             if (st->cap) {
                 ngx_http_llm_answer_keep(st->cap, p, q ? q : last);
@@ -218,7 +200,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
         case sw_literal:
 
-            while (p < last && ngx_http_llm_answer_literal(*p)) {
+            while (p < last && ngx_http_llm_json_literal(*p)) {
                 p++;
             }
 
@@ -236,7 +218,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             start = p;
 
             for ( ;; ) {
-                while (p < last && !ngx_http_llm_answer_stop[*p]) {
+                while (p < last && !ngx_http_llm_json_stop[*p]) {
                     p++;
                 }
 
@@ -248,7 +230,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
                 if (c == '"') {
                     st->backslashes = 0;
-                    q = ngx_http_llm_answer_string_end(&st->backslashes, p,
+                    q = ngx_http_llm_json_string_end(&st->backslashes, p,
                                                        last);
 
                     if (q == NULL) {
@@ -286,7 +268,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             break;
 
         case sw_nested_string:
-            q = ngx_http_llm_answer_string_end(&st->backslashes, p, last);
+            q = ngx_http_llm_json_string_end(&st->backslashes, p, last);
 
             if (st->cap) {
                 ngx_http_llm_answer_keep(st->cap, p, q ? q : last);
@@ -508,48 +490,6 @@ ngx_http_llm_answer_member(ngx_http_llm_answer_state_t *st)
 
     default:
         return ngx_http_llm_m_other;
-    }
-}
-
-
-/*
- * Skips the bytes of a string up to and including its closing quote;
- * returns the position after the quote, or NULL when the piece ends in
- * the string.  A quote is escaped when an odd run of backslashes stands
- * before it; a run may have begun in the previous piece.
- */
-
-static u_char *
-ngx_http_llm_answer_string_end(ngx_uint_t *backslashes, u_char *p,
-    u_char *last)
-{
-    u_char  *q, *b;
-
-    for ( ;; ) {
-        q = memchr(p, '"', last - p);
-
-        if (q == NULL) {
-            for (b = last; b > p && b[-1] == '\\'; b--) { /* void */ }
-
-            if (b == p) {
-                *backslashes ^= (last - b) & 1;
-
-            } else {
-                *backslashes = (last - b) & 1;
-            }
-
-            return NULL;
-        }
-
-        for (b = q; b > p && b[-1] == '\\'; b--) { /* void */ }
-
-        if ((((q - b) & 1) ^ (b == p ? *backslashes : 0)) == 0) {
-            *backslashes = 0;
-            return q + 1;
-        }
-
-        *backslashes = 0;
-        p = q + 1;
     }
 }
 

@@ -51,8 +51,6 @@ typedef struct {
 } ngx_http_llm_json_string_ctx_t;
 
 
-static u_char *ngx_http_llm_scan_string(ngx_http_llm_scan_t *s, u_char *p,
-    u_char *last);
 static void ngx_http_llm_scan_keep(u_char *buf, size_t *len, size_t size,
     u_char *p, u_char *last);
 static ngx_uint_t ngx_http_llm_scan_member(ngx_http_llm_scan_t *s);
@@ -64,9 +62,7 @@ static int ngx_http_llm_json_string_cb(void *ctx, const unsigned char *s,
     size_t len);
 
 
-/* bytes that end a run inside a nested value: strings and brackets */
-
-static u_char  ngx_http_llm_scan_stop[256] = {
+u_char  ngx_http_llm_json_stop[256] = {
     ['"'] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1
 };
 
@@ -76,15 +72,6 @@ static u_char  ngx_http_llm_scan_stop[256] = {
 static const ngx_uint_t  ngx_http_llm_scan_ws_states =
     (1 << sw_start) | (1 << sw_first_key) | (1 << sw_key) | (1 << sw_colon)
     | (1 << sw_value) | (1 << sw_after_value) | (1 << sw_done);
-
-
-#define ngx_http_llm_scan_ws(c)                                               \
-    ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
-
-#define ngx_http_llm_scan_literal(c)                                          \
-    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z')                \
-     || ((c) >= '0' && (c) <= '9') || (c) == '-' || (c) == '+'                \
-     || (c) == '.')
 
 
 void
@@ -112,7 +99,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 
         if ((1 << s->state) & ngx_http_llm_scan_ws_states) {
 
-            while (ngx_http_llm_scan_ws(*p)) {
+            while (ngx_http_llm_json_ws(*p)) {
                 if (++p == last) {
                     goto done;
                 }
@@ -161,7 +148,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             goto failed;
 
         case sw_key_string:
-            q = ngx_http_llm_scan_string(s, p, last);
+            q = ngx_http_llm_json_string_end(&s->backslashes, p, last);
 
             ngx_http_llm_scan_keep(s->key, &s->key_len, sizeof(s->key),
                                    p, q ? q : last);
@@ -224,7 +211,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
                 break;
             }
 
-            if (ngx_http_llm_scan_literal(c)) {
+            if (ngx_http_llm_json_literal(c)) {
                 s->literal_len = 0;
                 s->state = sw_literal;
                 break;
@@ -234,7 +221,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             goto failed;
 
         case sw_value_string:
-            q = ngx_http_llm_scan_string(s, p, last);
+            q = ngx_http_llm_json_string_end(&s->backslashes, p, last);
 
             if (s->member == ngx_http_llm_member_model) {
                 ngx_http_llm_scan_keep(s->model, &s->model_len,
@@ -258,7 +245,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
         case sw_literal:
             q = p;
 
-            while (p < last && ngx_http_llm_scan_literal(*p)) {
+            while (p < last && ngx_http_llm_json_literal(*p)) {
                 p++;
             }
 
@@ -284,7 +271,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             /* a value's insides, token after token in one loop */
 
             for ( ;; ) {
-                while (p < last && !ngx_http_llm_scan_stop[*p]) {
+                while (p < last && !ngx_http_llm_json_stop[*p]) {
                     p++;
                 }
 
@@ -296,7 +283,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 
                 if (c == '"') {
                     s->backslashes = 0;
-                    q = ngx_http_llm_scan_string(s, p, last);
+                    q = ngx_http_llm_json_string_end(&s->backslashes, p, last);
 
                     if (q == NULL) {
                         s->state = sw_nested_string;
@@ -331,7 +318,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             break;
 
         case sw_nested_string:
-            q = ngx_http_llm_scan_string(s, p, last);
+            q = ngx_http_llm_json_string_end(&s->backslashes, p, last);
 
             if (q == NULL) {
                 p = last;
@@ -407,47 +394,6 @@ ngx_http_llm_scan_end(ngx_http_llm_scan_t *s)
     }
 
     s->state = sw_error;
-}
-
-
-/*
- * Skips the bytes of a string up to and including its closing quote;
- * returns the position after the quote, or NULL when the chunk ends in
- * the string.  A quote is escaped when an odd run of backslashes stands
- * before it; a run may have begun in the previous chunk.
- */
-
-static u_char *
-ngx_http_llm_scan_string(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
-{
-    u_char  *q, *b;
-
-    for ( ;; ) {
-        q = memchr(p, '"', last - p);
-
-        if (q == NULL) {
-            for (b = last; b > p && b[-1] == '\\'; b--) { /* void */ }
-
-            if (b == p) {
-                s->backslashes ^= (last - b) & 1;
-
-            } else {
-                s->backslashes = (last - b) & 1;
-            }
-
-            return NULL;
-        }
-
-        for (b = q; b > p && b[-1] == '\\'; b--) { /* void */ }
-
-        if ((((q - b) & 1) ^ (b == p ? s->backslashes : 0)) == 0) {
-            s->backslashes = 0;
-            return q + 1;
-        }
-
-        s->backslashes = 0;
-        p = q + 1;
-    }
 }
 
 

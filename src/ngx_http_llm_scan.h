@@ -68,6 +68,66 @@ typedef struct {
 } ngx_http_llm_scan_t;
 
 
+/*
+ * JSON lexical pieces shared by the request scan and the answer reader
+ * (ngx_http_llm_answer_json.c).
+ */
+
+/* bytes that end a run inside a nested value: strings and brackets */
+extern u_char  ngx_http_llm_json_stop[256];
+
+#define ngx_http_llm_json_ws(c)                                               \
+    ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
+
+#define ngx_http_llm_json_literal(c)                                          \
+    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z')                \
+     || ((c) >= '0' && (c) <= '9') || (c) == '-' || (c) == '+'                \
+     || (c) == '.')
+
+
+/*
+ * Skips the bytes of a string up to and including its closing quote;
+ * returns the position after the quote, or NULL when the piece ends in
+ * the string.  A quote is escaped when an odd run of backslashes stands
+ * before it; a run may have begun in the previous piece (*backslashes
+ * carries its parity).  Inline: both scanners call it once per string.
+ */
+
+static ngx_inline u_char *
+ngx_http_llm_json_string_end(ngx_uint_t *backslashes, u_char *p,
+    u_char *last)
+{
+    u_char  *q, *b;
+
+    for ( ;; ) {
+        q = memchr(p, '"', last - p);
+
+        if (q == NULL) {
+            for (b = last; b > p && b[-1] == '\\'; b--) { /* void */ }
+
+            if (b == p) {
+                *backslashes ^= (last - b) & 1;
+
+            } else {
+                *backslashes = (last - b) & 1;
+            }
+
+            return NULL;
+        }
+
+        for (b = q; b > p && b[-1] == '\\'; b--) { /* void */ }
+
+        if ((((q - b) & 1) ^ (b == p ? *backslashes : 0)) == 0) {
+            *backslashes = 0;
+            return q + 1;
+        }
+
+        *backslashes = 0;
+        p = q + 1;
+    }
+}
+
+
 void ngx_http_llm_scan_init(ngx_http_llm_scan_t *s);
 void ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last);
 void ngx_http_llm_scan_end(ngx_http_llm_scan_t *s);
