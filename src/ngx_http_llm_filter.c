@@ -125,11 +125,13 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     if (r->headers_out.status < NGX_HTTP_SPECIAL_RESPONSE) {
 
+        ctx->sse = ngx_http_llm_is_sse(r);
+
         if (ngx_http_llm_read_answer(r, ctx) != NGX_OK) {
             return NGX_ERROR;
         }
 
-        if (ngx_http_llm_is_sse(r)) {
+        if (ctx->sse) {
 
             /*
              * a stream goes to the client event by event, whatever the
@@ -138,7 +140,6 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
              * does for X-Accel-Buffering
              */
 
-            ctx->sse = 1;
             ngx_memset(ctx->sse_tail, '\n', sizeof(ctx->sse_tail));
 
             if (r->upstream) {
@@ -236,7 +237,9 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
-    if (ctx->held && !ctx->answer_cut) {
+    /* a held answer decided on from its beginning: the rest is dropped */
+
+    if (ctx->held && !ctx->decided) {
         return ngx_http_llm_hold(r, ctx, in);
     }
 
@@ -270,7 +273,7 @@ ngx_http_llm_read_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
 
     lmcf = ngx_http_get_module_main_conf(sr, ngx_http_llm_module);
 
-    if (!lmcf->read_answers && !ngx_http_llm_is_sse(sr)) {
+    if (!lmcf->read_answers && !ctx->sse) {
         return NGX_OK;
     }
 
@@ -279,8 +282,7 @@ ngx_http_llm_read_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    if (ngx_http_llm_answer_init(a, sr->pool, ctx->family,
-                                 ngx_http_llm_is_sse(sr))
+    if (ngx_http_llm_answer_init(a, sr->pool, ctx->family, ctx->sse)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -451,7 +453,6 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
 
     /* too long to keep: decide now from what is kept */
 
-    ctx->answer_cut = 1;
     ctx->answer_partial = 1;
     ctx->retry_after = ngx_http_llm_retry_after(sr);
     ctx->error = ngx_http_llm_classify_response(sr->headers_out.status,

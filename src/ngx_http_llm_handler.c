@@ -261,7 +261,6 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->attempt_done = 0;
     ctx->answered = 0;
     ctx->held = 0;
-    ctx->answer_cut = 0;
     ctx->decided = 0;
     ctx->attempt_rc = NGX_OK;
     ctx->attempt_status = 0;

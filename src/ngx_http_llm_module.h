@@ -161,7 +161,6 @@ typedef struct {
     unsigned                     answered:1;    /* ... and the last byte */
     unsigned                     attempt_done:1;
     unsigned                     held:1;        /* error answer kept back */
-    unsigned                     answer_cut:1;  /* longer than kept */
     unsigned                     answer_partial:1;  /* kept, not whole */
     unsigned                     can_retry:1;
     unsigned                     retried:1;     /* a retry was spent */

@@ -102,7 +102,11 @@ ngx_msec_t ngx_http_llm_wall_msec(void);
 
 
 #define ngx_http_llm_count(n, field, v)                                       \
-    if (n) { (void) ngx_atomic_fetch_add(&(n)->field, v); }
+    do {                                                                      \
+        if (n) {                                                              \
+            (void) ngx_atomic_fetch_add(&(n)->field, v);                      \
+        }                                                                     \
+    } while (0)
 
 
 #endif /* _NGX_HTTP_LLM_ZONE_H_INCLUDED_ */
