@@ -32,7 +32,7 @@ static ngx_int_t ngx_http_llm_budget_route(ngx_conf_t *cf,
 static ngx_int_t ngx_http_llm_budget_targets(ngx_conf_t *cf,
     ngx_shm_zone_t *zone, ngx_array_t *targets);
 static ngx_atomic_uint_t ngx_http_llm_budget_allowance(
-    ngx_http_llm_loc_conf_t *llcf);
+    ngx_http_llm_loc_conf_t *llcf, ngx_uint_t cluster);
 
 
 /* llm_retry_budget [ratio=R] [min=N/s] [window=TIME] [zone=NAME] | off */
@@ -251,10 +251,27 @@ ngx_int_t
 ngx_http_llm_budget_init(ngx_conf_t *cf)
 {
     ngx_uint_t                  i;
+    ngx_shm_zone_t            **zones;
+    ngx_http_llm_zone_t        *zone;
     ngx_http_llm_main_conf_t   *lmcf;
     ngx_http_llm_route_name_t  *rn;
 
     lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+
+    if (lmcf->redis && lmcf->zones.nelts == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"llm_redis\" requires \"llm_zone\"");
+        return NGX_ERROR;
+    }
+
+    /* a cluster view older than three syncs counts as Redis being down */
+
+    zones = lmcf->zones.elts;
+
+    for (i = 0; i < lmcf->zones.nelts; i++) {
+        zone = zones[i]->data;
+        zone->stale = lmcf->redis ? 3 * lmcf->redis->sync : 0;
+    }
 
     rn = lmcf->routes.elts;
 
@@ -367,6 +384,7 @@ ngx_http_llm_budget_targets(ngx_conf_t *cf, ngx_shm_zone_t *zone,
 ngx_int_t
 ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
 {
+    ngx_uint_t                cluster;
     ngx_atomic_uint_t         retries, allowance;
     ngx_http_llm_node_t      *n;
     ngx_http_llm_loc_conf_t  *llcf;
@@ -378,18 +396,18 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
         return NGX_OK;
     }
 
-    ngx_http_llm_slot_add(llcf->zone, n,
-                          offsetof(ngx_http_llm_slot_t, retries), 1);
+    ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_RETRIES, 1);
 
     if (llcf->budget) {
-        allowance = ngx_http_llm_budget_allowance(llcf);
-        retries = ngx_http_llm_slot_sum(n,
-                                        offsetof(ngx_http_llm_slot_t, retries),
-                                        llcf->budget_window);
+        cluster = ngx_http_llm_cluster_fresh(llcf->zone);
+        ctx->budget_cluster = cluster;
+
+        allowance = ngx_http_llm_budget_allowance(llcf, cluster);
+        retries = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_RETRIES,
+                                        llcf->budget_window, cluster);
 
         if (retries * 1000 > allowance) {
-            ngx_http_llm_slot_add(llcf->zone, n,
-                                  offsetof(ngx_http_llm_slot_t, retries), -1);
+            ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_RETRIES, -1);
             return NGX_DECLINED;
         }
     }
@@ -403,13 +421,13 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
 /* retries the budget allows in the window, in thousandths */
 
 static ngx_atomic_uint_t
-ngx_http_llm_budget_allowance(ngx_http_llm_loc_conf_t *llcf)
+ngx_http_llm_budget_allowance(ngx_http_llm_loc_conf_t *llcf,
+    ngx_uint_t cluster)
 {
     ngx_atomic_uint_t  requests;
 
-    requests = ngx_http_llm_slot_sum(llcf->node,
-                                     offsetof(ngx_http_llm_slot_t, requests),
-                                     llcf->budget_window);
+    requests = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_REQUESTS,
+                                     llcf->budget_window, cluster);
 
     return (ngx_atomic_uint_t) llcf->budget_min * llcf->budget_window * 1000
            + (ngx_atomic_uint_t) llcf->budget_ratio * requests;
@@ -421,16 +439,18 @@ ngx_http_llm_budget_allowance(ngx_http_llm_loc_conf_t *llcf)
 ngx_msec_int_t
 ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf)
 {
+    ngx_uint_t         cluster;
     ngx_atomic_uint_t  allowance, retries;
 
     if (!llcf->budget || llcf->node == NULL) {
         return -1;
     }
 
-    allowance = ngx_http_llm_budget_allowance(llcf) / 1000;
-    retries = ngx_http_llm_slot_sum(llcf->node,
-                                    offsetof(ngx_http_llm_slot_t, retries),
-                                    llcf->budget_window);
+    cluster = ngx_http_llm_cluster_fresh(llcf->zone);
+
+    allowance = ngx_http_llm_budget_allowance(llcf, cluster) / 1000;
+    retries = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_RETRIES,
+                                    llcf->budget_window, cluster);
 
     return allowance > retries ? (ngx_msec_int_t) (allowance - retries) : 0;
 }
@@ -471,8 +491,7 @@ ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
         return;
     }
 
-    ngx_http_llm_slot_add(llcf->zone, n,
-                          offsetof(ngx_http_llm_slot_t, failures), 1);
+    ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_FAILURES, 1);
 
     now = ngx_http_llm_wall_msec();
     until = 0;
@@ -481,9 +500,9 @@ ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
         until = now + wait;
 
     } else if (llcf->cooldown_fails) {
-        fails = ngx_http_llm_slot_sum(n,
-                                      offsetof(ngx_http_llm_slot_t, failures),
-                                      llcf->cooldown_window);
+        /* failures are this node's own: each node judges its links */
+        fails = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_FAILURES,
+                                      llcf->cooldown_window, 0);
 
         if (fails >= llcf->cooldown_fails) {
             until = now + llcf->cooldown_time;
@@ -579,6 +598,7 @@ ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx)
     }
 
     (void) ngx_atomic_fetch_add(&n->requests, 1);
-    ngx_http_llm_slot_add(llcf->zone, n,
-                          offsetof(ngx_http_llm_slot_t, requests), 1);
+    ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_REQUESTS, 1);
+
+    ctx->budget_cluster = ngx_http_llm_cluster_fresh(llcf->zone);
 }

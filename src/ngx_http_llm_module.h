@@ -15,6 +15,7 @@
 #include "ngx_http_llm_classify.h"
 #include "ngx_http_llm_zone.h"
 #include "ngx_http_llm_answer.h"
+#include "ngx_http_llm_redis.h"
 
 
 /* endpoint families, SPEC 3.1 */
@@ -101,6 +102,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  routes;    /* of ngx_http_llm_route_name_t */
     ngx_array_t                  zones;     /* of ngx_shm_zone_t * */
+    ngx_http_llm_redis_conf_t   *redis;     /* llm_redis; NULL: none */
     ngx_flag_t                   read_answers;  /* usage variables used */
 } ngx_http_llm_main_conf_t;
 
@@ -166,6 +168,7 @@ typedef struct {
     unsigned                     retried:1;     /* a retry was spent */
     unsigned                     decided:1;
     unsigned                     sse:1;         /* text/event-stream */
+    unsigned                     budget_cluster:1;  /* judged on Redis' */
 } ngx_http_llm_ctx_t;
 
 

@@ -46,6 +46,7 @@ static void ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
     char *label, ngx_str_t *value);
 static void ngx_http_llm_status_label(ngx_http_llm_status_t *st,
     ngx_str_t *s);
+static void ngx_http_llm_status_redis(ngx_http_llm_status_t *st);
 static uintptr_t ngx_http_llm_status_escape_label(u_char *dst, u_char *src,
     size_t size);
 
@@ -140,6 +141,58 @@ ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
             ngx_http_llm_status_targets(st, m);
         }
     }
+
+    if (st->redis) {
+        ngx_http_llm_status_redis(st);
+    }
+}
+
+
+/* the Redis link, with llm_redis only */
+
+static void
+ngx_http_llm_status_redis(ngx_http_llm_status_t *st)
+{
+    ngx_http_llm_shctx_t  *sh;
+
+    sh = st->link;
+
+    ngx_http_llm_status_literal(st,
+        "# HELP nginx_llm_redis_up 1 while the link to llm_redis is up, "
+        "else 0.\n"
+        "# TYPE nginx_llm_redis_up gauge\n"
+        "nginx_llm_redis_up ");
+    ngx_http_llm_status_number(st, sh->link == NGX_HTTP_LLM_LINK_UP);
+
+    ngx_http_llm_status_literal(st,
+        "\n# HELP nginx_llm_redis_cluster_view 1 while retry budgets are "
+        "judged on the cluster's counts, 0 while on this node's alone.\n"
+        "# TYPE nginx_llm_redis_cluster_view gauge\n"
+        "nginx_llm_redis_cluster_view ");
+    ngx_http_llm_status_number(st, ngx_http_llm_cluster_fresh(
+                              ((ngx_shm_zone_t **) st->zones->elts)[0]));
+
+    ngx_http_llm_status_literal(st,
+        "\n# HELP nginx_llm_redis_syncs_total Batches Redis answered in "
+        "full.\n"
+        "# TYPE nginx_llm_redis_syncs_total counter\n"
+        "nginx_llm_redis_syncs_total ");
+    ngx_http_llm_status_number(st, sh->syncs);
+
+    ngx_http_llm_status_literal(st,
+        "\n# HELP nginx_llm_redis_sync_errors_total Batches lost to a "
+        "timeout, an error reply or a closed link.\n"
+        "# TYPE nginx_llm_redis_sync_errors_total counter\n"
+        "nginx_llm_redis_sync_errors_total ");
+    ngx_http_llm_status_number(st, sh->sync_errors);
+
+    ngx_http_llm_status_literal(st,
+        "\n# HELP nginx_llm_redis_link_downs_total Times the link to "
+        "llm_redis went down.\n"
+        "# TYPE nginx_llm_redis_link_downs_total counter\n"
+        "nginx_llm_redis_link_downs_total ");
+    ngx_http_llm_status_number(st, sh->link_downs);
+    ngx_http_llm_status_literal(st, "\n");
 }
 
 

@@ -36,6 +36,7 @@ static ngx_int_t ngx_http_llm_status_collect(ngx_http_request_t *r,
 static ngx_int_t ngx_http_llm_status_add_targets(ngx_http_llm_status_t *st,
     ngx_http_llm_status_route_t *route, ngx_array_t *targets);
 static void ngx_http_llm_status_json(ngx_http_llm_status_t *st);
+static void ngx_http_llm_status_json_redis(ngx_http_llm_status_t *st);
 static void ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
     ngx_http_llm_status_route_t *route);
 static void ngx_http_llm_status_json_target(ngx_http_llm_status_t *st,
@@ -173,6 +174,13 @@ ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
 
     st->zones = &lmcf->zones;
     st->now = ngx_http_llm_wall_msec();
+
+    /* every zone holds the same link state: the first one tells */
+    if (lmcf->redis && lmcf->zones.nelts) {
+        st->redis = lmcf->redis;
+        st->link = ((ngx_http_llm_zone_t *)
+                    ((ngx_shm_zone_t **) lmcf->zones.elts)[0]->data)->sh;
+    }
 
     if (ngx_array_init(&st->routes, r->pool, lmcf->routes.nelts + 1,
                        sizeof(ngx_http_llm_status_route_t))
@@ -347,7 +355,10 @@ ngx_http_llm_status_json(ngx_http_llm_status_t *st)
         ngx_http_llm_status_literal(st, "}");
     }
 
-    ngx_http_llm_status_literal(st, "],\"routes\":{");
+    ngx_http_llm_status_literal(st, "],\"redis\":");
+    ngx_http_llm_status_json_redis(st);
+
+    ngx_http_llm_status_literal(st, ",\"routes\":{");
 
     route = st->routes.elts;
 
@@ -372,6 +383,64 @@ ngx_http_llm_status_json(ngx_http_llm_status_t *st)
     }
 
     ngx_http_llm_status_literal(st, "}}\n");
+}
+
+
+/* the Redis link: null without llm_redis */
+
+static void
+ngx_http_llm_status_json_redis(ngx_http_llm_status_t *st)
+{
+    ngx_msec_t             at;
+    ngx_http_llm_shctx_t  *sh;
+
+    if (st->redis == NULL) {
+        ngx_http_llm_status_literal(st, "null");
+        return;
+    }
+
+    sh = st->link;
+    at = sh->cluster_msec;
+
+    ngx_http_llm_status_literal(st, "{\"address\":");
+    ngx_http_llm_status_string(st, &st->redis->address);
+
+    ngx_http_llm_status_literal(st, ",\"state\":");
+
+    if (sh->link == NGX_HTTP_LLM_LINK_UP) {
+        ngx_http_llm_status_literal(st, "\"up\"");
+
+    } else {
+        ngx_http_llm_status_literal(st, "\"down\"");
+    }
+
+    ngx_http_llm_status_literal(st, ",\"budget_source\":");
+
+    if (ngx_http_llm_cluster_fresh(
+            ((ngx_shm_zone_t **) st->zones->elts)[0]))
+    {
+        ngx_http_llm_status_literal(st, "\"cluster\"");
+
+    } else {
+        ngx_http_llm_status_literal(st, "\"local\"");
+    }
+
+    ngx_http_llm_status_literal(st, ",\"view_age_ms\":");
+
+    if (at && st->now >= at) {
+        ngx_http_llm_status_number(st, st->now - at);
+
+    } else {
+        ngx_http_llm_status_literal(st, "null");
+    }
+
+    ngx_http_llm_status_literal(st, ",\"syncs\":");
+    ngx_http_llm_status_number(st, sh->syncs);
+    ngx_http_llm_status_literal(st, ",\"sync_errors\":");
+    ngx_http_llm_status_number(st, sh->sync_errors);
+    ngx_http_llm_status_literal(st, ",\"link_downs\":");
+    ngx_http_llm_status_number(st, sh->link_downs);
+    ngx_http_llm_status_literal(st, "}");
 }
 
 

@@ -36,6 +36,8 @@ typedef struct {
     ngx_array_t                  routes;  /* of ngx_http_llm_status_route_t */
     ngx_array_t                  targets; /* of ngx_http_llm_status_target_t */
     ngx_array_t                 *zones;   /* of ngx_shm_zone_t * */
+    ngx_http_llm_redis_conf_t   *redis;   /* NULL: no llm_redis */
+    ngx_http_llm_shctx_t        *link;    /* the link as the zone saw it */
     ngx_msec_t                   now;     /* ms since the epoch */
 
     /* the body: measured into len while start is NULL, then written */

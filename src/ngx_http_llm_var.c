@@ -452,9 +452,11 @@ ngx_http_llm_variable_ttft(ngx_http_request_t *r,
 
 
 /*
- * Which counters the route's retry budget was judged on: "local", this
- * node's llm_zone (shared by its workers).  Not found without a budget,
- * or when the route's counters did not fit in a full zone.
+ * Which counters the route's retry budget was judged on: "cluster", the
+ * sums of all nodes as Redis last told them (llm_redis), or "local", this
+ * node's llm_zone alone (no llm_redis, or no recent view of Redis).  Not
+ * found without a budget, or when the route's counters did not fit in a
+ * full zone.
  */
 
 static ngx_int_t
@@ -464,6 +466,7 @@ ngx_http_llm_variable_budget_source(ngx_http_request_t *r,
     ngx_http_llm_ctx_t  *ctx;
 
     static ngx_str_t  local = ngx_string("local");
+    static ngx_str_t  cluster = ngx_string("cluster");
 
     ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
 
@@ -472,7 +475,7 @@ ngx_http_llm_variable_budget_source(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    ngx_http_llm_variable_set(v, &local);
+    ngx_http_llm_variable_set(v, ctx->budget_cluster ? &cluster : &local);
 
     return NGX_OK;
 }

@@ -356,7 +356,7 @@ ngx_http_llm_zone_hash(ngx_uint_t kind, ngx_str_t *name)
 
 void
 ngx_http_llm_slot_add(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
-    size_t field, ngx_atomic_int_t v)
+    ngx_uint_t counter, ngx_atomic_int_t v)
 {
     time_t                now;
     ngx_slab_pool_t      *shpool;
@@ -369,31 +369,70 @@ ngx_http_llm_slot_add(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
         shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
 
         ngx_shmtx_lock(&shpool->mutex);
-
-        if ((time_t) slot->sec != now) {
-            slot->requests = 0;
-            slot->retries = 0;
-            slot->failures = 0;
-            ngx_memory_barrier();
-            slot->sec = now;
-        }
-
+        slot = ngx_http_llm_slot_locked(n, now);
         ngx_shmtx_unlock(&shpool->mutex);
+
+        if (slot == NULL) {
+            /* the clock went back: the slot holds a later second */
+            return;
+        }
     }
 
-    (void) ngx_atomic_fetch_add((ngx_atomic_t *) ((u_char *) slot + field),
-                                v);
+    (void) ngx_atomic_fetch_add(&slot->count[counter], v);
 }
 
 
-/* the sum of a slot counter over the last window seconds */
+/*
+ * The slot of a second, with the zone's mutex held: reset when it still
+ * holds an older second; NULL when it already holds a later one.
+ */
+
+ngx_http_llm_slot_t *
+ngx_http_llm_slot_locked(ngx_http_llm_node_t *n, time_t sec)
+{
+    ngx_uint_t            i;
+    ngx_http_llm_slot_t  *slot;
+
+    slot = &n->slots[sec % NGX_HTTP_LLM_SLOTS];
+
+    if ((time_t) slot->sec == sec) {
+        return slot;
+    }
+
+    if ((time_t) slot->sec > sec) {
+        return NULL;
+    }
+
+    for (i = 0; i < NGX_HTTP_LLM_COUNTERS; i++) {
+        slot->count[i] = 0;
+    }
+
+    for (i = 0; i < NGX_HTTP_LLM_SHARED; i++) {
+        slot->synced[i] = 0;
+        slot->cluster[i] = 0;
+    }
+
+    ngx_memory_barrier();
+    slot->sec = sec;
+
+    return slot;
+}
+
+
+/*
+ * The sum of a slot counter over the last window seconds: this node's
+ * own, or with cluster set (a shared counter and a fresh view of Redis)
+ * the whole cluster's, as Redis last told it plus what this node counted
+ * since it last sent its counts.
+ */
 
 ngx_atomic_uint_t
-ngx_http_llm_slot_sum(ngx_http_llm_node_t *n, size_t field, ngx_uint_t window)
+ngx_http_llm_slot_sum(ngx_http_llm_node_t *n, ngx_uint_t counter,
+    ngx_uint_t window, ngx_uint_t cluster)
 {
     time_t                now, sec;
     ngx_uint_t            i;
-    ngx_atomic_uint_t     sum;
+    ngx_atomic_int_t      count, synced, shared, sum;
     ngx_http_llm_slot_t  *slot;
 
     now = ngx_time();
@@ -403,12 +442,45 @@ ngx_http_llm_slot_sum(ngx_http_llm_node_t *n, size_t field, ngx_uint_t window)
         sec = now - i;
         slot = &n->slots[sec % NGX_HTTP_LLM_SLOTS];
 
-        if ((time_t) slot->sec == sec) {
-            sum += *(ngx_atomic_t *) ((u_char *) slot + field);
+        if ((time_t) slot->sec != sec) {
+            continue;
         }
+
+        count = (ngx_atomic_int_t) slot->count[counter];
+
+        if (!cluster) {
+            sum += count;
+            continue;
+        }
+
+        synced = (ngx_atomic_int_t) slot->synced[counter];
+        shared = (ngx_atomic_int_t) slot->cluster[counter];
+
+        /* Redis may have lost what was sent: a restart, a lost batch */
+        sum += ngx_max(shared, synced) + count - synced;
     }
 
-    return sum;
+    return sum > 0 ? (ngx_atomic_uint_t) sum : 0;
+}
+
+
+/* whether the zone's cluster view is recent enough to be used */
+
+ngx_uint_t
+ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone)
+{
+    ngx_msec_t            at;
+    ngx_http_llm_zone_t  *zone;
+
+    zone = shm_zone->data;
+
+    if (zone->stale == 0) {
+        return 0;
+    }
+
+    at = zone->sh->cluster_msec;
+
+    return at && ngx_http_llm_wall_msec() - at <= zone->stale;
 }
 
 

@@ -24,11 +24,26 @@
 #define NGX_HTTP_LLM_DECISIONS      8
 
 
+/* slot counters; the first NGX_HTTP_LLM_SHARED ones are synced to Redis */
+#define NGX_HTTP_LLM_REQUESTS       0   /* route: client requests */
+#define NGX_HTTP_LLM_RETRIES        1   /* route: later attempts */
+#define NGX_HTTP_LLM_FAILURES       2   /* target: failed attempts */
+#define NGX_HTTP_LLM_COUNTERS       3
+#define NGX_HTTP_LLM_SHARED         2
+
+
+/*
+ * A second of counters.  With llm_redis, synced is how much of count this
+ * node has already sent to Redis, and cluster the sum of all nodes that
+ * Redis answered last (it holds the synced part too): the second's total
+ * is max(cluster, synced) + count - synced.
+ */
+
 typedef struct {
     ngx_atomic_t                 sec;       /* ngx_time() of the slot */
-    ngx_atomic_t                 requests;  /* route: client requests */
-    ngx_atomic_t                 retries;   /* route: later attempts */
-    ngx_atomic_t                 failures;  /* target: failed attempts */
+    ngx_atomic_t                 count[NGX_HTTP_LLM_COUNTERS];
+    ngx_atomic_t                 synced[NGX_HTTP_LLM_SHARED];
+    ngx_atomic_t                 cluster[NGX_HTTP_LLM_SHARED];
 } ngx_http_llm_slot_t;
 
 
@@ -56,6 +71,7 @@ typedef struct {
     /* target: no attempt before this time, ms since the epoch */
     ngx_atomic_t                 cooldown_until;
     ngx_atomic_t                 cooldowns;     /* times it began */
+    ngx_atomic_t                 cooldown_shared;   /* sent or got, ms */
 
     ngx_http_llm_slot_t          slots[NGX_HTTP_LLM_SLOTS];
 
@@ -64,11 +80,24 @@ typedef struct {
 } ngx_http_llm_node_t;
 
 
+/* the Redis link as the syncing worker last saw it, for every worker */
+#define NGX_HTTP_LLM_LINK_OFF       0   /* no llm_redis */
+#define NGX_HTTP_LLM_LINK_DOWN      1
+#define NGX_HTTP_LLM_LINK_UP        2
+
+
 typedef struct {
     ngx_rbtree_t                 rbtree;
     ngx_rbtree_node_t            sentinel;
     ngx_queue_t                  queue;
     ngx_atomic_t                 full;      /* "zone is full" logged */
+
+    /* written by the syncing worker only */
+    ngx_atomic_t                 cluster_msec;  /* view written, wall ms */
+    ngx_atomic_t                 link;      /* NGX_HTTP_LLM_LINK_* */
+    ngx_atomic_t                 syncs;     /* batches answered */
+    ngx_atomic_t                 sync_errors;   /* batches lost */
+    ngx_atomic_t                 link_downs;    /* times the link fell */
 } ngx_http_llm_shctx_t;
 
 
@@ -86,6 +115,9 @@ typedef struct {
     ngx_slab_pool_t             *shpool;
     ngx_http_llm_shctx_t        *sh;
     ngx_array_t                  refs;      /* of ngx_http_llm_node_ref_t */
+
+    /* with llm_redis: a cluster view older than this is not used, ms */
+    ngx_msec_t                   stale;
 } ngx_http_llm_zone_t;
 
 
@@ -94,9 +126,12 @@ ngx_int_t ngx_http_llm_zone_want(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
     ngx_uint_t kind, ngx_str_t *name, ngx_http_llm_node_t **node);
 
 void ngx_http_llm_slot_add(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
-    size_t field, ngx_atomic_int_t v);
-ngx_atomic_uint_t ngx_http_llm_slot_sum(ngx_http_llm_node_t *n, size_t field,
-    ngx_uint_t window);
+    ngx_uint_t counter, ngx_atomic_int_t v);
+ngx_http_llm_slot_t *ngx_http_llm_slot_locked(ngx_http_llm_node_t *n,
+    time_t sec);
+ngx_atomic_uint_t ngx_http_llm_slot_sum(ngx_http_llm_node_t *n,
+    ngx_uint_t counter, ngx_uint_t window, ngx_uint_t cluster);
+ngx_uint_t ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone);
 
 ngx_msec_t ngx_http_llm_wall_msec(void);
 
