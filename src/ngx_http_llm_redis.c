@@ -293,7 +293,9 @@ ngx_http_llm_redis_address(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
 /*
  * In worker 0 only (one link per node, whatever worker_processes is):
  * the cache manager and loader run init_process too, and a respawned
- * worker 0 takes its place.
+ * worker 0 takes its place.  Not with master_process off, where a reload
+ * would leave the link with the configuration it started with: that
+ * debugging mode counts locally.
  */
 
 ngx_int_t
@@ -302,10 +304,7 @@ ngx_http_llm_redis_init_process(ngx_cycle_t *cycle)
     ngx_http_llm_link_t       *link;
     ngx_http_llm_main_conf_t  *lmcf;
 
-    if ((ngx_process != NGX_PROCESS_WORKER
-         && ngx_process != NGX_PROCESS_SINGLE)
-        || ngx_worker != 0)
-    {
+    if (ngx_process != NGX_PROCESS_WORKER || ngx_worker != 0) {
         return NGX_OK;
     }
 
