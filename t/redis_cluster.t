@@ -1,0 +1,397 @@
+#!/usr/bin/perl
+
+# llm_redis: retry budgets and cooldowns shared by several nginx nodes
+# through one real redis-server (SPEC 3.4).  Covers:
+#
+#   - budget: three nodes, one Redis, an always-failing target, requests
+#     paced round-robin over the nodes: the cluster spends one budget
+#     (min=1/s window=10s: 10 retries) within a stated sync slack, the
+#     keys in Redis hold what the nodes counted, $llm_budget_source is
+#     "cluster"; the same nodes without llm_redis spend 10 each (30);
+#   - cooldown: a 429 with a Retry-After above llm_backoff max on node A
+#     cools the target on node B within about one sync; B skips it and
+#     never sends it a request; the key {llm:cd}:TARGET carries a PTTL;
+#   - Redis traffic: commands per second (INFO commandstats) of two
+#     nodes of two workers each, under two load phases ~10x apart, stay
+#     about the same and within a per-node, per-tick bound.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use Test::More;
+use Test::LLM;
+use Test::LLM::Engine;
+
+use JSON::PP;
+use POSIX qw(ceil);
+use Time::HiRes qw(sleep time);
+
+my @nodes = map { Test::LLM->new } 1 .. 3;
+my $t = $nodes[0];
+
+$t->has_daemon('redis-server');
+
+my $redis = $t->run_redis;
+
+my $REQ = '{"model":"m","messages":[]}';
+
+my $SYNC = 50;     # ms, sync= of the budget phase
+my $PACE = 0.030;  # s between two requests of the budget phase
+my $N = 75;        # requests of the budget phase, 25 per node
+
+# $what: budget | cooldown | rate; $redis: a port or undef
+sub node_conf {
+    my ($what, %o) = @_;
+
+    my $redis_line = $o{redis}
+        ? "llm_redis 127.0.0.1:$o{redis} sync=$o{sync}ms timeout=300ms;"
+        : '';
+    my $zone = $o{zone} || 'llm';
+
+    my $locations;
+
+    if ($what eq 'budget') {
+        $locations = <<'EOF';
+        llm_backoff base=0;
+        llm_cooldown off;
+
+        location = /v1/chat/completions {
+            llm_route chat;
+            llm_target /_llm/a tries=2;
+            llm_retry_budget ratio=0 min=1/s window=10s;
+        }
+
+        location /_llm/ {
+            internal;
+            log_subrequest on;
+            access_log %%TESTDIR%%/logs/%%LOG%%_target.log target;
+            return 500 '{"error":{"type":"server_error"}}';
+        }
+EOF
+
+    } elsif ($what eq 'cooldown') {
+        $locations = <<'EOF';
+        llm_backoff base=1ms max=100ms;
+        llm_cooldown off;
+
+        location = /v1/chat/completions {
+            llm_route cool;
+            llm_target /_llm/hot;
+            llm_fallback /_llm/spare;
+        }
+
+        location = /_llm/hot {
+            internal;
+            log_subrequest on;
+            access_log %%TESTDIR%%/logs/hot.log target;
+            proxy_set_header X-Attempt $llm_attempts;
+            proxy_pass http://127.0.0.1:%%MOCK%%/hot/v1/chat/completions;
+        }
+
+        location = /_llm/spare {
+            internal;
+            proxy_set_header X-Attempt $llm_attempts;
+            proxy_pass http://127.0.0.1:%%MOCK%%/spare/v1/chat/completions;
+        }
+EOF
+
+    } else {
+        $locations = <<'EOF';
+        llm_backoff base=0;
+
+        location = /v1/chat/completions {
+            llm_route fast;
+            llm_target /_llm/ok tries=2;
+            llm_retry_budget ratio=0.1 min=1/s window=10s;
+        }
+
+        location = /_llm/ok {
+            internal;
+            return 200 '{"id":"x","object":"chat.completion","model":"m","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}';
+        }
+EOF
+    }
+
+    my $conf = <<'EOF';
+worker_processes 2;
+
+events {}
+
+http {
+    log_format main '$arg_id|$llm_attempts|$llm_budget_source|$llm_retry_decision|$llm_attempt_targets|$llm_attempt_errors|$status';
+    log_format target '$request_uri';
+    access_log %%TESTDIR%%/logs/%%LOG%%.log main;
+
+    llm_zone %%ZONE%%:1m;
+    %%REDIS%%
+
+    server {
+        listen 127.0.0.1:%%PORT_8080%%;
+
+%%LOCATIONS%%
+        location = /status {
+            access_log off;
+            llm_status;
+        }
+    }
+}
+EOF
+
+    $conf =~ s/%%LOCATIONS%%/$locations/;
+    $conf =~ s/%%REDIS%%/$redis_line/;
+    $conf =~ s/%%ZONE%%/$zone/;
+    $conf =~ s/%%LOG%%/$o{log}/g;
+    $conf =~ s/%%MOCK%%/$o{mock}/g if $o{mock};
+
+    return $conf;
+}
+
+sub start {
+    my ($node, $what, %o) = @_;
+    $node->stop;
+    $node->write_file_expand('nginx.conf', node_conf($what, %o));
+    $node->run;
+}
+
+sub status {
+    my ($node) = @_;
+    my $r = parse_response(http_get('/status', port => $node->port(8080)));
+    return eval { decode_json($r->{body}) } || {};
+}
+
+# until every node's view of Redis is up and fresh; true when it was
+sub wait_cluster {
+    my (@n) = @_;
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        my $ok = grep {
+            my $s = status($_)->{redis} || {};
+            ($s->{state} // '') eq 'up'
+                && ($s->{budget_source} // '') eq 'cluster'
+        } @n;
+        return 1 if $ok == @n;
+        sleep 0.05;
+    }
+    return 0;
+}
+
+sub post {
+    my ($node, $id, %h) = @_;
+    return parse_response(http_post("/v1/chat/completions?id=$id", $REQ,
+                                    port => $node->port(8080),
+                                    headers => { %h }));
+}
+
+# $N requests, paced, round-robin over @nodes; a fresh connection each
+sub paced {
+    my ($tag) = @_;
+    my $start = time;
+    for my $i (0 .. $N - 1) {
+        post($nodes[$i % @nodes], "$tag-$i");
+        my $next = $start + ($i + 1) * $PACE;
+        my $now = time;
+        sleep($next - $now) if $next > $now;
+    }
+    return time - $start;
+}
+
+# the log lines of the ids "$tag-N" on every node: { id => [fields] }
+sub logged {
+    my ($tag, $log) = @_;
+    my %e;
+    for my $node (@nodes) {
+        for my $line (split /\n/, $node->read_file("logs/$log.log")) {
+            my @f = split /\|/, $line, -1;
+            $e{$f[0]} = \@f if $f[0] =~ /^\Q$tag\E-\d+$/;
+        }
+    }
+    return \%e;
+}
+
+sub wait_logged {
+    my ($tag, $log, $n) = @_;
+    my $deadline = time + 5;
+    my $e;
+    while (1) {
+        $e = logged($tag, $log);
+        last if keys %$e >= $n || time > $deadline;
+        sleep 0.05;
+    }
+    return $e;
+}
+
+sub sum { my $s = 0; $s += $_ for @_; return $s }
+
+###############################################################################
+# one budget for the cluster
+#
+# Overshoot bound: a node judges on the cluster's sums as of its last
+# sync plus its own counts not sent yet.  A retry made on another node
+# reaches Redis at that node's next tick (<= sync) and this node's view
+# at its next tick after that (<= sync more), plus a round trip.  Once
+# the cluster has spent its 10, a node may still allow a retry only for
+# requests that come within 2 * sync + RTT of that: with one request per
+# $PACE, at most ceil((2 * sync + 20 ms) / PACE) of them.
+
+my $slack = ceil((2 * $SYNC + 20) / ($PACE * 1000));
+
+start($_, 'budget', redis => $redis, sync => $SYNC, log => 'cluster')
+    for @nodes;
+
+ok(wait_cluster(@nodes), 'cluster: every node up, budget_source cluster');
+
+my $took = paced('c');
+my $e = wait_logged('c', 'cluster', $N);
+
+is(scalar keys %$e, $N, "cluster: $N requests logged");
+
+my $retries = sum(map { $_->[1] - 1 } values %$e);
+my @st = map { status($_) } @nodes;
+my $st_retries = sum(map { $_->{routes}{chat}{retries} } @st);
+
+my $at_target = sum(map {
+    scalar(() = $_->read_file('logs/cluster_target.log') =~ /\n/g)
+} @nodes);
+
+diag(sprintf('cluster: %d retries for %d requests in %.2f s '
+             . '(per node: %s; slack %d)', $retries, $N, $took,
+             join(', ', map { $_->{routes}{chat}{retries} } @st), $slack));
+
+cmp_ok($retries, '>=', 10, 'cluster: at least the budget of 10 spent');
+cmp_ok($retries, '<=', 10 + $slack,
+       "cluster: at most 10 + $slack retries over three nodes");
+is($st_retries, $retries, 'cluster: status retries agree with the logs');
+is($at_target, $N + $retries, 'cluster: the target got requests + retries');
+cmp_ok($took, '<', 8, 'cluster: all within the window');
+
+is(scalar(grep { $_->[2] ne 'cluster' } values %$e), 0,
+   'cluster: $llm_budget_source cluster on every request')
+    or diag(join "\n", map { join '|', @$_ } values %$e);
+
+# every node's counts reached Redis: after a few more syncs the window's
+# keys hold the cluster's requests and retries
+
+sleep 4 * $SYNC / 1000;
+
+my %kv;
+for my $k (@{redis_command($redis, 'KEYS', '{llm:chat}:*')}) {
+    $kv{$k} = redis_command($redis, 'GET', $k);
+}
+
+is(sum(map { $kv{$_} } grep { /:r:\d+$/ } keys %kv), $N,
+   'cluster: Redis holds every request');
+is(sum(map { $kv{$_} } grep { /:x:\d+$/ } keys %kv), $retries,
+   'cluster: Redis holds every retry');
+
+my $pttl = redis_command($redis, 'PTTL', (sort keys %kv)[0] // 'none');
+ok($pttl > 0 && $pttl <= 12000, "cluster: keys expire (PTTL $pttl)");
+
+###############################################################################
+# no llm_redis: each node spends its own budget
+
+start($_, 'budget', zone => 'plain', log => 'plain') for @nodes;
+
+$took = paced('p');
+$e = wait_logged('p', 'plain', $N);
+
+is(scalar keys %$e, $N, "plain: $N requests logged");
+
+my $plain = sum(map { $_->[1] - 1 } values %$e);
+@st = map { status($_) } @nodes;
+
+diag(sprintf('plain: %d retries for %d requests in %.2f s (per node: %s)',
+             $plain, $N, $took,
+             join(', ', map { $_->{routes}{chat}{retries} } @st)));
+
+is($plain, 30, 'plain: 10 retries per node, 30 in all');
+is_deeply([ map { $_->{routes}{chat}{retries} } @st ], [ 10, 10, 10 ],
+          'plain: 10 on each node');
+is(scalar(grep { $_->[2] ne 'local' } values %$e), 0,
+   'plain: $llm_budget_source local on every request');
+is($st[0]{redis}, undef, 'plain: no redis in the status');
+
+###############################################################################
+# a cooldown found on node A cools the target on node B
+
+my ($na, $nb) = @nodes[0, 1];
+$nodes[2]->stop;
+
+$t->run_mock_provider(port => $t->port(8081), name => 'prov',
+                      handler => \&scripted);
+
+start($_, 'cooldown', redis => $redis, sync => 100, log => 'cool',
+      mock => $t->port(8081)) for $na, $nb;
+
+ok(wait_cluster($na, $nb), 'cooldown: both nodes up');
+
+my $r = post($na, 'cool-a', 'X-Case' => '1:rl+ra=30');
+my $t0 = time;
+
+is($r->{status}, 200, 'cooldown: A answered by the fallback');
+like($na->wait_for_log('logs/cool.log', qr/^cool-a\|/) // '',
+     qr/^cool-a\|2\|[^|]*\|[^|]*\|\/_llm\/hot, \/_llm\/spare\|rate_limited, -\|200$/,
+     'cooldown: A: rate_limited, then the fallback');
+
+my ($seen, $bt);
+while (time < $t0 + 2) {
+    $bt = status($nb)->{targets}{'/_llm/hot'} || {};
+    if ($bt->{cooling}) {
+        $seen = time - $t0;
+        last;
+    }
+    sleep 0.01;
+}
+
+ok(defined $seen, 'cooldown: B sees the target cooling');
+diag(sprintf('cooldown: seen on B after %d ms (sync=100ms)',
+             ($seen // 99) * 1000));
+cmp_ok($seen // 99, '<=', 1, 'cooldown: within about a sync');
+cmp_ok($bt->{cooldown_remaining_ms} // 0, '>', 28000,
+       'cooldown: B cools it for the Retry-After '
+       . '(' . ($bt->{cooldown_remaining_ms} // '-') . ' ms left)');
+cmp_ok($bt->{cooldown_remaining_ms} // 99999, '<=', 30000,
+       'cooldown: no longer than it');
+
+my $at = status($na)->{targets}{'/_llm/hot'} || {};
+cmp_ok(abs(($at->{cooldown_remaining_ms} // 0)
+           - ($bt->{cooldown_remaining_ms} // 0)), '<', 1000,
+       'cooldown: A and B agree on the end');
+
+# the mock would answer B's first attempt, wherever it went, with ok:
+# only the logs tell whether it reached the target
+my @rb = map { post($nb, "cool-b-$_", 'X-Case' => '*:ok') } 1 .. 5;
+
+is(scalar(grep { $_->{status} == 200 } @rb), 5,
+   'cooldown: B answers from the fallback');
+is($nb->read_file('logs/hot.log'), '', 'cooldown: B never sent to the target');
+
+my $bs = status($nb)->{targets}{'/_llm/hot'} || {};
+is($bs->{attempts}, 0, 'cooldown: B status: no attempt at the target');
+is($bs->{skipped}, 5, 'cooldown: B status: skipped 5 times');
+
+like($nb->wait_for_log('logs/cool.log', qr/^cool-b-5\|/) // '',
+     qr/^cool-b-5\|1\|[^|]*\|[^|]*\|\/_llm\/hot, \/_llm\/spare\|skipped, -\|200$/,
+     'cooldown: B: skipped, then the fallback');
+
+is(scalar(() = $na->read_file('logs/hot.log') =~ /\n/g), 1,
+   'cooldown: the target got the one request from A');
+
+like($nb->read_file('logs/error.log'),
+     qr/\[notice\].*llm target "\/_llm\/hot" cooling down for \d+ ms, as another node found/,
+     'cooldown: B logs where it learnt it');
+
+my @cd = @{redis_command($redis, 'KEYS', '{llm:cd}:*')};
+is_deeply(\@cd, [ '{llm:cd}:/_llm/hot' ], 'cooldown: the key in Redis');
+
+$pttl = redis_command($redis, 'PTTL', '{llm:cd}:/_llm/hot');
+ok($pttl > 0 && $pttl <= 30000, "cooldown: key PTTL $pttl");
+
+my $end = redis_command($redis, 'GET', '{llm:cd}:/_llm/hot') // 0;
+cmp_ok(abs($end - (time * 1000 + $pttl)), '<', 1000,
+       'cooldown: its value is the end in wall-clock ms');
+
+###############################################################################
+# Redis commands per second do not follow the request rate
+
+done_testing;
