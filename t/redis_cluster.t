@@ -265,6 +265,21 @@ is($st_retries, $retries, 'cluster: status retries agree with the logs');
 is($at_target, $N + $retries, 'cluster: the target got requests + retries');
 cmp_ok($took, '<', 8, 'cluster: all within the window');
 
+# the cluster's budget stops every node long before its own 10
+my @per = map { $_->{routes}{chat}{retries} } @st;
+cmp_ok((sort { $b <=> $a } @per)[0], '<', 10,
+       'cluster: no node spent a budget of its own');
+is(scalar(grep { $_->[3] eq 'budget_exhausted' } values %$e), $N - $retries,
+   'cluster: every other request refused on the budget');
+
+is(scalar(grep { $_->{redis}{state} eq 'up'
+                 && $_->{redis}{view_age_ms} <= 3 * $SYNC
+                 && $_->{redis}{syncs} > 0
+                 && $_->{redis}{sync_errors} == 0
+                 && $_->{redis}{link_downs} == 0 } @st), 3,
+   'cluster: status: links up, views fresh, no sync errors')
+    or diag(encode_json([ map { $_->{redis} } @st ]));
+
 is(scalar(grep { $_->[2] ne 'cluster' } values %$e), 0,
    'cluster: $llm_budget_source cluster on every request')
     or diag(join "\n", map { join '|', @$_ } values %$e);
@@ -393,5 +408,112 @@ cmp_ok(abs($end - (time * 1000 + $pttl)), '<', 1000,
 
 ###############################################################################
 # Redis commands per second do not follow the request rate
+#
+# Two nodes of two workers each, sync=100ms, one route with a budget and
+# one target, on a Redis of their own.  Per node and tick the pipeline
+# has at most 4 writes (INCRBY and PEXPIRE of r and x) per second of the
+# window with new counts, 2 such seconds when a tick spans a second's
+# end, so 8, plus the window's MGET and the cooldowns' MGET: 10.
+
+my $redis2 = $t->run_redis;
+my $RSYNC = 100;
+my $D = 2;          # seconds of each load phase
+
+start($_, 'rate', redis => $redis2, sync => $RSYNC, log => 'rate')
+    for $na, $nb;
+
+ok(wait_cluster($na, $nb), 'rate: both nodes up');
+
+# Redis' calls so far, INFO itself left out: (all, MGET)
+sub calls {
+    my $info = redis_command($redis2, 'INFO', 'commandstats');
+    my ($all, $mget) = (0, 0);
+    while ($info =~ /^cmdstat_(\S+?):calls=(\d+)/mg) {
+        next if $1 eq 'info';
+        $all += $2;
+        $mget += $2 if $1 eq 'mget';
+    }
+    return ($all, $mget);
+}
+
+sub requests {
+    return sum(map { status($_)->{routes}{fast}{requests} // 0 } $na, $nb);
+}
+
+# $per clients on each node, each sending $rate requests a second on one
+# keepalive connection for $D seconds
+sub load {
+    my ($per, $rate) = @_;
+    my @pids;
+
+    for my $node (($na) x $per, ($nb) x $per) {
+        my $pid = fork();
+        die "fork: $!" unless defined $pid;
+
+        if ($pid == 0) {
+            my $req = http_request('POST', '/v1/chat/completions?id=rate',
+                                   body => $REQ, keepalive => 1,
+                                   headers => [ 'Content-Type'
+                                                => 'application/json' ]);
+            my $sock = http_start(undef, port => $node->port(8080))
+                or POSIX::_exit(1);
+            my $start = time;
+            for my $i (1 .. $D * $rate) {
+                http_send($sock, $req) or last;
+                length read_response($sock, 5) or last;
+                my $next = $start + $i / $rate;
+                my $now = time;
+                sleep($next - $now) if $next > $now;
+            }
+            POSIX::_exit(0);
+        }
+
+        push @pids, $pid;
+    }
+
+    waitpid($_, 0) for @pids;
+}
+
+my @c0 = calls();
+my ($q0, $w0) = (requests(), time);
+
+load(1, 10);                        # 2 x 10 = 20 requests a second
+
+my @c1 = calls();
+my ($q1, $w1) = (requests(), time);
+
+load(2, 50);                        # 4 x 50 = 200 requests a second
+
+my @c2 = calls();
+my ($q2, $w2) = (requests(), time);
+
+my ($low, $high) = ($c1[0] - $c0[0], $c2[0] - $c1[0]);
+my ($lowm, $highm) = ($c1[1] - $c0[1], $c2[1] - $c1[1]);
+my ($lowq, $highq) = ($q1 - $q0, $q2 - $q1);
+my ($lowt, $hight) = ($w1 - $w0, $w2 - $w1);
+
+diag(sprintf('rate: low:  %d requests in %.2f s (%.0f req/s), '
+             . '%d Redis commands (%.1f/s, %d MGET)',
+             $lowq, $lowt, $lowq / $lowt, $low, $low / $lowt, $lowm));
+diag(sprintf('rate: high: %d requests in %.2f s (%.0f req/s), '
+             . '%d Redis commands (%.1f/s, %d MGET)',
+             $highq, $hight, $highq / $hight, $high, $high / $hight,
+             $highm));
+
+cmp_ok($highq, '>=', 5 * $lowq, 'rate: five times the requests or more');
+cmp_ok($high / $hight, '<', 2 * $low / $lowt,
+       'rate: less than twice the Redis commands per second');
+
+for my $p ([ 'low', $low, $lowm, $lowt ], [ 'high', $high, $highm, $hight ]) {
+    my ($name, $n, $m, $secs) = @$p;
+    my $ticks = $secs * 1000 / $RSYNC + 2;
+
+    cmp_ok($n, '<=', 2 * $ticks * 10,
+           "rate: $name: at most 10 commands per tick and node");
+    # two MGETs a tick per node, not per worker
+    cmp_ok($m, '<=', 2 * $ticks * 2, "rate: $name: 2 MGETs per tick and node");
+    cmp_ok($m, '>=', 2 * ($ticks - 4) * 2 * 0.75,
+           "rate: $name: the nodes kept syncing");
+}
 
 done_testing;
