@@ -318,6 +318,9 @@ is(count_lines($log, $UNAVAIL), 1, 'absent: still one unavailable line');
 
 is_deeply([ $t->worker_pids ], \@pids, 'absent: workers not respawned');
 
+$s = redis_status($t);
+is($s->{link_downs}, 0, 'absent: never up before, so no link down');
+
 my $fd0 = fds($t);
 ok(!grep({ $_ < 0 } values %$fd0), 'worker fds readable')
     or diag(explain($fd0));
@@ -326,7 +329,16 @@ note('fds with the link up: ' . join ', ',
 
 # after a fault: the link is up again, same workers, same descriptors
 sub after_fault {
-    my ($name, $off) = @_;
+    my ($name, $off, $before) = @_;
+
+    # one outage is one link down, however many reconnects failed
+    my $s = redis_status($t) || {};
+    is($s->{link_downs}, $before->{link_downs} + 1,
+       "$name: link_downs counted once");
+    cmp_ok($s->{syncs} // 0, '>', $before->{syncs}, "$name: syncing again");
+    ok(defined $s->{view_age_ms} && $s->{view_age_ms} <= 300,
+       "$name: a fresh view of Redis")
+        or diag(explain($s));
 
     my $log = $t->read_from('logs/error.log', $off);
     is(count_lines($log, $UNAVAIL), 1, "$name: one unavailable line")
@@ -356,6 +368,7 @@ sub after_fault {
 
 {
     my $off = $t->log_offset('logs/error.log');
+    my $before = redis_status($t);
     my $rpid = redis_pid($rp);
     ok($rpid, 'killed: redis pid');
 
@@ -386,7 +399,14 @@ sub after_fault {
     ok(defined $down, 'killed: status down, local');
     note(sprintf 'killed: down seen %.3f s after SIGKILL', $down // -1);
 
-    my $line = $t->wait_for_log('logs/error.log', $UNAVAIL, 3);
+    my $reason;
+    for (1 .. 150) {
+        ($reason) = $t->read_from('logs/error.log', $off) =~ $UNAVAIL;
+        last if defined $reason;
+        sleep 0.02;
+    }
+    ok(defined $reason, 'killed: unavailable logged');
+    note('killed: reason ' . ($reason // 'none'));
 
     # several reconnects
     sleep 0.05 while time - $killed < 2.5;
@@ -415,7 +435,7 @@ sub after_fault {
     ok($n{cluster}, 'killed: some requests under load counted by cluster');
     note('killed: sources ' . join ', ', map { "$_=$n{$_}" } sort keys %n);
 
-    after_fault('killed', $off);
+    after_fault('killed', $off, $before);
 }
 
 
@@ -424,6 +444,7 @@ sub after_fault {
 
 {
     my $off = $t->log_offset('logs/error.log');
+    my $before = redis_status($t);
     my $rpid = redis_pid($rp);
 
     my ($bad) = chats($t, 'r', 3);
@@ -456,7 +477,7 @@ sub after_fault {
     ok(@$keys, 'restarted: counter keys created again')
         or diag(explain($keys));
 
-    after_fault('restarted', $off);
+    after_fault('restarted', $off, $before);
 }
 
 
@@ -465,6 +486,7 @@ sub after_fault {
 
 {
     my $off = $t->log_offset('logs/error.log');
+    my $before = redis_status($t);
 
     my $paused = time;
     is(redis_command($rp, 'CLIENT', 'PAUSE', '2000'), 'OK',
@@ -506,7 +528,10 @@ sub after_fault {
     note(sprintf 'slow: up %.3f s after the pause ended',
          time - $paused - 2);
 
-    after_fault('slow', $off);
+    cmp_ok(redis_status($t)->{sync_errors}, '>', $before->{sync_errors},
+           'slow: the stalled batch counted as a sync error');
+
+    after_fault('slow', $off, $before);
 }
 
 
@@ -574,18 +599,33 @@ sub after_fault {
 
     my $s = redis_status($t2);
     ok($s && is_down($s), 'password: status down, local');
-    cmp_ok($s && $s->{link_downs} // 0, '>=', 1, 'password: link_downs');
+    is($s && $s->{link_downs}, 0, 'password: never up, so no link down');
+    is($s && $s->{syncs}, 0, 'password: no batch answered');
 
     sleep 0.1 while time - $start < 2.5;
     is(count_lines($t2->read_file('logs/error.log'), $unavail), 1,
        'password: one unavailable line in 2.5 s');
 
+    # no password at all: the PING is refused
     my $off = $t2->log_offset('logs/error.log');
+    $t2->write_file_expand('nginx.conf', conf());
+    ok($t2->reload(timeout => 5), 'password: reloaded without one');
+
+    my $noauth = qr/\[warn\].*llm redis \Q$addr2\E is unavailable \(PING refused: NOAUTH/;
+    ok($t2->wait_for_log('logs/error.log', $noauth, 3),
+       'password: NOAUTH without one');
+    ($bad, $src) = chats($t2, 'p1', 3);
+    is_deeply($bad, [], 'password: requests 200 without one');
+    is_deeply($src, [ ('local') x 3 ], 'password: local without one');
+
+    $off = $t2->log_offset('logs/error.log');
     $t2->write_file_expand('nginx.conf', conf('RIGHTsecret'));
     ok($t2->reload(timeout => 5), 'password: reloaded with the right one');
 
     my $up = wait_status($t2, \&is_up, 6);
-    ok(defined $up, 'password: up and cluster with the right password');
+    ok(defined $up, 'password: up and cluster with the right password')
+        or diag(explain(redis_status($t2)),
+                $t2->read_from('logs/error.log', $off));
 
     ($bad, $src) = chats($t2, 'p2', 5);
     is_deeply($bad, [], 'password: requests 200 after');
@@ -593,6 +633,28 @@ sub after_fault {
 
     my $log = $t2->read_from('logs/error.log', $off);
     is(count_lines($log, $unavail), 0, 'password: no unavailable line after');
+
+    # reloads from a down link (the old worker 0 still reconnecting for
+    # the ~100 ms nginx keeps it running) to an up one: the new worker's
+    # link is what the status page shows
+    for my $round (1 .. 3) {
+        $off = $t2->log_offset('logs/error.log');
+        $t2->write_file_expand('nginx.conf', conf());
+        $t2->reload(timeout => 5);
+        for (1 .. 150) {
+            last if $t2->read_from('logs/error.log', $off) =~ $noauth;
+            sleep 0.02;
+        }
+
+        $off = $t2->log_offset('logs/error.log');
+        $t2->write_file_expand('nginx.conf', conf('RIGHTsecret'));
+        ok($t2->reload(timeout => 5), "down to up reload $round");
+
+        my $up = wait_status($t2, \&is_up, 4);
+        ok(defined $up, "down to up reload $round: state up, cluster")
+            or diag(explain(redis_status($t2)),
+                    $t2->read_from('logs/error.log', $off));
+    }
 }
 
 done_testing;
