@@ -9,15 +9,17 @@
 # that the status page says down/local during the outage and up/cluster
 # after it, that exactly one "is unavailable" warn line is logged per
 # outage however many reconnects fail, and one "is back" line after it,
-# that the workers are not respawned and leak no descriptor:
+# that link_downs grows by one per outage and syncs resume with a fresh
+# view, that the workers are not respawned and leak no descriptor:
 #     1. Redis absent at start, then started on that port;
 #     2. Redis killed (SIGKILL) under continuous load, then restarted;
 #     3. Redis shut down without saving and restarted empty: the counter
 #        keys are created again;
 #     4. Redis stalled (CLIENT PAUSE) longer than timeout=: "timed out",
 #        requests never wait for Redis;
-#     5. a wrong password: refused, logged without the password; the
-#        right one brings the link up;
+#     5. a wrong password: refused, logged without the password; no
+#        password: NOAUTH; the right one brings the link up, also when
+#        reloaded to while the old workers are still reconnecting;
 #     6. a reload and a stop while linked: the old worker exits promptly,
 #        no socket left open.
 
