@@ -630,7 +630,12 @@ ngx_http_llm_redis_down(u_char *reason, size_t len)
 
     link->up = 0;
 
-    if (link->exiting) {
+    /*
+     * A worker quitting after a reload leaves the shared state to the
+     * new worker 0, which may already be linked.
+     */
+
+    if (link->exiting || ngx_exiting || ngx_quit || ngx_terminate) {
         return;
     }
 
@@ -653,7 +658,10 @@ ngx_http_llm_redis_down(u_char *reason, size_t len)
 }
 
 
-/* capped exponential backoff, with jitter so nodes do not come in step */
+/*
+ * Capped exponential backoff, 100ms to 2s, each wait drawn between half
+ * and all of it so that nodes do not come back in step.
+ */
 
 static void
 ngx_http_llm_redis_retry(void)
@@ -667,7 +675,8 @@ ngx_http_llm_redis_retry(void)
         return;
     }
 
-    delay = link->backoff / 2 + (ngx_msec_t) ngx_random() % link->backoff;
+    delay = link->backoff / 2
+            + (ngx_msec_t) ngx_random() % (link->backoff / 2 + 1);
 
     link->backoff = ngx_min(link->backoff * 2,
                             NGX_HTTP_LLM_REDIS_BACKOFF_MAX);

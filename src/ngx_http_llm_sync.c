@@ -176,7 +176,10 @@ ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
     sy->timeout.data = &sy->dummy;
     sy->timeout.cancelable = 1;
 
-    ngx_http_llm_sync_link(NGX_HTTP_LLM_LINK_DOWN);
+    /*
+     * The zones' link state stays as it is: after a reload the old
+     * worker 0 may still be syncing until this one's link is up.
+     */
 
     ngx_add_timer(&sy->tick, conf->sync);
 
@@ -942,6 +945,7 @@ ngx_http_llm_sync_done(ngx_http_llm_batch_t *batch)
         }
 
         zone->sh->cluster_msec = now;
+        zone->sh->link = NGX_HTTP_LLM_LINK_UP;
         (void) ngx_atomic_fetch_add(&zone->sh->syncs, 1);
     }
 

@@ -1,0 +1,352 @@
+#!/usr/bin/perl
+
+# llm_redis on one node against a real Redis (SPEC 3.4, issue 6): what the
+# syncer writes (key names, values equal to the node's counts, TTLs of
+# window + 2 s, prefix=, db=, a unix socket), and that decisions use what
+# other nodes wrote: retries another node spent in the current second
+# exhaust this node's budget (budget_exhausted, $llm_budget_source
+# cluster, the status page's "left"), a cooldown another node wrote makes
+# this node skip the target within a sync, and this node's own cooldown
+# reaches Redis with its end time.  The status page shows the link as
+# JSON and Prometheus text (promtool when installed); without llm_redis
+# it says null and has no redis family.  Multi-node runs and faults are
+# in t/redis_cluster.t and t/redis_faults.t.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use Test::More;
+use Test::LLM;
+use Time::HiRes qw(time sleep);
+use JSON::PP ();
+use IO::Select;
+
+my $JSON = JSON::PP->new;
+
+my $t = Test::LLM->new;
+
+my $redis = $t->run_redis(args => ['--unixsocket', $t->testdir . '/r.sock',
+                                   '--unixsocketperm', '777']);
+my $sock = $t->testdir . '/r.sock';
+
+my $conf = <<'EOF';
+worker_processes 2;
+
+events {}
+
+http {
+    log_format src '$arg_id|$llm_budget_source|$llm_retry_decision|'
+                   '$llm_attempts|$status';
+    access_log %%TESTDIR%%/logs/src.log src;
+
+    llm_zone llm:1m;
+    llm_redis %%REDIS%% sync=100ms timeout=500ms%%EXTRA%%;
+
+    server {
+        listen 127.0.0.1:%%PORT_8080%%;
+
+        llm_backoff base=0 max=1s;
+        llm_cooldown off;
+
+        # every request wants one retry; the budget allows 10 a window
+        location = /fail/v1/chat/completions {
+            llm_route fail;
+            llm_target /_llm/fail tries=2;
+            llm_retry_budget ratio=0 min=1/s window=10s;
+        }
+
+        location = /ok/v1/chat/completions {
+            llm_route ok;
+            llm_target /_llm/ok;
+            llm_retry_budget ratio=0.5 min=0/s window=5s;
+        }
+
+        location = /cool/v1/chat/completions {
+            llm_route cool;
+            llm_target /_llm/cool model=m1;
+            llm_fallback /_llm/ok;
+            llm_retry_budget ratio=1 min=10/s;
+        }
+
+        location = /_llm/fail {
+            internal;
+            return 500 '{"error":{"type":"server_error"}}';
+        }
+
+        location = /_llm/ok {
+            internal;
+            return 200 '{"id":"x","object":"chat.completion","model":"m","choices":[]}';
+        }
+
+        location = /_llm/cool {
+            internal;
+            proxy_pass http://127.0.0.1:%%PORT_8081%%/;
+        }
+
+        location = /status {
+            llm_status;
+        }
+    }
+
+    # the provider behind /_llm/cool: add_header does not act on the
+    # attempt's subrequest, so it answers from a server of its own
+    server {
+        listen 127.0.0.1:%%PORT_8081%%;
+
+        location / {
+            add_header Retry-After 30 always;
+            return 429 '{"error":{"type":"requests","code":"rate_limit_exceeded"}}';
+        }
+    }
+}
+EOF
+
+sub config {
+    my (%o) = @_;
+    my $c = $conf;
+    $c =~ s/%%REDIS%%/$o{redis} || ''/e;
+    $c =~ s/%%EXTRA%%/$o{extra} || ''/e;
+    $c =~ s/\n\s*llm_redis [^;]*;// if $o{none};
+    $t->write_file_expand('nginx.conf', $c);
+}
+
+my $port;
+my $BODY = '{"model":"m","messages":[{"role":"user","content":"hi"}]}';
+
+sub post {
+    my ($route, $id) = @_;
+    return parse_response(http_post("/$route/v1/chat/completions?id=$id",
+                                    $BODY, port => $port));
+}
+
+sub status {
+    my $r = parse_response(http_get('/status', port => $port));
+    return eval { $JSON->decode($r->{body}) } || {};
+}
+
+sub wait_until {
+    my ($cond, $timeout) = @_;
+    my $deadline = time + ($timeout || 5);
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return 0;
+}
+
+sub cluster_up {
+    return wait_until(sub {
+        my $r = status()->{redis} || {};
+        return ($r->{state} // '') eq 'up'
+               && ($r->{budget_source} // '') eq 'cluster';
+    }, 5);
+}
+
+# the access log lines of a request: written just after its answer
+sub log_lines {
+    my ($id) = @_;
+    my @l;
+    wait_until(sub {
+        @l = grep { /^\Q$id\E\|/ } split /\n/, $t->read_file('logs/src.log');
+    }, 1);
+    return @l;
+}
+
+sub redis { return redis_command($redis, @_) }
+
+###############################################################################
+# keys and values
+
+config(redis => "127.0.0.1:$redis");
+$t->run;
+$port = $t->port(8080);
+
+ok(cluster_up(), 'the link comes up: state up, budget source cluster');
+
+my $s = status();
+is($s->{redis}{address}, "127.0.0.1:$redis", 'status: address as written');
+ok($s->{redis}{syncs} > 0, 'status: syncs counted');
+is($s->{redis}{sync_errors}, 0, 'status: no sync error');
+is($s->{redis}{link_downs}, 0, 'status: the link never went down');
+ok(defined $s->{redis}{view_age_ms} && $s->{redis}{view_age_ms} < 1000,
+   'status: the view is fresh');
+
+my $start = int(time);
+post('ok', "ok$_") for 1 .. 6;
+sleep 0.35;
+my $end = int(time);
+
+my $requests = 0;
+for my $sec ($start .. $end) {
+    my $v = redis('GET', "{llm:ok}:r:$sec");
+    next unless defined $v;
+    $requests += $v;
+    my $ttl = redis('PTTL', "{llm:ok}:r:$sec");
+    ok($ttl > 5000 && $ttl <= 7000, "r:$sec expires in window + 2 s ($ttl ms)");
+}
+is($requests, 6, 'the route\'s requests reached Redis, each once');
+is(scalar(grep { defined redis('GET', "{llm:ok}:x:$_") } $start .. $end), 0,
+   'no retry key for a route without retries');
+
+my @keys = @{ redis('KEYS', '*') };
+ok(!(grep { !/^\{llm:(ok|fail|cool|cd)\}:/ } @keys),
+   'every key carries the {prefix:route} or {prefix:cd} hash tag')
+    or diag "@keys";
+
+is((log_lines('ok1'))[0], 'ok1|cluster|-|1|200',
+   '$llm_budget_source: cluster');
+
+###############################################################################
+# retries that other nodes spent count here
+
+{
+    # two requests spend two of the ten retries, this node's own
+    post('fail', "f$_") for 1 .. 2;
+    sleep 0.3;
+
+    my $now = int(time);
+    my $x = 0;
+    $x += redis('GET', "{llm:fail}:x:$_") // 0 for $now - 2 .. $now;
+    is($x, 2, 'this node\'s retries reached Redis');
+
+    # another node spends the rest of the window's budget
+    redis('INCRBY', "{llm:fail}:x:$now", 8);
+    redis('PEXPIRE', "{llm:fail}:x:$now", 12000);
+    sleep 0.3;
+
+    is(status()->{routes}{fail}{budget}{left}, 0,
+       'status: the budget left counts the other node\'s retries');
+
+    my $r = post('fail', 'f3');
+    is($r->{status}, 500, 'budget spent by another node: the answer');
+    is($r->{headers}{'x-should-retry'}, 'false',
+       'budget spent by another node: x-should-retry false');
+    is((log_lines('f3'))[0], 'f3|cluster|budget_exhausted|1|500',
+       'budget spent by another node: budget_exhausted, cluster');
+}
+
+###############################################################################
+# cooldowns: another node's, and this node's own
+
+{
+    my $until = int(time * 1000) + 20000;
+    redis('SET', '{llm:cd}:/_llm/cool m1', $until, 'PX', 20000);
+
+    ok(wait_until(sub { status()->{targets}{'/_llm/cool m1'}{cooling} }, 2),
+       'a cooldown another node wrote is honoured');
+
+    my $left = status()->{targets}{'/_llm/cool m1'}{cooldown_remaining_ms};
+    ok($left > 15000 && $left <= 20000, "it ends when Redis says ($left ms)");
+
+    my $r = post('cool', 'c1');
+    is($r->{status}, 200, 'the cooling target is skipped: the fallback');
+    is((log_lines('c1'))[0], 'c1|cluster|-|1|200',
+       'one attempt: the fallback');
+
+    ok($t->wait_for_log('logs/error.log',
+                        qr/llm target "\/_llm\/cool m1" cooling down for \d+ ms, as another node found/, 2),
+       'logged at notice');
+}
+
+$t->stop;
+
+# this node's own cooldown goes to Redis (a new zone: no cooldown yet)
+redis('FLUSHALL');
+config(redis => "127.0.0.1:$redis");
+$t->run;
+ok(cluster_up(), 'restart: the link comes up');
+
+{
+    my $r = post('cool', 'c2');
+    is($r->{status}, 200, 'Retry-After 30 above max: the fallback answers');
+
+    my $v;
+    wait_until(sub { $v = redis('GET', '{llm:cd}:/_llm/cool m1') }, 2);
+    my $now = int(time * 1000);
+    ok(defined $v && $v > $now + 28000 && $v <= $now + 30000,
+       'the cooldown\'s end is in Redis') or diag $v // 'none';
+    my $ttl = redis('PTTL', '{llm:cd}:/_llm/cool m1');
+    ok($ttl > 28000 && $ttl <= 30000, "it expires with it ($ttl ms)");
+}
+
+###############################################################################
+# Prometheus
+
+{
+    my $r = parse_response(http_get('/status?format=prometheus',
+                                    port => $port));
+    my $text = $r->{body};
+
+    like($text, qr/^nginx_llm_redis_up 1$/m, 'prometheus: redis up');
+    like($text, qr/^nginx_llm_redis_cluster_view 1$/m,
+         'prometheus: cluster view');
+    like($text, qr/^nginx_llm_redis_syncs_total [1-9]\d*$/m,
+         'prometheus: syncs');
+    like($text, qr/^nginx_llm_redis_sync_errors_total 0$/m,
+         'prometheus: no sync error');
+    like($text, qr/^nginx_llm_redis_link_downs_total 0$/m,
+         'prometheus: no link down');
+
+    my ($promtool) = grep { -x } map { "$_/promtool" }
+                     split(/:/, $ENV{PATH} || ''), '/usr/bin';
+    SKIP: {
+        skip 'promtool not found: apt-get install prometheus', 1
+            unless $promtool;
+        $t->write_file('redis.prom', $text);
+        my $file = $t->testdir . '/redis.prom';
+        my $out = `$promtool check metrics < '$file' 2>&1`;
+        is($out, '', 'prometheus: promtool check metrics has nothing to say');
+    }
+}
+
+$t->stop;
+
+###############################################################################
+# prefix=, db=, a unix socket
+
+redis('FLUSHALL');
+config(redis => "unix:$sock", extra => ' prefix=fleet-a db=3');
+$t->run;
+
+ok(cluster_up(), 'unix socket: the link comes up');
+post('ok', 'u1');
+sleep 0.3;
+
+{
+    is_deeply(redis('KEYS', '*'), [], 'db=3: nothing in db 0');
+
+    # the harness opens a connection per command: SELECT and KEYS inline
+    my $c = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$redis",
+                                  Timeout => 2);
+    print $c "SELECT 3\r\nKEYS *\r\n";
+    my $sel = IO::Select->new($c);
+    my $reply = '';
+    my $deadline = time + 2;
+    while (time < $deadline && $reply !~ /\{fleet-a:ok\}:r:\d+\r\n$/) {
+        last unless $sel->can_read($deadline - time);
+        my $n = sysread($c, my $buf, 4096);
+        last unless $n;
+        $reply .= $buf;
+    }
+    like($reply, qr/\{fleet-a:ok\}:r:\d+/, 'prefix= and db= name the keys');
+    is((log_lines('u1'))[0], 'u1|cluster|-|1|200',
+       'unix socket: $llm_budget_source cluster');
+}
+
+$t->stop;
+
+###############################################################################
+# no llm_redis
+
+config(none => 1);
+$t->run;
+post('ok', 'n1');
+
+is(status()->{redis}, undef, 'without llm_redis: "redis" is null');
+unlike(parse_response(http_get('/status?format=prometheus',
+                               port => $port))->{body},
+       qr/nginx_llm_redis/, 'without llm_redis: no redis family');
+is((log_lines('n1'))[0], 'n1|local|-|1|200', '$llm_budget_source: local');
+
+done_testing;
