@@ -1,7 +1,8 @@
 #!/bin/bash
-# make demo: start nginx with the module and local mock providers (no
-# network, no keys), send a few chat requests, show the answers and the
-# access log, stop everything.
+# make demo: start nginx with the module, local mock providers and a local
+# Redis (no network, no keys), send a few chat requests, show the answers,
+# the access log, the status page and the keys the node shares in Redis,
+# stop everything.
 
 set -eu
 
@@ -10,9 +11,11 @@ module=${TEST_LLM_MODULE:-$top/build/ngx_http_llm_module.so}
 nginx=${TEST_LLM_NGINX:-/usr/sbin/nginx}
 port=${DEMO_PORT:-18080}
 mock_port=$((port + 1))
+redis_port=$((port + 2))
 prefix=$(mktemp -d /tmp/llm-demo.XXXXXX)
 
 stop() {
+    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
     if [ -f "$prefix/nginx.pid" ]; then
         "$nginx" -p "$prefix" -c nginx.conf -s quit 2>/dev/null || true
         for _ in $(seq 50); do
@@ -25,6 +28,10 @@ stop() {
 trap stop EXIT
 
 mkdir -p "$prefix/logs"
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
+    --appendonly no --daemonize yes --dir "$prefix" \
+    --logfile "$prefix/logs/redis.log"
 
 cat > "$prefix/nginx.conf" <<EOF
 load_module $module;
@@ -56,6 +63,7 @@ http {
     access_log $prefix/logs/access.log llm;
 
     llm_zone llm:1m;
+    llm_redis 127.0.0.1:$redis_port sync=100ms;
 
     upstream mock_openai {
         server 127.0.0.1:$mock_port;
@@ -72,12 +80,14 @@ http {
         }
 
         # an overloaded provider: one retry after a backoff, then a
-        # fallback with the model rewritten
+        # fallback with the model rewritten, within a retry budget that
+        # every node sharing the Redis spends together
         location = /v1/messages {
-            llm_route    messages;
-            llm_target   /_llm/overloaded tries=2;
-            llm_fallback /_llm/openai model=gpt-4o-mini;
-            llm_backoff  base=50ms max=500ms;
+            llm_route        messages;
+            llm_target       /_llm/overloaded tries=2;
+            llm_fallback     /_llm/openai model=gpt-4o-mini;
+            llm_backoff      base=50ms max=500ms;
+            llm_retry_budget ratio=0.2 min=10/s window=10s;
         }
 
         location = /llm/status {
@@ -145,6 +155,13 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
+# worker 0 links to Redis within a sync or two
+for _ in $(seq 30); do
+    curl -sS "http://127.0.0.1:$port/llm/status" | grep -q '"state":"up"' \
+        && break
+    sleep 0.1
+done
+
 show() {
     echo
     echo "\$ curl $*"
@@ -154,7 +171,7 @@ show() {
 url=http://127.0.0.1:$port
 
 echo "== nginx with ngx_http_llm_module on 127.0.0.1:$port," \
-     "mock provider on 127.0.0.1:$mock_port"
+     "mock provider on 127.0.0.1:$mock_port, Redis on 127.0.0.1:$redis_port"
 
 show "$url/v1/chat/completions" -H 'Content-Type: application/json' \
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
@@ -179,6 +196,12 @@ echo
 echo "== status page (JSON; Prometheus text with ?format=prometheus)"
 curl -sS "$url/llm/status" | perl -MJSON::PP -0777 -ne \
     'print JSON::PP->new->pretty->canonical->encode(decode_json($_))'
+
+echo
+echo "== what this node shares in Redis (127.0.0.1:$redis_port)"
+for key in $(redis-cli -p "$redis_port" --scan | sort); do
+    echo "$key = $(redis-cli -p "$redis_port" get "$key")"
+done
 
 echo
 echo "== error log (warnings and above)"

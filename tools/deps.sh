@@ -9,7 +9,7 @@ pkgs_build="$pkgs_build libcurl4-openssl-dev"
 pkgs_test="perl redis-server curl"
 # promtool (t/status.t checks the Prometheus text with it)
 pkgs_test="$pkgs_test prometheus"
-pkgs_demo="curl"
+pkgs_demo="curl redis-server"
 pkgs_bench="wrk valgrind curl util-linux"
 pkgs_asan="clang libclang-rt-14-dev"
 pkgs_fuzz="clang libclang-rt-14-dev libfuzzer-14-dev"
