@@ -19,6 +19,8 @@
 #   NOISE_LIMIT=3     % of cpu 0 busy with other work that marks a run noisy
 #   NGINX=/usr/sbin/nginx  MODULE=build/ngx_http_llm_module.so
 #   BUDGET=1          B with llm_zone, llm_retry_budget and llm_cooldown
+#   REDIS=1           BUDGET=1 plus llm_redis to a local redis-server (on the
+#                     load cpu); prints Redis commands/s next to B's req/s
 #
 # Exits 0 whatever the numbers are (it is a measuring tool, not a test);
 # non-zero only if the setup failed (nginx did not start, B does not answer
@@ -145,6 +147,15 @@ wait_port() {
 MOCK_PORT=${MOCK_PORT:-$(free_port)}
 PROXY_PORT=${PROXY_PORT:-$(free_port)}
 while [ "$PROXY_PORT" = "$MOCK_PORT" ]; do PROXY_PORT=$(free_port); done
+if [ "${REDIS:-0}" = 1 ]; then
+    BUDGET=1
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+        || die "redis-server not found (make bench installs it)"
+    REDIS_PORT=$(free_port)
+    while [ "$REDIS_PORT" = "$MOCK_PORT" ] || [ "$REDIS_PORT" = "$PROXY_PORT" ]; do
+        REDIS_PORT=$(free_port)
+    done
+fi
 
 user_directive=""
 [ "$(id -u)" = 0 ] && user_directive="user root;"
@@ -269,7 +280,16 @@ budget_conf() {
 
 budget_zone() {
     [ "${BUDGET:-0}" = 1 ] && echo "    llm_zone llm:1m;"
+    # (not in the callgrind runs: master_process off has no Redis link)
+    [ "${REDIS:-0}" = 1 ] && echo "    llm_redis 127.0.0.1:$REDIS_PORT sync=250ms;"
     return 0
+}
+
+redis_calls() {
+    # commands Redis has run so far, but the INFO commands asking
+    redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' \
+        | awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" { n += $3 }
+                         END { print n + 0 }'
 }
 
 proxy_conf "$TMP/proxy" "" > "$TMP/proxy/nginx.conf"
@@ -311,6 +331,16 @@ human_size() {
 
 log "temp dir $TMP, mock 127.0.0.1:$MOCK_PORT (cpu $LOAD_CPU)," \
     "proxy 127.0.0.1:$PROXY_PORT (cpu $PROXY_CPU)"
+
+if [ "${REDIS:-0}" = 1 ]; then
+    mkdir -p "$TMP/redis"
+    taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save '' --appendonly no --dir "$TMP/redis" \
+        --logfile "$TMP/redis/redis.log" &
+    PIDS+=("$!")
+    wait_port "$REDIS_PORT" "$!" || die "redis-server did not start"
+    log "redis 127.0.0.1:$REDIS_PORT (cpu $LOAD_CPU), llm_redis sync=250ms"
+fi
 
 # the mock is shared by the wrk runs and the callgrind runs
 start_nginx mock "$LOAD_CPU"
@@ -433,6 +463,7 @@ core_ticks() {
 }
 
 declare -A RPS P99 CPU CORE UTIL ERR   # [cand,size,round]
+REDIS_LOG=""        # REDIS=1: "cand size req/s redis-commands/s" per run
 ERRORS=0
 NOISY_RUNS=0
 NOISE_LIMIT=${NOISE_LIMIT:-3}   # % of CPU 0 used by others that marks a run
@@ -440,8 +471,9 @@ NOISE_LIMIT=${NOISE_LIMIT:-3}   # % of CPU 0 used by others that marks a run
 
 wrk_run() {
     # wrk_run CAND SIZE SECONDS: one run; sets R_* results
-    local cand=$1 size=$2 secs=$3 t0 t1 c0 c1 out line
+    local cand=$1 size=$2 secs=$3 t0 t1 c0 c1 r0 r1 out line
     local url="http://127.0.0.1:$PROXY_PORT/$cand/v1/chat/completions"
+    [ "${REDIS:-0}" = 1 ] && r0=$(redis_calls)
     t0=$(cpu_ticks "$WORKER_PID")
     c0=$(core_ticks "$PROXY_CPU")
     out=$(BENCH_BODY="$TMP/body-$size.json" timeout $((secs + 60)) \
@@ -450,6 +482,7 @@ wrk_run() {
         || { echo "$out" >&2; die "wrk failed"; }
     t1=$(cpu_ticks "$WORKER_PID")
     c1=$(core_ticks "$PROXY_CPU")
+    [ "${REDIS:-0}" = 1 ] && r1=$(redis_calls)
     echo "$out" >> "$TMP/wrk.log"
     line=$(grep '^BENCH ' <<< "$out") || { echo "$out" >&2; die "no summary from wrk"; }
     # shellcheck disable=SC2034   # all of the BENCH line, some unused
@@ -463,6 +496,13 @@ wrk_run() {
                 'BEGIN { printf "%.2f", t / hz * 1e6 / r }')
     R_CORE=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v r="$requests" \
                  'BEGIN { printf "%.2f", t / hz * 1e6 / r }')
+    R_REDIS=""
+    if [ "${REDIS:-0}" = 1 ]; then
+        R_REDIS=$(awk -v n=$((r1 - r0)) -v d="$duration_us" \
+                      'BEGIN { printf "%.1f", n / (d / 1e6) }')
+        REDIS_LOG="$REDIS_LOG$cand $size $R_RPS $R_REDIS
+"
+    fi
     R_UTIL=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v d="$duration_us" \
                  'BEGIN { printf "%.0f", t / hz * 100 / (d / 1e6) }')
     # CPU 0 busy with something other than the worker: other processes on
@@ -499,6 +539,7 @@ notes() {
     local n=""
     [ "$R_ERR" = 0 ] || n="!!! ERRORS: $R_ERRTEXT"
     [ "$R_OTHER" -le "$NOISE_LIMIT" ] || n="${n:+$n; }noisy (cpu $PROXY_CPU busy elsewhere)"
+    [ -z "$R_REDIS" ] || n="${n:+$n; }redis ${R_REDIS} cmd/s"
     echo "${n:--}"
 }
 
@@ -681,6 +722,19 @@ if [ "$CG_DONE" = 1 ]; then
         printf '%-5s %-4s %14s %14s %12s   (reference: a plain subrequest ~1.14)\n' \
             "$(human_size "$size")" "B/A" "" "" "$(ratio "$IPR_b" "$IPR_a")"
     done
+fi
+
+# REDIS=1: Redis' load follows the nodes and sync=, not the request rate
+# (warmup runs included: they ran at other rates)
+if [ "${REDIS:-0}" = 1 ]; then
+    echo
+    echo "== Redis commands/s during the B runs (one node, llm_redis sync=250ms) =="
+    printf '%s' "$REDIS_LOG" | awk '$1 == "b" {
+            n++; if (!n1 || $3 < rlo) rlo = $3; if ($3 > rhi) rhi = $3;
+            if (!n1 || $4 < clo) clo = $4; if ($4 > chi) chi = $4; n1 = 1 }
+        END { if (n) printf "%d runs: %d..%d req/s, %.1f..%.1f Redis commands/s\n",
+                            n, rlo, rhi, clo, chi }'
+    echo "(at most 9 per route and 1 per tick of 250ms: 40/s for one route)"
 fi
 
 # anything the proxy logged at warn or above (e.g. a body buffered to a

@@ -10,7 +10,7 @@ pkgs_test="perl redis-server curl"
 # promtool (t/status.t checks the Prometheus text with it)
 pkgs_test="$pkgs_test prometheus"
 pkgs_demo="curl redis-server"
-pkgs_bench="wrk valgrind curl util-linux"
+pkgs_bench="wrk valgrind curl util-linux redis-server"
 pkgs_asan="clang libclang-rt-14-dev"
 pkgs_fuzz="clang libclang-rt-14-dev libfuzzer-14-dev"
 
