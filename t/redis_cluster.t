@@ -9,8 +9,12 @@
 #     keys in Redis hold what the nodes counted, $llm_budget_source is
 #     "cluster"; the same nodes without llm_redis spend 10 each (30);
 #   - cooldown: a 429 with a Retry-After above llm_backoff max on node A
-#     cools the target on node B within about one sync; B skips it and
-#     never sends it a request; the key {llm:cd}:TARGET carries a PTTL;
+#     (from the scripted mock provider: a Retry-After added with
+#     add_header to an nginx "return 429" is not seen by the module,
+#     whose filter runs before the headers filter) cools the target on
+#     node B within about one sync; B skips it, answers from the
+#     fallback and never sends the target a request; the key
+#     {llm:cd}:TARGET holds the end in wall-clock ms, with a PTTL;
 #   - Redis traffic: commands per second (INFO commandstats) of two
 #     nodes of two workers each, under two load phases ~10x apart, stay
 #     about the same and within a per-node, per-tick bound.
@@ -273,6 +277,7 @@ is(scalar(grep { $_->[3] eq 'budget_exhausted' } values %$e), $N - $retries,
    'cluster: every other request refused on the budget');
 
 is(scalar(grep { $_->{redis}{state} eq 'up'
+                 && defined $_->{redis}{view_age_ms}
                  && $_->{redis}{view_age_ms} <= 3 * $SYNC
                  && $_->{redis}{syncs} > 0
                  && $_->{redis}{sync_errors} == 0
