@@ -9,9 +9,9 @@
 #     keys in Redis hold what the nodes counted, $llm_budget_source is
 #     "cluster"; the same nodes without llm_redis spend 10 each (30);
 #   - cooldown: a 429 with a Retry-After above llm_backoff max on node A
-#     (from the scripted mock provider: a Retry-After added with
-#     add_header to an nginx "return 429" is not seen by the module,
-#     whose filter runs before the headers filter) cools the target on
+#     (from the scripted mock provider: nginx's add_header acts on main
+#     requests only, so a Retry-After it adds to a "return 429" in the
+#     target location never reaches the attempt) cools the target on
 #     node B within about one sync; B skips it, answers from the
 #     fallback and never sends the target a request; the key
 #     {llm:cd}:TARGET holds the end in wall-clock ms, with a PTTL;
