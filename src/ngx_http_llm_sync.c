@@ -171,10 +171,15 @@ ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
     sy->tick.data = &sy->dummy;
     sy->tick.cancelable = 1;
 
+    /*
+     * Not cancelable: a worker quitting after a reload waits (timeout= at
+     * most) for the batch in flight, whose counts are already marked as
+     * sent; the next worker 0 sends what is counted after it.
+     */
+
     sy->timeout.handler = ngx_http_llm_sync_timeout;
     sy->timeout.log = cycle->log;
     sy->timeout.data = &sy->dummy;
-    sy->timeout.cancelable = 1;
 
     /*
      * The zones' link state stays as it is: after a reload the old

@@ -21,6 +21,7 @@ use Test::LLM;
 use Time::HiRes qw(time sleep);
 use JSON::PP ();
 use IO::Select;
+use POSIX ();
 
 my $JSON = JSON::PP->new;
 
@@ -60,6 +61,12 @@ http {
             llm_route ok;
             llm_target /_llm/ok;
             llm_retry_budget ratio=0.5 min=0/s window=5s;
+        }
+
+        location = /long/v1/chat/completions {
+            llm_route long;
+            llm_target /_llm/ok;
+            llm_retry_budget ratio=0.5 min=0/s window=60s;
         }
 
         location = /cool/v1/chat/completions {
@@ -298,6 +305,55 @@ ok(cluster_up(), 'restart: the link comes up');
         my $out = `$promtool check metrics < '$file' 2>&1`;
         is($out, '', 'prometheus: promtool check metrics has nothing to say');
     }
+}
+
+###############################################################################
+# reloads under load: every request reaches Redis once, neither lost
+# with the old worker 0 (its batch in flight) nor sent again by the new
+# one
+
+{
+    my $count = $t->testdir . '/count';
+    my $pid = fork() // die "fork: $!";
+
+    if ($pid == 0) {
+        my ($ok, $other) = (0, 0);
+        my $deadline = time + 3;
+        while (time < $deadline) {
+            my $r = post('long', 'L');
+            $r->{status} == 200 ? $ok++ : $other++;
+        }
+        open my $fh, '>', $count or die;
+        print $fh "$ok $other\n";
+        close $fh;
+        POSIX::_exit(0);
+    }
+
+    # Redis pauses first: the old worker 0 quits with a batch in flight,
+    # which it waits for (timeout=500ms) rather than lose its counts
+    my $start = int(time) - 1;
+    my $reloads = 0;
+    for (1 .. 3) {
+        sleep 0.5;
+        redis('CLIENT', 'PAUSE', 400);
+        sleep 0.15;
+        $reloads++ if $t->reload;
+    }
+    waitpid($pid, 0);
+    is($reloads, 3, 'reloads under load: new workers replaced the old');
+
+    my ($ok, $other) = split ' ', $t->read_file('count');
+    ok($ok > 50, "reloads under load: $ok requests answered 200");
+    is($other, 0, 'reloads under load: no other answer');
+
+    ok(cluster_up(), 'reloads under load: the new worker 0 is linked');
+    sleep 0.3;
+
+    my $sum = 0;
+    $sum += redis('GET', "{llm:long}:r:$_") // 0 for $start .. int(time);
+    is($sum, $ok, 'reloads under load: Redis counted each request once');
+    is(status()->{routes}{long}{requests}, $ok,
+       'reloads under load: so did the zone');
 }
 
 $t->stop;
