@@ -418,19 +418,29 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
 }
 
 
-/* retries the budget allows in the window, in thousandths */
+/*
+ * Retries the budget allows in the window, in thousandths.  The ratio
+ * part adds up across nodes whatever they know of each other; the floor
+ * does not: a node that judges on its own counters while Redis is away
+ * takes its share of it, among the nodes Redis last counted.
+ */
 
 static ngx_atomic_uint_t
 ngx_http_llm_budget_allowance(ngx_http_llm_loc_conf_t *llcf,
     ngx_uint_t cluster)
 {
-    ngx_atomic_uint_t  requests;
+    ngx_atomic_uint_t  requests, floor;
 
     requests = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_REQUESTS,
                                      llcf->budget_window, cluster);
 
-    return (ngx_atomic_uint_t) llcf->budget_min * llcf->budget_window * 1000
-           + (ngx_atomic_uint_t) llcf->budget_ratio * requests;
+    floor = (ngx_atomic_uint_t) llcf->budget_min * llcf->budget_window * 1000;
+
+    if (!cluster) {
+        floor /= ngx_http_llm_cluster_nodes(llcf->zone);
+    }
+
+    return floor + (ngx_atomic_uint_t) llcf->budget_ratio * requests;
 }
 
 

@@ -173,6 +173,13 @@ ngx_http_llm_status_redis(ngx_http_llm_status_t *st)
                               ((ngx_shm_zone_t **) st->zones->elts)[0]));
 
     ngx_http_llm_status_literal(st,
+        "\n# HELP nginx_llm_redis_nodes Nodes sharing llm_redis as Redis "
+        "last counted them, 0 before it did.\n"
+        "# TYPE nginx_llm_redis_nodes gauge\n"
+        "nginx_llm_redis_nodes ");
+    ngx_http_llm_status_number(st, sh->nodes);
+
+    ngx_http_llm_status_literal(st,
         "\n# HELP nginx_llm_redis_syncs_total Batches Redis answered in "
         "full.\n"
         "# TYPE nginx_llm_redis_syncs_total counter\n"

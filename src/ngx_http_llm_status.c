@@ -434,6 +434,15 @@ ngx_http_llm_status_json_redis(ngx_http_llm_status_t *st)
         ngx_http_llm_status_literal(st, "null");
     }
 
+    ngx_http_llm_status_literal(st, ",\"nodes\":");
+
+    if (sh->nodes) {
+        ngx_http_llm_status_number(st, sh->nodes);
+
+    } else {
+        ngx_http_llm_status_literal(st, "null");
+    }
+
     ngx_http_llm_status_literal(st, ",\"syncs\":");
     ngx_http_llm_status_number(st, sh->syncs);
     ngx_http_llm_status_literal(st, ",\"sync_errors\":");

@@ -23,6 +23,8 @@
  *   for each target whose cooldown began here since the last tick:
  *       EVAL (SET the key to the later end, PX what is left of it)
  *   MGET {prefix:cd}:TARGET for every target
+ *   once a second, EVAL: this node is alive in the sorted set
+ *       {prefix:nodes}, how many are
  *
  * and writes the sums into the zone: the budget then judges on the
  * cluster's counts plus what this node counted since (ngx_http_llm_zone.c).
@@ -32,14 +34,18 @@
  * at most one tick of counts (at most once, as Kong and LiteLLM do), and
  * two syncers (an old worker 0 still quitting after a reload, and the
  * new one) never send the same count twice.  The keys of a route share
- * one hash tag, as do the cooldown keys, so each MGET works on Redis
- * Cluster.
+ * one hash tag, as do the cooldown keys, so each MGET stays within one
+ * slot of a Redis Cluster.
  */
 
 
 #define NGX_HTTP_LLM_SYNC_WRITE       0
 #define NGX_HTTP_LLM_SYNC_WINDOW      1
 #define NGX_HTTP_LLM_SYNC_COOLDOWNS   2
+#define NGX_HTTP_LLM_SYNC_NODES       3
+
+/* a node that did not say it is alive for this long is not counted, ms */
+#define NGX_HTTP_LLM_SYNC_NODE_TTL    65000
 
 
 typedef struct {
@@ -94,6 +100,9 @@ typedef struct {
     ngx_connection_t             dummy;     /* timers' data: fd -1 */
     ngx_http_llm_batch_t        *batch;
     ngx_uint_t                   link;      /* NGX_HTTP_LLM_LINK_* */
+    ngx_str_t                    nodes_key; /* "{prefix:nodes}" */
+    ngx_str_t                    node_id;   /* "hostname:master pid" */
+    time_t                       alive;     /* when it last said so */
 } ngx_http_llm_syncer_t;
 
 
@@ -107,6 +116,8 @@ static ngx_int_t ngx_http_llm_sync_send(void);
 static ngx_int_t ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_route_t *route);
 static ngx_int_t ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch);
+static ngx_int_t ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch);
+static void ngx_http_llm_sync_nodes(redisReply *reply);
 static ngx_int_t ngx_http_llm_sync_command(ngx_http_llm_batch_t *batch,
     ngx_uint_t what, ngx_http_llm_sync_route_t *route, int argc,
     const char **argv, const size_t *argvlen);
@@ -132,6 +143,18 @@ static const char  ngx_http_llm_cooldown_script[] =
     "if tonumber(ARGV[1]) > u then "
     "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end "
     "return 1";
+
+
+/*
+ * The one that counts the nodes: this node's heartbeat (score: now, ms),
+ * the nodes not heard of for ARGV[3] ms dropped, how many are left.
+ */
+
+static const char  ngx_http_llm_nodes_script[] =
+    "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) "
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[3]) "
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3]) "
+    "return redis.call('ZCARD', KEYS[1])";
 
 
 ngx_int_t
@@ -163,6 +186,24 @@ ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
     if (ngx_http_llm_sync_routes(cycle, lmcf) != NGX_OK) {
         return NGX_ERROR;
     }
+
+    /* a node is its master process: worker 0 changes with reloads */
+
+    sy->nodes_key.len = sizeof("{:nodes}") - 1 + conf->prefix.len;
+    sy->nodes_key.data = ngx_pnalloc(cycle->pool, sy->nodes_key.len);
+
+    sy->node_id.data = ngx_pnalloc(cycle->pool,
+                                   cycle->hostname.len + 1 + NGX_INT_T_LEN);
+
+    if (sy->nodes_key.data == NULL || sy->node_id.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_sprintf(sy->nodes_key.data, "{%V:nodes}", &conf->prefix);
+
+    sy->node_id.len = ngx_sprintf(sy->node_id.data, "%V:%P",
+                                  &cycle->hostname, (ngx_pid_t) getppid())
+                      - sy->node_id.data;
 
     sy->dummy.fd = (ngx_socket_t) -1;
 
@@ -444,7 +485,9 @@ ngx_http_llm_sync_send(void)
         }
     }
 
-    if (ngx_http_llm_sync_cooldowns(batch) != NGX_OK) {
+    if (ngx_http_llm_sync_cooldowns(batch) != NGX_OK
+        || ngx_http_llm_sync_alive(batch) != NGX_OK)
+    {
         goto failed;
     }
 
@@ -700,6 +743,55 @@ ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch)
 }
 
 
+/*
+ * Once a second: this node is alive, and how many nodes are.  A node
+ * that counts alone while Redis is away takes its share of each budget's
+ * floor by the last count (ngx_http_llm_budget.c).
+ */
+
+static ngx_int_t
+ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch)
+{
+    u_char                 *now, *last;
+    const char             *argv[7];
+    size_t                  argvlen[7];
+    ngx_http_llm_syncer_t  *sy;
+
+    sy = &ngx_http_llm_syncer;
+
+    if (sy->alive == batch->now) {
+        return NGX_OK;
+    }
+
+    sy->alive = batch->now;
+
+    now = ngx_pnalloc(batch->pool, 2 * NGX_INT64_LEN);
+    if (now == NULL) {
+        return NGX_ERROR;
+    }
+
+    last = ngx_sprintf(now, "%M", ngx_http_llm_wall_msec());
+
+    argv[0] = "EVAL";
+    argvlen[0] = sizeof("EVAL") - 1;
+    argv[1] = ngx_http_llm_nodes_script;
+    argvlen[1] = sizeof(ngx_http_llm_nodes_script) - 1;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (char *) sy->nodes_key.data;
+    argvlen[3] = sy->nodes_key.len;
+    argv[4] = (char *) now;
+    argvlen[4] = last - now;
+    argv[5] = (char *) sy->node_id.data;
+    argvlen[5] = sy->node_id.len;
+    argv[6] = (char *) last;
+    argvlen[6] = ngx_sprintf(last, "%d", NGX_HTTP_LLM_SYNC_NODE_TTL) - last;
+
+    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_NODES, NULL,
+                                     7, argv, argvlen);
+}
+
+
 static ngx_int_t
 ngx_http_llm_sync_command(ngx_http_llm_batch_t *batch, ngx_uint_t what,
     ngx_http_llm_sync_route_t *route, int argc, const char **argv,
@@ -779,6 +871,9 @@ ngx_http_llm_sync_reply(redisAsyncContext *ac, void *r, void *data)
 
     } else if (sr->what == NGX_HTTP_LLM_SYNC_COOLDOWNS) {
         ngx_http_llm_sync_cooldowns_got(batch, reply);
+
+    } else if (sr->what == NGX_HTTP_LLM_SYNC_NODES) {
+        ngx_http_llm_sync_nodes(reply);
     }
 
     if (--batch->pending == 0) {
@@ -889,6 +984,30 @@ ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
                 break;
             }
         }
+    }
+}
+
+
+/* the number of live nodes, kept in every zone for when Redis is away */
+
+static void
+ngx_http_llm_sync_nodes(redisReply *reply)
+{
+    ngx_uint_t              i;
+    ngx_shm_zone_t        **zones;
+    ngx_http_llm_zone_t    *zone;
+    ngx_http_llm_syncer_t  *sy;
+
+    if (reply->type != REDIS_REPLY_INTEGER || reply->integer < 1) {
+        return;
+    }
+
+    sy = &ngx_http_llm_syncer;
+    zones = sy->zones->elts;
+
+    for (i = 0; i < sy->zones->nelts; i++) {
+        zone = zones[i]->data;
+        zone->sh->nodes = (ngx_atomic_uint_t) reply->integer;
     }
 }
 

@@ -484,6 +484,30 @@ ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone)
 }
 
 
+/*
+ * The number of nodes Redis last counted, for a zone judged on its own
+ * counters while Redis is away: 1 without llm_redis, or before Redis
+ * ever answered.
+ */
+
+ngx_uint_t
+ngx_http_llm_cluster_nodes(ngx_shm_zone_t *shm_zone)
+{
+    ngx_uint_t            nodes;
+    ngx_http_llm_zone_t  *zone;
+
+    zone = shm_zone->data;
+
+    if (zone->stale == 0) {
+        return 1;
+    }
+
+    nodes = zone->sh->nodes;
+
+    return nodes ? nodes : 1;
+}
+
+
 /* wall-clock milliseconds: cooldowns are shared with other nodes later */
 
 ngx_msec_t

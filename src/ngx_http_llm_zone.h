@@ -98,6 +98,7 @@ typedef struct {
     ngx_atomic_t                 syncs;     /* batches answered */
     ngx_atomic_t                 sync_errors;   /* batches lost */
     ngx_atomic_t                 link_downs;    /* times the link fell */
+    ngx_atomic_t                 nodes;     /* last known, 0: unknown */
 } ngx_http_llm_shctx_t;
 
 
@@ -132,6 +133,7 @@ ngx_http_llm_slot_t *ngx_http_llm_slot_locked(ngx_http_llm_node_t *n,
 ngx_atomic_uint_t ngx_http_llm_slot_sum(ngx_http_llm_node_t *n,
     ngx_uint_t counter, ngx_uint_t window, ngx_uint_t cluster);
 ngx_uint_t ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone);
+ngx_uint_t ngx_http_llm_cluster_nodes(ngx_shm_zone_t *shm_zone);
 
 ngx_msec_t ngx_http_llm_wall_msec(void);
 

@@ -162,6 +162,11 @@ sub log_lines {
 
 sub redis { return redis_command($redis, @_) }
 
+sub hostname_of {
+    chomp(my $h = `hostname`);
+    return $h;
+}
+
 ###############################################################################
 # keys and values
 
@@ -197,9 +202,22 @@ is(scalar(grep { defined redis('GET', "{llm:ok}:x:$_") } $start .. $end), 0,
    'no retry key for a route without retries');
 
 my @keys = @{ redis('KEYS', '*') };
-ok(!(grep { !/^\{llm:(ok|fail|cool|cd)\}:/ } @keys),
+ok(!(grep { !/^\{llm:(ok|fail|cool|long|cd)\}:|^\{llm:nodes\}$/ } @keys),
    'every key carries the {prefix:route} or {prefix:cd} hash tag')
     or diag "@keys";
+
+# this node says it is alive: a member per master process
+{
+    my $members = redis('ZRANGE', '{llm:nodes}', 0, -1, 'WITHSCORES');
+    is(scalar @$members, 2, 'nodes: one member');
+    is($members->[0], hostname_of() . ':' . $t->nginx_pid,
+       'nodes: the member is hostname:master pid');
+    my $age = time * 1000 - $members->[1];
+    ok($age >= -100 && $age < 2000, "nodes: heard of lately ($age ms ago)");
+    my $ttl = redis('PTTL', '{llm:nodes}');
+    ok($ttl > 60000 && $ttl <= 65000, "nodes: the set expires ($ttl ms)");
+    is(status()->{redis}{nodes}, 1, 'status: nodes 1');
+}
 
 is((log_lines('ok1'))[0], 'ok1|cluster|-|1|200',
    '$llm_budget_source: cluster');

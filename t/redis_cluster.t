@@ -17,7 +17,9 @@
 #     {llm:cd}:TARGET holds the end in wall-clock ms, with a PTTL;
 #   - Redis traffic: commands per second (INFO commandstats) of two
 #     nodes of two workers each, under two load phases ~10x apart, stay
-#     about the same and within a per-node, per-tick bound.
+#     about the same and within a per-node, per-tick bound;
+#   - Redis gone: three nodes that counted each other split the floor of
+#     the budget (3 retries each instead of 10) while counting alone.
 
 use strict;
 use warnings;
@@ -418,7 +420,9 @@ cmp_ok(abs($end - (time * 1000 + $pttl)), '<', 1000,
 # one target, on a Redis of their own.  Per node and tick the pipeline
 # has at most 4 writes (INCRBY and PEXPIRE of r and x) per second of the
 # window with new counts, 2 such seconds when a tick spans a second's
-# end, so 8, plus the window's MGET and the cooldowns' MGET: 10.
+# end, so 8, plus the window's MGET and the cooldowns' MGET: 10; and
+# once a second the EVAL that says the node is alive, 5 calls as Redis
+# counts them (the EVAL and the 4 commands its script runs).
 
 my $redis2 = $t->run_redis;
 my $RSYNC = 100;
@@ -513,12 +517,71 @@ for my $p ([ 'low', $low, $lowm, $lowt ], [ 'high', $high, $highm, $hight ]) {
     my ($name, $n, $m, $secs) = @$p;
     my $ticks = $secs * 1000 / $RSYNC + 2;
 
-    cmp_ok($n, '<=', 2 * $ticks * 10,
-           "rate: $name: at most 10 commands per tick and node");
+    cmp_ok($n, '<=', 2 * ($ticks * 10 + ($secs + 1) * 5),
+           "rate: $name: at most 10 commands per tick and node, "
+           . "5 more a second");
     # two MGETs a tick per node, not per worker
     cmp_ok($m, '<=', 2 * $ticks * 2, "rate: $name: 2 MGETs per tick and node");
     cmp_ok($m, '>=', 2 * ($ticks - 4) * 2 * 0.75,
            "rate: $name: the nodes kept syncing");
 }
+
+###############################################################################
+# Redis gone: each node takes its share of the floor
+#
+# The ratio part of a budget adds up across nodes on their own counters;
+# the floor (min * window = 10) would not: three nodes counting alone
+# would allow 30.  Each takes a third, by the count of nodes Redis last
+# gave: 3333 thousandths, so 3 retries each, 9 in all.
+
+my $redis3 = $t->run_redis;
+
+start($_, 'budget', redis => $redis3, sync => $SYNC, zone => 'gone',
+      log => 'gone') for @nodes;
+
+ok(wait_cluster(@nodes), 'gone: every node up');
+
+my $counted = 0;
+my $deadline = time + 3;
+while (time < $deadline) {
+    $counted = grep { (status($_)->{redis}{nodes} // 0) == 3 } @nodes;
+    last if $counted == 3;
+    sleep 0.1;
+}
+is($counted, 3, 'gone: every node counts 3 nodes');
+is(redis_command($redis3, 'ZCARD', '{llm:nodes}'), 3,
+   'gone: Redis holds 3 members');
+
+# Redis closes the connection instead of answering SHUTDOWN
+eval { redis_command($redis3, 'SHUTDOWN', 'NOSAVE') };
+
+$deadline = time + 3;
+my $alone = 0;
+while (time < $deadline) {
+    $alone = grep { (status($_)->{redis}{budget_source} // '') eq 'local' }
+             @nodes;
+    last if $alone == 3;
+    sleep 0.05;
+}
+is($alone, 3, 'gone: every node counts alone');
+
+$took = paced('g');
+$e = wait_logged('g', 'gone', $N);
+
+is(scalar keys %$e, $N, "gone: $N requests logged");
+
+my $gone = sum(map { $_->[1] - 1 } values %$e);
+@st = map { status($_) } @nodes;
+
+diag(sprintf('gone: %d retries for %d requests in %.2f s (per node: %s)',
+             $gone, $N, $took,
+             join(', ', map { $_->{routes}{chat}{retries} } @st)));
+
+is_deeply([ map { $_->{routes}{chat}{retries} } @st ], [ 3, 3, 3 ],
+          'gone: a third of the floor on each node');
+is(scalar(grep { $_->[2] ne 'local' } values %$e), 0,
+   'gone: $llm_budget_source local on every request');
+is(scalar(grep { $_->{redis}{nodes} == 3 && $_->{redis}{state} eq 'down' }
+          @st), 3, 'gone: status: down, 3 nodes last known');
 
 done_testing;
