@@ -264,13 +264,20 @@ ngx_http_llm_budget_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    /* a cluster view older than three syncs counts as Redis being down */
+    /*
+     * A cluster view older than three syncs counts as Redis being down,
+     * or than a sync and a batch's timeout when that is longer: a slow
+     * batch ends the link when it times out, not before.
+     */
 
     zones = lmcf->zones.elts;
 
     for (i = 0; i < lmcf->zones.nelts; i++) {
         zone = zones[i]->data;
-        zone->stale = lmcf->redis ? 3 * lmcf->redis->sync : 0;
+        zone->stale = lmcf->redis
+                      ? ngx_max(3 * lmcf->redis->sync,
+                                lmcf->redis->sync + lmcf->redis->timeout)
+                      : 0;
     }
 
     rn = lmcf->routes.elts;
