@@ -7,10 +7,12 @@
 # exhaust this node's budget (budget_exhausted, $llm_budget_source
 # cluster, the status page's "left"), a cooldown another node wrote makes
 # this node skip the target within a sync, and this node's own cooldown
-# reaches Redis with its end time.  The status page shows the link as
-# JSON and Prometheus text (promtool when installed); without llm_redis
-# it says null and has no redis family.  Multi-node runs and faults are
-# in t/redis_cluster.t and t/redis_faults.t.
+# reaches Redis with its end time; the node's heartbeat in {llm:nodes};
+# every count reaches Redis once through reloads under load, Redis paused
+# across each.  The status page shows the link as JSON and Prometheus
+# text (promtool when installed); an IPv6 address works; without
+# llm_redis it says null and has no redis family.  Multi-node runs and
+# faults are in t/redis_cluster.t and t/redis_faults.t.
 
 use strict;
 use warnings;
@@ -21,6 +23,7 @@ use Test::LLM;
 use Time::HiRes qw(time sleep);
 use JSON::PP ();
 use IO::Select;
+use IO::Socket::IP;
 use POSIX ();
 
 my $JSON = JSON::PP->new;
@@ -409,6 +412,30 @@ sleep 0.3;
 }
 
 $t->stop;
+
+###############################################################################
+# an IPv6 address
+
+SKIP: {
+    my $v6 = IO::Socket::IP->new(Listen => 1, LocalHost => '::1',
+                                 LocalPort => 0, Proto => 'tcp');
+    skip 'no IPv6 loopback', 2 unless $v6;
+
+    my $port6 = $v6->sockport;
+    close $v6;
+
+    $t->run_daemon('redis-server', '--port', $port6, '--bind', '::1',
+                   '--save', '', '--appendonly', 'no', '--dir', $t->testdir,
+                   '--logfile', $t->testdir . '/redis6.log');
+
+    config(redis => "[::1]:$port6");
+    $t->run;
+
+    ok(cluster_up(), 'IPv6: the link comes up');
+    is(status()->{redis}{address}, "[::1]:$port6", 'IPv6: the address');
+
+    $t->stop;
+}
 
 ###############################################################################
 # no llm_redis
