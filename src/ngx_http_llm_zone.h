@@ -24,11 +24,15 @@
 #define NGX_HTTP_LLM_DECISIONS      8
 
 
-/* slot counters; the first NGX_HTTP_LLM_SHARED ones are synced to Redis */
+/*
+ * Slot counters.  A target counts its failures where a route counts its
+ * requests: one slot layout for both keeps a node within a page of the
+ * zone.  Routes' counters are synced to Redis, targets' are not.
+ */
 #define NGX_HTTP_LLM_REQUESTS       0   /* route: client requests */
 #define NGX_HTTP_LLM_RETRIES        1   /* route: later attempts */
-#define NGX_HTTP_LLM_FAILURES       2   /* target: failed attempts */
-#define NGX_HTTP_LLM_COUNTERS       3
+#define NGX_HTTP_LLM_FAILURES       0   /* target: failed attempts */
+#define NGX_HTTP_LLM_COUNTERS       2
 #define NGX_HTTP_LLM_SHARED         2
 
 
