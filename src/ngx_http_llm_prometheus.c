@@ -153,52 +153,51 @@ ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
 static void
 ngx_http_llm_status_redis(ngx_http_llm_status_t *st)
 {
-    ngx_http_llm_shctx_t  *sh;
+    ngx_http_llm_status_link_t  *link;
 
-    sh = st->link;
+    link = &st->link;
 
     ngx_http_llm_status_literal(st,
         "# HELP nginx_llm_redis_up 1 while the link to llm_redis is up, "
         "else 0.\n"
         "# TYPE nginx_llm_redis_up gauge\n"
         "nginx_llm_redis_up ");
-    ngx_http_llm_status_number(st, sh->link == NGX_HTTP_LLM_LINK_UP);
+    ngx_http_llm_status_number(st, link->up);
 
     ngx_http_llm_status_literal(st,
         "\n# HELP nginx_llm_redis_cluster_view 1 while retry budgets are "
         "judged on the cluster's counts, 0 while on this node's alone.\n"
         "# TYPE nginx_llm_redis_cluster_view gauge\n"
         "nginx_llm_redis_cluster_view ");
-    ngx_http_llm_status_number(st, ngx_http_llm_cluster_fresh(
-                              ((ngx_shm_zone_t **) st->zones->elts)[0]));
+    ngx_http_llm_status_number(st, link->cluster);
 
     ngx_http_llm_status_literal(st,
         "\n# HELP nginx_llm_redis_nodes Nodes sharing llm_redis as Redis "
         "last counted them, 0 before it did.\n"
         "# TYPE nginx_llm_redis_nodes gauge\n"
         "nginx_llm_redis_nodes ");
-    ngx_http_llm_status_number(st, sh->nodes);
+    ngx_http_llm_status_number(st, link->nodes);
 
     ngx_http_llm_status_literal(st,
         "\n# HELP nginx_llm_redis_syncs_total Batches Redis answered in "
         "full.\n"
         "# TYPE nginx_llm_redis_syncs_total counter\n"
         "nginx_llm_redis_syncs_total ");
-    ngx_http_llm_status_number(st, sh->syncs);
+    ngx_http_llm_status_number(st, link->syncs);
 
     ngx_http_llm_status_literal(st,
         "\n# HELP nginx_llm_redis_sync_errors_total Batches lost to a "
         "timeout, an error reply or a closed link.\n"
         "# TYPE nginx_llm_redis_sync_errors_total counter\n"
         "nginx_llm_redis_sync_errors_total ");
-    ngx_http_llm_status_number(st, sh->sync_errors);
+    ngx_http_llm_status_number(st, link->sync_errors);
 
     ngx_http_llm_status_literal(st,
         "\n# HELP nginx_llm_redis_link_downs_total Times the link to "
         "llm_redis went down.\n"
         "# TYPE nginx_llm_redis_link_downs_total counter\n"
         "nginx_llm_redis_link_downs_total ");
-    ngx_http_llm_status_number(st, sh->link_downs);
+    ngx_http_llm_status_number(st, link->link_downs);
     ngx_http_llm_status_literal(st, "\n");
 }
 

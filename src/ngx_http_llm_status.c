@@ -165,6 +165,8 @@ ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
     ngx_uint_t                     i, k;
     ngx_atomic_uint_t              until;
     ngx_http_llm_node_t           *n;
+    ngx_shm_zone_t                *zone;
+    ngx_http_llm_shctx_t          *sh;
     ngx_http_llm_main_conf_t      *lmcf;
     ngx_http_llm_route_name_t     *rn;
     ngx_http_llm_status_route_t   *route;
@@ -178,8 +180,17 @@ ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
     /* every zone holds the same link state: the first one tells */
     if (lmcf->redis && lmcf->zones.nelts) {
         st->redis = lmcf->redis;
-        st->link = ((ngx_http_llm_zone_t *)
-                    ((ngx_shm_zone_t **) lmcf->zones.elts)[0]->data)->sh;
+
+        zone = ((ngx_shm_zone_t **) lmcf->zones.elts)[0];
+        sh = ((ngx_http_llm_zone_t *) zone->data)->sh;
+
+        st->link.up = (sh->link == NGX_HTTP_LLM_LINK_UP);
+        st->link.cluster = ngx_http_llm_cluster_fresh(zone);
+        st->link.view_at = sh->cluster_msec;
+        st->link.nodes = sh->nodes;
+        st->link.syncs = sh->syncs;
+        st->link.sync_errors = sh->sync_errors;
+        st->link.link_downs = sh->link_downs;
     }
 
     if (ngx_array_init(&st->routes, r->pool, lmcf->routes.nelts + 1,
@@ -391,23 +402,23 @@ ngx_http_llm_status_json(ngx_http_llm_status_t *st)
 static void
 ngx_http_llm_status_json_redis(ngx_http_llm_status_t *st)
 {
-    ngx_msec_t             at;
-    ngx_http_llm_shctx_t  *sh;
+    ngx_msec_t                   at;
+    ngx_http_llm_status_link_t  *link;
 
     if (st->redis == NULL) {
         ngx_http_llm_status_literal(st, "null");
         return;
     }
 
-    sh = st->link;
-    at = sh->cluster_msec;
+    link = &st->link;
+    at = link->view_at;
 
     ngx_http_llm_status_literal(st, "{\"address\":");
     ngx_http_llm_status_string(st, &st->redis->address);
 
     ngx_http_llm_status_literal(st, ",\"state\":");
 
-    if (sh->link == NGX_HTTP_LLM_LINK_UP) {
+    if (link->up) {
         ngx_http_llm_status_literal(st, "\"up\"");
 
     } else {
@@ -416,9 +427,7 @@ ngx_http_llm_status_json_redis(ngx_http_llm_status_t *st)
 
     ngx_http_llm_status_literal(st, ",\"budget_source\":");
 
-    if (ngx_http_llm_cluster_fresh(
-            ((ngx_shm_zone_t **) st->zones->elts)[0]))
-    {
+    if (link->cluster) {
         ngx_http_llm_status_literal(st, "\"cluster\"");
 
     } else {
@@ -436,19 +445,19 @@ ngx_http_llm_status_json_redis(ngx_http_llm_status_t *st)
 
     ngx_http_llm_status_literal(st, ",\"nodes\":");
 
-    if (sh->nodes) {
-        ngx_http_llm_status_number(st, sh->nodes);
+    if (link->nodes) {
+        ngx_http_llm_status_number(st, link->nodes);
 
     } else {
         ngx_http_llm_status_literal(st, "null");
     }
 
     ngx_http_llm_status_literal(st, ",\"syncs\":");
-    ngx_http_llm_status_number(st, sh->syncs);
+    ngx_http_llm_status_number(st, link->syncs);
     ngx_http_llm_status_literal(st, ",\"sync_errors\":");
-    ngx_http_llm_status_number(st, sh->sync_errors);
+    ngx_http_llm_status_number(st, link->sync_errors);
     ngx_http_llm_status_literal(st, ",\"link_downs\":");
-    ngx_http_llm_status_number(st, sh->link_downs);
+    ngx_http_llm_status_number(st, link->link_downs);
     ngx_http_llm_status_literal(st, "}");
 }
 

@@ -32,12 +32,28 @@ typedef struct {
 } ngx_http_llm_status_route_t;
 
 
+/*
+ * The Redis link, read once: the page is built twice (measured, then
+ * written) and a state that changed in between would not fit.
+ */
+
+typedef struct {
+    ngx_uint_t                   up;
+    ngx_uint_t                   cluster; /* budgets on the cluster's sums */
+    ngx_msec_t                   view_at; /* of the cluster view, 0: none */
+    ngx_atomic_uint_t            nodes;
+    ngx_atomic_uint_t            syncs;
+    ngx_atomic_uint_t            sync_errors;
+    ngx_atomic_uint_t            link_downs;
+} ngx_http_llm_status_link_t;
+
+
 typedef struct {
     ngx_array_t                  routes;  /* of ngx_http_llm_status_route_t */
     ngx_array_t                  targets; /* of ngx_http_llm_status_target_t */
     ngx_array_t                 *zones;   /* of ngx_shm_zone_t * */
     ngx_http_llm_redis_conf_t   *redis;   /* NULL: no llm_redis */
-    ngx_http_llm_shctx_t        *link;    /* the link as the zone saw it */
+    ngx_http_llm_status_link_t   link;
     ngx_msec_t                   now;     /* ms since the epoch */
 
     /* the body: measured into len while start is NULL, then written */
