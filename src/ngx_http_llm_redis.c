@@ -86,6 +86,7 @@ ngx_http_llm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_main_conf_t *lmcf = conf;
 
+    u_char                     *p;
     ngx_int_t                   n;
     ngx_str_t                  *value, s;
     ngx_uint_t                  i;
@@ -167,7 +168,7 @@ ngx_http_llm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             rc->password.len = value[i].len - 9;
 
             if (rc->password.len == 0) {
-                goto invalid;
+                goto hidden;
             }
 
             continue;
@@ -184,35 +185,32 @@ ngx_http_llm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        goto invalid;
+        goto hidden;
     }
 
     lmcf->redis = rc;
 
     return NGX_CONF_OK;
 
-invalid:
+hidden:
 
     /* a password, or what may be a mistyped password=, is not repeated */
 
-    s = value[i];
+    p = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
 
-    if (ngx_strlchr(s.data, s.data + s.len, '=') != NULL
-        && (ngx_strncmp(s.data, "password=", 9) == 0
-            || (ngx_strncmp(s.data, "prefix=", 7) != 0
-                && ngx_strncmp(s.data, "sync=", 5) != 0
-                && ngx_strncmp(s.data, "timeout=", 8) != 0
-                && ngx_strncmp(s.data, "db=", 3) != 0)))
-    {
-        s.len = ngx_strlchr(s.data, s.data + s.len, '=') - s.data + 1;
+    if (p) {
+        s.data = value[i].data;
+        s.len = p - s.data + 1;
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V...\"", &s);
         return NGX_CONF_ERROR;
     }
 
+invalid:
+
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\"", &s);
+                       "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
 }
 
@@ -426,7 +424,6 @@ ngx_http_llm_redis_connect(void)
 
     link->ac = ac;
     link->c = c;
-    link->up = 0;
     link->reason_len = 0;
 
     ac->data = link;
@@ -627,8 +624,6 @@ ngx_http_llm_redis_down(u_char *reason, size_t len)
     ngx_http_llm_link_t  *link;
 
     link = &ngx_http_llm_link;
-
-    link->up = 0;
 
     /*
      * A worker quitting after a reload leaves the shared state to the

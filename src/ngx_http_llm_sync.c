@@ -57,7 +57,6 @@ typedef struct {
 
 
 typedef struct {
-    ngx_shm_zone_t              *zone;
     ngx_http_llm_node_t         *node;
     ngx_str_t                    key;       /* "{prefix:cd}:URI model" */
 } ngx_http_llm_sync_target_t;
@@ -109,7 +108,7 @@ typedef struct {
 static ngx_int_t ngx_http_llm_sync_routes(ngx_cycle_t *cycle,
     ngx_http_llm_main_conf_t *lmcf);
 static ngx_int_t ngx_http_llm_sync_targets(ngx_cycle_t *cycle,
-    ngx_http_llm_loc_conf_t *llcf, ngx_array_t *targets);
+    ngx_array_t *targets);
 static void ngx_http_llm_sync_tick(ngx_event_t *ev);
 static void ngx_http_llm_sync_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_sync_send(void);
@@ -257,9 +256,8 @@ ngx_http_llm_sync_routes(ngx_cycle_t *cycle, ngx_http_llm_main_conf_t *lmcf)
             continue;
         }
 
-        if (ngx_http_llm_sync_targets(cycle, llcf, llcf->targets) != NGX_OK
-            || ngx_http_llm_sync_targets(cycle, llcf, llcf->fallbacks)
-               != NGX_OK)
+        if (ngx_http_llm_sync_targets(cycle, llcf->targets) != NGX_OK
+            || ngx_http_llm_sync_targets(cycle, llcf->fallbacks) != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -307,8 +305,7 @@ ngx_http_llm_sync_routes(ngx_cycle_t *cycle, ngx_http_llm_main_conf_t *lmcf)
 
 
 static ngx_int_t
-ngx_http_llm_sync_targets(ngx_cycle_t *cycle, ngx_http_llm_loc_conf_t *llcf,
-    ngx_array_t *targets)
+ngx_http_llm_sync_targets(ngx_cycle_t *cycle, ngx_array_t *targets)
 {
     ngx_uint_t                   i, j;
     ngx_http_llm_target_t       *target;
@@ -345,7 +342,6 @@ ngx_http_llm_sync_targets(ngx_cycle_t *cycle, ngx_http_llm_loc_conf_t *llcf,
             return NGX_ERROR;
         }
 
-        st->zone = llcf->zone;
         st->node = target[i].node;
 
         st->key.len = sizeof("{:cd}:") - 1 + rc->prefix.len
