@@ -50,6 +50,7 @@ typedef struct {
     size_t                       reason_len;
 
     unsigned                     down_logged:1;
+    unsigned                     announced:1;   /* "connected" logged */
     unsigned                     exiting:1;
 } ngx_http_llm_link_t;
 
@@ -513,7 +514,25 @@ ngx_http_llm_redis_ready_reply(redisAsyncContext *ac, void *r, void *data)
         ngx_del_timer(&link->connecting);
     }
 
+    /* the syncer may send; the link is back once a batch is answered */
     link->up = 1;
+}
+
+
+/*
+ * A batch Redis answered in full.  Only this brings the link back, not
+ * the PING: a Redis that answers PING but refuses the sync (a key of
+ * another type, OOM, READONLY) stays one outage, logged once, with a
+ * backoff that keeps growing.
+ */
+
+void
+ngx_http_llm_redis_synced(void)
+{
+    ngx_http_llm_link_t  *link;
+
+    link = &ngx_http_llm_link;
+
     link->backoff = NGX_HTTP_LLM_REDIS_BACKOFF_MIN;
 
     if (link->down_logged) {
@@ -521,10 +540,12 @@ ngx_http_llm_redis_ready_reply(redisAsyncContext *ac, void *r, void *data)
                       "llm redis %V is back, retry budgets and cooldowns "
                       "are shared again", &link->conf->address);
         link->down_logged = 0;
+        link->announced = 1;
 
-    } else {
+    } else if (!link->announced) {
         ngx_log_error(NGX_LOG_NOTICE, link->log, 0,
                       "llm redis %V connected", &link->conf->address);
+        link->announced = 1;
     }
 
     ngx_http_llm_sync_link(NGX_HTTP_LLM_LINK_UP);

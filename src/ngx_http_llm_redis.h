@@ -38,6 +38,7 @@ ngx_uint_t ngx_http_llm_redis_ready(void);
 ngx_int_t ngx_http_llm_redis_command(redisCallbackFn *fn, void *data,
     int argc, const char **argv, const size_t *argvlen);
 void ngx_http_llm_redis_fail(const char *reason, size_t len);
+void ngx_http_llm_redis_synced(void);
 
 /* the syncer (ngx_http_llm_sync.c), for the link */
 ngx_int_t ngx_http_llm_sync_init(ngx_cycle_t *cycle,

@@ -116,7 +116,8 @@ static ngx_int_t ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_route_t *route);
 static ngx_int_t ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch);
 static ngx_int_t ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch);
-static void ngx_http_llm_sync_nodes(redisReply *reply);
+static void ngx_http_llm_sync_nodes(ngx_http_llm_batch_t *batch,
+    redisReply *reply);
 static ngx_int_t ngx_http_llm_sync_command(ngx_http_llm_batch_t *batch,
     ngx_uint_t what, ngx_http_llm_sync_route_t *route, int argc,
     const char **argv, const size_t *argvlen);
@@ -755,11 +756,10 @@ ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch)
 
     sy = &ngx_http_llm_syncer;
 
+    /* until Redis took it: a refused one goes again in every batch */
     if (sy->alive == batch->now) {
         return NGX_OK;
     }
-
-    sy->alive = batch->now;
 
     now = ngx_pnalloc(batch->pool, 2 * NGX_INT64_LEN);
     if (now == NULL) {
@@ -869,7 +869,7 @@ ngx_http_llm_sync_reply(redisAsyncContext *ac, void *r, void *data)
         ngx_http_llm_sync_cooldowns_got(batch, reply);
 
     } else if (sr->what == NGX_HTTP_LLM_SYNC_NODES) {
-        ngx_http_llm_sync_nodes(reply);
+        ngx_http_llm_sync_nodes(batch, reply);
     }
 
     if (--batch->pending == 0) {
@@ -987,7 +987,7 @@ ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
 /* the number of live nodes, kept in every zone for when Redis is away */
 
 static void
-ngx_http_llm_sync_nodes(redisReply *reply)
+ngx_http_llm_sync_nodes(ngx_http_llm_batch_t *batch, redisReply *reply)
 {
     ngx_uint_t              i;
     ngx_shm_zone_t        **zones;
@@ -999,6 +999,8 @@ ngx_http_llm_sync_nodes(redisReply *reply)
     }
 
     sy = &ngx_http_llm_syncer;
+    sy->alive = batch->now;
+
     zones = sy->zones->elts;
 
     for (i = 0; i < sy->zones->nelts; i++) {
@@ -1065,8 +1067,11 @@ ngx_http_llm_sync_done(ngx_http_llm_batch_t *batch)
         }
 
         zone->sh->cluster_msec = now;
-        zone->sh->link = NGX_HTTP_LLM_LINK_UP;
         (void) ngx_atomic_fetch_add(&zone->sh->syncs, 1);
+    }
+
+    if (!failed) {
+        ngx_http_llm_redis_synced();
     }
 
     if (batch->error_len && !batch->lost) {

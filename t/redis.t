@@ -7,7 +7,9 @@
 # exhaust this node's budget (budget_exhausted, $llm_budget_source
 # cluster, the status page's "left"), a cooldown another node wrote makes
 # this node skip the target within a sync, and this node's own cooldown
-# reaches Redis with its end time; the node's heartbeat in {llm:nodes};
+# reaches Redis with its end time; an error reply to a sync (a key of
+# another type) drops the link once until the key is fixed; the node's
+# heartbeat in {llm:nodes};
 # every count reaches Redis once through reloads under load, Redis paused
 # across each.  The status page shows the link as JSON and Prometheus
 # text (promtool when installed); an IPv6 address works; without
@@ -275,6 +277,32 @@ is((log_lines('ok1'))[0], 'ok1|cluster|-|1|200',
     ok($t->wait_for_log('logs/error.log',
                         qr/llm target "\/_llm\/cool m1" cooling down for \d+ ms, as another node found/, 2),
        'logged at notice');
+}
+
+###############################################################################
+# an error reply to a sync: a key of another type where the node list goes
+
+{
+    my $off = $t->log_offset('logs/error.log');
+
+    redis('DEL', '{llm:nodes}');
+    redis('SET', '{llm:nodes}', 'not a sorted set');
+
+    ok(wait_until(sub { (status()->{redis}{state} // '') eq 'down' }, 3),
+       'error reply: the link goes down');
+    is((post('ok', 'e1'))->{status}, 200, 'error reply: requests served');
+    is((log_lines('e1'))[0], 'e1|local|-|1|200', 'error reply: local');
+
+    sleep 1.5;
+    redis('DEL', '{llm:nodes}');
+    ok(cluster_up(), 'error reply: the link is back once the key is gone');
+
+    my @lines = grep { /llm redis/ }
+                split /\n/, $t->read_from('logs/error.log', $off);
+    is(scalar(grep { /is unavailable \(sync refused: .*WRONGTYPE/ } @lines),
+       1, 'error reply: logged once, with Redis\' reason')
+        or diag join "\n", @lines;
+    is(scalar(grep { /is back, / } @lines), 1, 'error reply: back, once');
 }
 
 $t->stop;
