@@ -146,6 +146,7 @@ ngx_str_t  ngx_http_llm_err_names[] = {
     ngx_string("content_filter"),
     ngx_string("stream_interrupted"),
     ngx_string("invalid_response"),
+    ngx_string("client_closed"),
     ngx_null_string
 };
 

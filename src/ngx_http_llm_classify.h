@@ -28,6 +28,7 @@ typedef enum {
     NGX_HTTP_LLM_ERR_CONTENT_FILTER,     /* content_filter */
     NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED, /* stream_interrupted */
     NGX_HTTP_LLM_ERR_INVALID_RESPONSE,   /* invalid_response */
+    NGX_HTTP_LLM_ERR_CLIENT_CLOSED,      /* client_closed: not a failure */
     NGX_HTTP_LLM_ERR_LAST
 } ngx_http_llm_err_e;
 
