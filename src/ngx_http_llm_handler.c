@@ -32,6 +32,8 @@ static ngx_int_t ngx_http_llm_attempt_done(ngx_http_request_t *sr,
     void *data, ngx_int_t rc);
 static ngx_uint_t ngx_http_llm_attempt_error(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx, ngx_int_t rc);
+static ngx_uint_t ngx_http_llm_client_gone(ngx_http_request_t *sr,
+    ngx_int_t rc);
 static ngx_int_t ngx_http_llm_keep_upstream_states(ngx_http_request_t *sr);
 static void ngx_http_llm_attempt_finished(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_wait(ngx_http_request_t *r,
@@ -379,6 +381,7 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 {
     ngx_http_llm_ctx_t  *ctx = data;
 
+    ngx_uint_t               gone;
     ngx_http_llm_attempt_t  *at;
 
     if (ctx->attempt != sr || ctx->attempt_done) {
@@ -418,7 +421,21 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         ngx_http_llm_answer_end(ctx->reading);
     }
 
-    if (!ctx->decided) {
+    gone = ngx_http_llm_client_gone(sr, rc);
+
+    if (gone) {
+        /*
+         * the client closed or reset its connection: whatever the
+         * attempt got so far says nothing of the provider
+         */
+        ctx->error = NGX_HTTP_LLM_ERR_CLIENT_CLOSED;
+        ctx->decided = 1;
+        ctx->decision = NGX_HTTP_LLM_DECISION_NONE;
+
+        ngx_http_llm_count(ctx->conf->node,
+                           errors[NGX_HTTP_LLM_ERR_CLIENT_CLOSED], 1);
+
+    } else if (!ctx->decided) {
         ctx->error = ngx_http_llm_attempt_error(sr, ctx, rc);
 
         if (ctx->committed && ctx->error != NGX_HTTP_LLM_ERR_NONE) {
@@ -433,7 +450,7 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     at->error = ctx->error;
     at->time = ngx_current_msec - ctx->attempt_start;
 
-    if (ctx->error != NGX_HTTP_LLM_ERR_NONE) {
+    if (ctx->error != NGX_HTTP_LLM_ERR_NONE && !gone) {
         ngx_http_llm_target_failed(ctx, ctx->target, ctx->error,
                                    ngx_http_llm_cooldown_wait(ctx));
     }
@@ -447,9 +464,31 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         return NGX_ERROR;
     }
 
+    if (gone) {
+        /*
+         * nginx terminates the client request; 499 is its status when
+         * nothing reached the client yet, as with proxy_pass
+         */
+        return NGX_HTTP_CLIENT_CLOSED_REQUEST;
+    }
+
     sr->parent->write_event_handler = ngx_http_llm_attempt_finished;
 
     return NGX_OK;
+}
+
+
+/*
+ * Whether the attempt ended because the client went away: the upstream
+ * module saw the client connection closed or reset (499), or writing to
+ * it failed.  With HTTP/2 the connection is the stream's own, so a
+ * RST_STREAM of the client counts too.
+ */
+
+static ngx_uint_t
+ngx_http_llm_client_gone(ngx_http_request_t *sr, ngx_int_t rc)
+{
+    return rc == NGX_HTTP_CLIENT_CLOSED_REQUEST || sr->connection->error;
 }
 
 

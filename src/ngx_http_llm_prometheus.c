@@ -71,6 +71,12 @@ static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
       ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
       offsetof(ngx_http_llm_node_t, retries) },
 
+    { ngx_string("nginx_llm_route_client_closed_total"),
+      ngx_string("Attempts of the llm route ended by a client that went "
+                 "away."),
+      ngx_string("counter"), NGX_HTTP_LLM_METRIC_ROUTE,
+      offsetof(ngx_http_llm_node_t, errors[NGX_HTTP_LLM_ERR_CLIENT_CLOSED]) },
+
     { ngx_string("nginx_llm_route_decisions_total"),
       ngx_string("What the llm route decided after a failed attempt."),
       ngx_string("counter"), NGX_HTTP_LLM_METRIC_DECISIONS, 0 },
@@ -284,7 +290,7 @@ ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
 
         case NGX_HTTP_LLM_METRIC_ERRORS:
 
-            for (e = 1; e < NGX_HTTP_LLM_ERR_LAST; e++) {
+            for (e = 1; e < NGX_HTTP_LLM_ERR_CLIENT_CLOSED; e++) {
                 ngx_http_llm_status_sample(st, m, NULL, t[i].target, "error",
                                            &ngx_http_llm_err_names[e]);
                 ngx_http_llm_status_number(st, n->errors[e]);

@@ -496,6 +496,10 @@ ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
     ngx_http_llm_status_literal(st, ",\"retries\":");
     ngx_http_llm_status_number(st, ngx_http_llm_status_counter(n,
                                    offsetof(ngx_http_llm_node_t, retries)));
+    ngx_http_llm_status_literal(st, ",\"client_closed\":");
+    ngx_http_llm_status_number(st, ngx_http_llm_status_counter(n,
+                                   offsetof(ngx_http_llm_node_t,
+                                   errors[NGX_HTTP_LLM_ERR_CLIENT_CLOSED])));
 
     ngx_http_llm_status_literal(st, ",\"budget\":");
 
@@ -588,7 +592,9 @@ ngx_http_llm_status_json_target(ngx_http_llm_status_t *st,
 
     ngx_http_llm_status_literal(st, ",\"errors\":{");
 
-    for (i = 1; i < NGX_HTTP_LLM_ERR_LAST; i++) {
+    /* a client that went away is no error of the target's */
+
+    for (i = 1; i < NGX_HTTP_LLM_ERR_CLIENT_CLOSED; i++) {
         if (i > 1) {
             ngx_http_llm_status_literal(st, ",");
         }

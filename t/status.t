@@ -40,6 +40,7 @@ my @FAMILIES = (
     [ nginx_llm_route_requests_total => 'counter' ],
     [ nginx_llm_route_attempts_total => 'counter' ],
     [ nginx_llm_route_retries_total => 'counter' ],
+    [ nginx_llm_route_client_closed_total => 'counter' ],
     [ nginx_llm_route_decisions_total => 'counter' ],
     [ nginx_llm_route_budget_remaining => 'gauge' ],
     [ nginx_llm_target_attempts_total => 'counter' ],
