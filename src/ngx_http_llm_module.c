@@ -25,8 +25,11 @@ static char *ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_llm_route_name(ngx_conf_t *cf, ngx_str_t *name);
 static char *ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_llm_retry_on(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_llm_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_llm_conf_return(ngx_conf_t *cf);
 static void ngx_http_llm_conf_where(ngx_conf_t *cf,
     ngx_http_llm_loc_conf_t *llcf);
 
@@ -94,7 +97,7 @@ static ngx_command_t  ngx_http_llm_commands[] = {
 
     { ngx_string("llm_retry_on"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_conf_set_bitmask_slot,
+      ngx_http_llm_retry_on,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_llm_loc_conf_t, retry_on),
       &ngx_http_llm_retry_on_masks },
@@ -401,6 +404,14 @@ ngx_http_llm_merge_route(ngx_conf_t *cf, ngx_http_llm_loc_conf_t *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_llm_conf_return(cf) != NGX_OK) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"llm_route\" cannot be combined with \"return\" "
+                      "in one location in %V:%ui",
+                      &conf->conf_file, conf->conf_line);
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->targets == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "no \"llm_target\" is defined for llm route \"%V\" "
@@ -700,6 +711,104 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
+}
+
+
+/*
+ * A "return" of the rewrite module in the route's own location answers
+ * in the rewrite phase: the route would never run.  The rewrite module
+ * keeps the location's script in the first member of its location
+ * configuration (ngx_http_rewrite_module.c, so since nginx 0.x); each
+ * step begins with its code function.  A "return" inside an "if" block
+ * runs on the if's condition only (such as an OPTIONS preflight) and
+ * lies within the span the if jumps over.  Without the rewrite module
+ * there is no "return".
+ */
+
+static ngx_int_t
+ngx_http_llm_conf_return(ngx_conf_t *cf)
+{
+    u_char                      *p, *last, *block_end;
+    uintptr_t                    code;
+    ngx_uint_t                   i;
+    ngx_array_t                **codes;
+    ngx_module_t                *m;
+    ngx_http_conf_ctx_t         *ctx;
+    ngx_http_script_if_code_t   *if_code;
+
+    m = NULL;
+
+    for (i = 0; cf->cycle->modules[i]; i++) {
+        if (ngx_strcmp(cf->cycle->modules[i]->name,
+                       "ngx_http_rewrite_module")
+            == 0)
+        {
+            m = cf->cycle->modules[i];
+            break;
+        }
+    }
+
+    if (m == NULL) {
+        return NGX_OK;
+    }
+
+    ctx = cf->ctx;
+    codes = (ngx_array_t **) ctx->loc_conf[m->ctx_index];
+
+    if (*codes == NULL) {
+        return NGX_OK;
+    }
+
+    p = (*codes)->elts;
+    last = p + (*codes)->nelts;
+    block_end = p;
+
+    for ( /* void */ ; p + sizeof(uintptr_t) <= last; p += sizeof(uintptr_t)) {
+        code = *(uintptr_t *) p;
+
+        if (code == (uintptr_t) ngx_http_script_if_code
+            && p + sizeof(ngx_http_script_if_code_t) <= last)
+        {
+            if_code = (ngx_http_script_if_code_t *) p;
+
+            if (p + if_code->next <= last) {
+                block_end = p + if_code->next;
+            }
+
+            continue;
+        }
+
+        if (code == (uintptr_t) ngx_http_script_return_code
+            && p >= block_end)
+        {
+            return NGX_DECLINED;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* llm_retry_on as proxy_next_upstream: "off" stands alone */
+
+static char *
+ngx_http_llm_retry_on(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    char  *rv;
+
+    rv = ngx_conf_set_bitmask_slot(cf, cmd, conf);
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if ((llcf->retry_on & NGX_HTTP_LLM_RETRY_OFF) && cf->args->nelts > 2) {
+        return "\"off\" cannot be combined with other values";
+    }
+
+    return NGX_CONF_OK;
 }
 
 

@@ -183,6 +183,53 @@ fails('llm_route, then empty_gif',
       . 'location', line_of(qr/llm_route chat;/));
 
 ###############################################################################
+# a "return" in the route's location answers in the rewrite phase, before
+# the route could run; one inside an "if" runs on its condition only
+
+conf('llm_route chat;
+            llm_target /_llm/a;
+            return 204;');
+fails('llm_route, then return',
+      '"llm_route" cannot be combined with "return" in one location',
+      line_of(qr/llm_route chat;/));
+
+conf('return 200 "hi";
+            set $x 1;
+            llm_route chat;
+            llm_target /_llm/a;');
+fails('return, then llm_route',
+      '"llm_route" cannot be combined with "return" in one location',
+      line_of(qr/llm_route chat;/));
+
+conf('if ($request_method = OPTIONS) {
+                return 204;
+            }
+            rewrite ^/v1/(.*)$ /v1/$1 break;
+            return 403;
+            llm_route chat;
+            llm_target /_llm/a;');
+fails('return after an if block',
+      '"llm_route" cannot be combined with "return" in one location',
+      line_of(qr/llm_route chat;/));
+
+conf('set $key "x";
+            if ($request_method = OPTIONS) {
+                return 204;
+            }
+            if ($http_x_block) {
+                set $key "y";
+                return 403 "$key";
+            }
+            rewrite ^/v1/(.*)$ /v1/$1 break;
+            llm_route chat;
+            llm_target /_llm/a;');
+passes('return only inside if blocks, set and rewrite');
+
+conf('llm_route chat; llm_target /_llm/a;',
+     'return 404;');
+passes('return at server level');
+
+###############################################################################
 # context and arguments
 
 conf('return 204;', 'llm_route chat;');
@@ -262,6 +309,12 @@ my @engine = (
       'invalid value "flaky"', qr/llm_retry_on/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_retry_on stream_interrupted;',
       'invalid value "stream_interrupted"', qr/llm_retry_on/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_retry_on off timeout;',
+      '"llm_retry_on" directive "off" cannot be combined with other values',
+      qr/llm_retry_on/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_retry_on timeout off;',
+      '"llm_retry_on" directive "off" cannot be combined with other values',
+      qr/llm_retry_on/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_attempts 0;',
       'value must be between 1 and 100', qr/llm_attempts/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_attempts many;',
