@@ -123,6 +123,22 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
     /* as ngx_http_header_filter() does for any subrequest */
     r->header_sent = 1;
 
+    if (r->headers_out.status == 0) {
+
+        /*
+         * no status line: the proxy module took the reply for HTTP/0.9
+         * and would pass its bytes on as a body; it is no answer to
+         * replay, and the attempt failed with invalid_response
+         */
+
+        ctx->invalid = 1;
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "llm attempt answer has no status line");
+
+        return NGX_OK;
+    }
+
     if (r->headers_out.status < NGX_HTTP_SPECIAL_RESPONSE) {
 
         ctx->sse = ngx_http_llm_is_sse(r);

@@ -261,6 +261,7 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->step_tries++;
     ctx->attempt_start = ngx_current_msec;
     ctx->attempt_done = 0;
+    ctx->invalid = 0;
     ctx->answered = 0;
     ctx->held = 0;
     ctx->decided = 0;
@@ -402,7 +403,13 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     ctx->attempt_done = 1;
     ctx->attempt_rc = rc;
 
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE && !ctx->held && !ctx->committed) {
+    if (ctx->invalid) {
+        /* as nginx would answer had it refused the reply */
+        ctx->attempt_status = NGX_HTTP_BAD_GATEWAY;
+
+    } else if (rc >= NGX_HTTP_SPECIAL_RESPONSE && !ctx->held
+               && !ctx->committed)
+    {
         ctx->attempt_status = rc;
 
     } else if (sr->headers_out.status) {
@@ -503,7 +510,11 @@ ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
 
     b = ctx->answer_body;
 
-    if (ctx->committed) {
+    if (ctx->invalid) {
+        return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
+    }
+
+    if (ctx->committed && ctx->attempt_status < NGX_HTTP_SPECIAL_RESPONSE) {
 
         if (!ctx->answered || rc == NGX_ERROR
             || rc >= NGX_HTTP_SPECIAL_RESPONSE)
@@ -511,14 +522,15 @@ ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
             return NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED;
         }
 
-        if (ctx->attempt_status < NGX_HTTP_SPECIAL_RESPONSE) {
-            return ngx_http_llm_stream_whole(ctx)
-                   ? NGX_HTTP_LLM_ERR_NONE
-                   : NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED;
-        }
-
-        /* a final error answer, passed on: its beginning was observed */
+        return ngx_http_llm_stream_whole(ctx)
+               ? NGX_HTTP_LLM_ERR_NONE : NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED;
     }
+
+    /*
+     * a final error answer passed on, whole or cut, is classified from
+     * its status and the beginning observed: the provider failed before
+     * the cut did
+     */
 
     if (ctx->held || ctx->committed) {
         /* a provider's error answer */

@@ -62,6 +62,8 @@ static ngx_conf_bitmask_t  ngx_http_llm_retry_on_masks[] = {
       ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_CONTEXT_LENGTH) },
     { ngx_string("content_filter"),
       ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_CONTENT_FILTER) },
+    { ngx_string("invalid_response"),
+      ngx_http_llm_retry_bit(NGX_HTTP_LLM_ERR_INVALID_RESPONSE) },
     { ngx_string("off"), NGX_HTTP_LLM_RETRY_OFF },
     { ngx_null_string, 0 }
 };
@@ -326,7 +328,9 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                                   |ngx_http_llm_retry_bit(
                                        NGX_HTTP_LLM_ERR_OVERLOADED)
                                   |ngx_http_llm_retry_bit(
-                                       NGX_HTTP_LLM_ERR_SERVER)));
+                                       NGX_HTTP_LLM_ERR_SERVER)
+                                  |ngx_http_llm_retry_bit(
+                                       NGX_HTTP_LLM_ERR_INVALID_RESPONSE)));
 
     if (conf->retry_on & NGX_HTTP_LLM_RETRY_OFF) {
         conf->retry_on = NGX_CONF_BITMASK_SET;

@@ -162,6 +162,7 @@ typedef struct {
     unsigned                     committed:1;   /* client got the headers */
     unsigned                     answered:1;    /* ... and the last byte */
     unsigned                     attempt_done:1;
+    unsigned                     invalid:1;     /* no HTTP answer at all */
     unsigned                     held:1;        /* error answer kept back */
     unsigned                     answer_partial:1;  /* kept, not whole */
     unsigned                     can_retry:1;

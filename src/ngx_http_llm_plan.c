@@ -222,7 +222,10 @@ ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx)
 
     late = 0;
 
+    /* a target its own failure put in cooldown is not tried again */
+
     same = ctx->step_tries < ctx->target->tries
+           && ngx_http_llm_target_cooling(ctx->target) == 0
            && err != NGX_HTTP_LLM_ERR_QUOTA
            && err != NGX_HTTP_LLM_ERR_AUTH
            && err != NGX_HTTP_LLM_ERR_CONTEXT_LENGTH

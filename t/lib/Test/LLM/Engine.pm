@@ -37,6 +37,10 @@ package Test::LLM::Engine;
 #     big            500 OpenAI server_error of size= bytes (default 4 MB)
 #     reset          the request is read, then the connection reset
 #     stall          the request is read, then nothing for stall= seconds
+#     garbage        the request is read, then bytes that are no HTTP
+#                    status line, and the connection closed
+#     cut            500 OpenAI server_error whose body breaks off in the
+#                    middle (a larger Content-Length, then a close)
 #
 # modifiers: ra=SECONDS (Retry-After), radate=SECONDS (Retry-After as an
 # HTTP-date that many seconds from now), ram=MS (retry-after-ms),
@@ -186,6 +190,21 @@ sub action_response {
 
     if ($kind eq 'reset') {
         $conn->reset if $conn;
+        return;
+    }
+
+    if ($kind eq 'garbage') {
+        if ($conn) {
+            $conn->write("ICY 200 not http at all\r\n{\"x\":1}\n");
+            $conn->close;
+        }
+        return;
+    }
+
+    if ($kind eq 'cut') {
+        $conn->partial(status => $m{status} || 500, headers => \@h,
+                       body => substr($KIND{500}[2], 0, 20))
+            if $conn;
         return;
     }
 
