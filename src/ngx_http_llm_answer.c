@@ -72,7 +72,7 @@ static ngx_str_t  ngx_http_llm_answer_messages_events[] = {
 };
 
 
-/* the events that end a stream, besides "[DONE]" */
+/* the events that end a Responses or messages stream */
 
 static ngx_str_t  ngx_http_llm_answer_ends[] = {
     ngx_string("message_stop"),
@@ -438,7 +438,19 @@ ngx_http_llm_answer_event(ngx_http_llm_answer_t *a,
     if (st->prefix.len == 6
         && ngx_strncmp(st->prefix.data, "[DONE]", 6) == 0)
     {
-        a->done = 1;
+        /*
+         * OpenAI's chat and completions streams end so; Responses and
+         * messages streams end with an event of their own, which a
+         * "[DONE]" (sent by some compatible servers after it) does not
+         * stand for
+         */
+
+        if (st->family != NGX_HTTP_LLM_FAMILY_RESPONSES
+            && st->family != NGX_HTTP_LLM_FAMILY_MESSAGES)
+        {
+            a->done = 1;
+        }
+
         return;
     }
 

@@ -36,9 +36,11 @@
  *   input_tokens, output_tokens: usage.prompt_tokens/completion_tokens or
  *     usage.input_tokens/output_tokens of the body, of a chat chunk, of
  *     response.usage (Responses), of message.usage and usage (Anthropic's
- *     message_start and message_delta); a later usage overrides.
+ *     message_start and message_delta); a later usage overrides; a value
+ *     that is not a JSON integer >= 0 counts as absent.
  *   model: the first top-level "model" (message.model, response.model in
- *     a stream), a valid UTF-8 prefix of at most MODEL_MAX bytes.
+ *     a stream), decoded; cut to at most MODEL_MAX bytes at a character;
+ *     unknown when not valid UTF-8 (ngx_http_llm_json_string()).
  *   shape: OK or MISMATCH for chat, responses, messages, embeddings and
  *     completions; a stream is MISMATCH once one event is; an error
  *     object (or event) is a MISMATCH too.  UNCHECKED: other families,
@@ -46,8 +48,9 @@
  *   error: NGX_HTTP_LLM_ERR_* of the first in-band error: an SSE error
  *     event, a data object with an "error" member, response.failed, or a
  *     whole JSON answer that is an error object.
- *   done: "[DONE]", message_stop, response.completed, response.incomplete
- *     or response.failed was dispatched.
+ *   done: the stream's end was dispatched: message_stop (messages),
+ *     response.completed, response.incomplete or response.failed
+ *     (responses), "[DONE]" (other families).
  *
  * An event cut by the end of the stream is not dispatched (WHATWG).
  */

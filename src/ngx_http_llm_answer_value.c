@@ -12,36 +12,29 @@
 
 /*
  * The kept values of an answer decoded: the usage object parsed by yajl,
- * the model decoded and cut to a valid UTF-8 prefix.
+ * the model decoded, valid UTF-8 or not found.
  */
 
 
 typedef struct {
     ngx_uint_t                   depth;
     ngx_uint_t                   key;       /* ngx_http_llm_usage_* */
+    ngx_uint_t                   pending;   /* the count not yet taken */
+    off_t                        value;     /* its value */
     off_t                        input;
     off_t                        output;
 } ngx_http_llm_answer_usage_t;
 
 
-typedef struct {
-    u_char                      *buf;
-    size_t                       len;
-    ngx_uint_t                   strings;
-} ngx_http_llm_answer_model_t;
-
-
 static size_t ngx_http_llm_answer_cut(u_char *raw, size_t n);
 static ngx_uint_t ngx_http_llm_answer_hex4(u_char *p);
-static size_t ngx_http_llm_answer_utf8(u_char *p, size_t len);
+static void ngx_http_llm_answer_usage_take(ngx_http_llm_answer_usage_t *ctx);
 static int ngx_http_llm_answer_usage_start(void *data);
 static int ngx_http_llm_answer_usage_end(void *data);
 static int ngx_http_llm_answer_usage_key(void *data, const unsigned char *s,
     size_t len);
 static int ngx_http_llm_answer_usage_number(void *data, const char *s,
     size_t len);
-static int ngx_http_llm_answer_model_string(void *data,
-    const unsigned char *s, size_t len);
 
 
 static ngx_http_llm_answer_name_t  ngx_http_llm_answer_usage_keys[] = {
@@ -68,25 +61,13 @@ static yajl_callbacks  ngx_http_llm_answer_usage_callbacks = {
 };
 
 
-static yajl_callbacks  ngx_http_llm_answer_model_callbacks = {
-    NULL,                                  /* null */
-    NULL,                                  /* boolean */
-    NULL,                                  /* integer */
-    NULL,                                  /* double */
-    NULL,                                  /* number */
-    ngx_http_llm_answer_model_string,      /* string */
-    NULL,                                  /* start_map */
-    NULL,                                  /* map_key */
-    NULL,                                  /* end_map */
-    NULL,                                  /* start_array */
-    NULL                                   /* end_array */
-};
-
-
 /*
- * The kept usage object, parsed.  A usage object cut at the bound (never
- * seen in practice) gives what came before the cut, a number cut there
- * included: yajl only reports a number once a byte after it ends it.
+ * The kept usage object, parsed.  A count is taken once the next member
+ * or the end of the object follows it: yajl reports "12" of "12abc" or
+ * "0" of "0x10" before it finds the bytes after them invalid, and such a
+ * count is not found, as one that is not a JSON integer.  A usage object
+ * cut at the bound (never seen in practice) gives the counts before the
+ * cut.
  */
 
 void
@@ -102,6 +83,8 @@ ngx_http_llm_answer_usage(ngx_http_llm_answer_t *a,
 
     ctx.depth = 0;
     ctx.key = ngx_http_llm_usage_other;
+    ctx.pending = ngx_http_llm_usage_other;
+    ctx.value = 0;
     ctx.input = -1;
     ctx.output = -1;
 
@@ -128,21 +111,22 @@ ngx_http_llm_answer_usage(ngx_http_llm_answer_t *a,
 
 
 /*
- * The kept model string, decoded and cut to a valid UTF-8 prefix of at
- * most NGX_HTTP_LLM_ANSWER_MODEL_MAX bytes.  A string longer than kept is
- * closed after its last whole character or escape, a quote added in the
- * spare byte, which still decodes to more than MODEL_MAX bytes.
+ * The kept model string, decoded.  A model that is not valid UTF-8 once
+ * decoded (raw invalid bytes, an unpaired surrogate escape: see
+ * ngx_http_llm_json_string()) is not found, never cut before the fault
+ * or patched.  A valid one longer than NGX_HTTP_LLM_ANSWER_MODEL_MAX
+ * bytes is cut after its last whole character within them.  A string
+ * longer than kept is closed after its last whole character or escape, a
+ * quote added in the spare byte, which still decodes to more than
+ * MODEL_MAX bytes; what lies past the kept bytes is not read.
  */
 
 void
 ngx_http_llm_answer_model(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st)
 {
-    u_char                       *raw, *p, *end;
-    size_t                        n, len;
-    yajl_handle                   h;
-    yajl_status                   rc;
-    ngx_http_llm_answer_model_t   ctx;
+    u_char  *raw, buf[NGX_HTTP_LLM_ANSWER_MODEL_RAW];
+    size_t   n, len;
 
     if (a->model_len || st->model.len == 0) {
         return;
@@ -162,61 +146,38 @@ ngx_http_llm_answer_model(ngx_http_llm_answer_t *a,
         return;
     }
 
-    /* printable ASCII without escapes, nearly always, is its own value */
+    /* n raw bytes decode to fewer than n */
 
-    end = raw + n - 1;
+    if (ngx_http_llm_json_string(raw, n, buf, sizeof(buf), &len) != NGX_OK) {
+        return;
+    }
 
-    for (p = raw + 1; p < end; p++) {
-        if (*p < 0x20 || *p >= 0x7f || *p == '\\') {
-            break;
+    if (len > NGX_HTTP_LLM_ANSWER_MODEL_MAX) {
+        len = NGX_HTTP_LLM_ANSWER_MODEL_MAX;
+
+        /* back to the start of the character cut */
+
+        while (len && (buf[len] & 0xc0) == 0x80) {
+            len--;
         }
     }
 
-    if (p == end) {
-        len = ngx_min(n - 2, NGX_HTTP_LLM_ANSWER_MODEL_MAX);
-        ngx_memcpy(a->model, raw + 1, len);
-        a->model_len = len;
-        return;
-    }
-
-    ctx.buf = a->model;
-    ctx.len = 0;
-    ctx.strings = 0;
-
-    h = yajl_alloc(&ngx_http_llm_answer_model_callbacks, NULL, &ctx);
-    if (h == NULL) {
-        return;
-    }
-
-    /* invalid UTF-8 ends the prefix kept, it does not lose the model */
-    (void) yajl_config(h, yajl_dont_validate_strings, 1);
-
-    rc = yajl_parse(h, raw, n);
-
-    if (rc == yajl_status_ok) {
-        rc = yajl_complete_parse(h);
-    }
-
-    yajl_free(h);
-
-    if (rc != yajl_status_ok || ctx.strings != 1) {
-        return;
-    }
-
-    a->model_len = ngx_http_llm_answer_utf8(a->model, ctx.len);
+    ngx_memcpy(a->model, buf, len);
+    a->model_len = len;
 }
 
 
 /*
  * The length of the longest prefix of a raw string (from its opening
  * quote, n bytes kept) that ends between characters: not inside an
- * escape, nor between the two escapes of a surrogate pair.
+ * escape, nor between the two escapes of a surrogate pair, nor inside
+ * the bytes of a raw UTF-8 character.
  */
 
 static size_t
 ngx_http_llm_answer_cut(u_char *raw, size_t n)
 {
-    size_t      i, unit;
+    size_t      i, k, unit, need;
     ngx_uint_t  cp;
 
     for (i = 1; i < n; i += unit) {
@@ -259,7 +220,23 @@ ngx_http_llm_answer_cut(u_char *raw, size_t n)
         }
     }
 
-    return ngx_min(i, n);
+    i = ngx_min(i, n);
+
+    /* nor inside a raw UTF-8 sequence: back over its first bytes */
+
+    for (k = i; k > 1 && i - k < 3 && (raw[k - 1] & 0xc0) == 0x80; k--) {
+        /* void */
+    }
+
+    if (k > 1 && raw[k - 1] >= 0xc0) {
+        need = (raw[k - 1] >= 0xf0) ? 3 : (raw[k - 1] >= 0xe0) ? 2 : 1;
+
+        if (i - k < need) {
+            i = k - 1;
+        }
+    }
+
+    return i;
 }
 
 
@@ -290,76 +267,6 @@ ngx_http_llm_answer_hex4(u_char *p)
 }
 
 
-/* the length of the longest valid UTF-8 prefix (RFC 3629) */
-
-static size_t
-ngx_http_llm_answer_utf8(u_char *p, size_t len)
-{
-    u_char  c, lo, hi, *s, *last;
-    size_t  n, i;
-
-    s = p;
-    last = p + len;
-
-    while (s < last) {
-        c = *s;
-
-        if (c < 0x80) {
-            s++;
-            continue;
-        }
-
-        lo = 0x80;
-        hi = 0xbf;
-
-        if (c >= 0xc2 && c <= 0xdf) {
-            n = 1;
-
-        } else if (c >= 0xe0 && c <= 0xef) {
-            n = 2;
-
-            if (c == 0xe0) {
-                lo = 0xa0;
-
-            } else if (c == 0xed) {
-                hi = 0x9f;     /* not a surrogate */
-            }
-
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            n = 3;
-
-            if (c == 0xf0) {
-                lo = 0x90;
-
-            } else if (c == 0xf4) {
-                hi = 0x8f;
-            }
-
-        } else {
-            break;
-        }
-
-        if ((size_t) (last - s) <= n || s[1] < lo || s[1] > hi) {
-            break;
-        }
-
-        for (i = 2; i <= n; i++) {
-            if (s[i] < 0x80 || s[i] > 0xbf) {
-                break;
-            }
-        }
-
-        if (i <= n) {
-            break;
-        }
-
-        s += n + 1;
-    }
-
-    return s - p;
-}
-
-
 /*
  * The depth bound also bounds yajl's own stack: returning 0 stops the
  * parse.
@@ -386,6 +293,8 @@ ngx_http_llm_answer_usage_end(void *data)
 {
     ngx_http_llm_answer_usage_t  *ctx = data;
 
+    ngx_http_llm_answer_usage_take(ctx);
+
     ctx->depth--;
     ctx->key = ngx_http_llm_usage_other;
 
@@ -398,6 +307,8 @@ ngx_http_llm_answer_usage_key(void *data, const unsigned char *s, size_t len)
 {
     ngx_http_llm_answer_usage_t  *ctx = data;
 
+    ngx_http_llm_answer_usage_take(ctx);
+
     ctx->key = (ctx->depth == 1)
                ? ngx_http_llm_answer_lookup(ngx_http_llm_answer_usage_keys,
                                             (u_char *) s, len)
@@ -409,7 +320,10 @@ ngx_http_llm_answer_usage_key(void *data, const unsigned char *s, size_t len)
 
 /*
  * Token counts are non-negative integers; a fraction, an exponent or a
- * sign is not a count, and 18 digits are far more than any.
+ * sign is not a count, and 18 digits are far more than any.  A value
+ * that is not a count (a string, null, ...) is as if absent: an earlier
+ * usage's count stands (Anthropic's message_delta may say
+ * "input_tokens": null after message_start counted them).
  */
 
 static int
@@ -418,6 +332,8 @@ ngx_http_llm_answer_usage_number(void *data, const char *s, size_t len)
     off_t                         n;
     size_t                        i;
     ngx_http_llm_answer_usage_t  *ctx = data;
+
+    ctx->pending = ngx_http_llm_usage_other;
 
     if (ctx->key == ngx_http_llm_usage_other || len == 0 || len > 18) {
         return 1;
@@ -433,26 +349,26 @@ ngx_http_llm_answer_usage_number(void *data, const char *s, size_t len)
         n = n * 10 + (s[i] - '0');
     }
 
-    if (ctx->key == ngx_http_llm_usage_input) {
-        ctx->input = n;
-
-    } else {
-        ctx->output = n;
-    }
+    ctx->pending = ctx->key;
+    ctx->value = n;
 
     return 1;
 }
 
 
-static int
-ngx_http_llm_answer_model_string(void *data, const unsigned char *s,
-    size_t len)
+static void
+ngx_http_llm_answer_usage_take(ngx_http_llm_answer_usage_t *ctx)
 {
-    ngx_http_llm_answer_model_t  *ctx = data;
+    switch (ctx->pending) {
 
-    ctx->strings++;
-    ctx->len = ngx_min(len, NGX_HTTP_LLM_ANSWER_MODEL_MAX);
-    ngx_memcpy(ctx->buf, s, ctx->len);
+    case ngx_http_llm_usage_input:
+        ctx->input = ctx->value;
+        break;
 
-    return 1;
+    case ngx_http_llm_usage_output:
+        ctx->output = ctx->value;
+        break;
+    }
+
+    ctx->pending = ngx_http_llm_usage_other;
 }

@@ -134,6 +134,7 @@ void ngx_http_llm_scan_end(ngx_http_llm_scan_t *s);
 
 ngx_int_t ngx_http_llm_json_string(u_char *raw, size_t len, u_char *buf,
     size_t size, size_t *decoded);
+size_t ngx_http_llm_utf8_char(u_char *p, u_char *last);
 
 
 #endif /* _NGX_HTTP_LLM_SCAN_H_INCLUDED_ */

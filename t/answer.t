@@ -12,7 +12,9 @@
 # message_start + message_delta (cumulative) usage; in-band errors
 # (Anthropic event: error overloaded, OpenAI data: {"error":...},
 # response.failed, the Responses error event, vLLM's object error);
-# [DONE], message_stop, response.completed vs streams cut before them;
+# [DONE], message_stop, response.completed vs streams cut before them
+# ([DONE] ends chat and completions streams, not Responses or messages);
+# usage counts JSON does not take (12abc, 0x10) not found;
 # SSE framing per WHATWG (CR, LF, CRLF, CR then LF in the next piece, a
 # BOM, comments, multi-line data, fields without a colon or space, events
 # without data, unknown fields); a 1 MB data line and a 5 MB content
@@ -20,8 +22,9 @@
 # (an error object with 200, a chat body on the messages route, ...);
 # "usage" and "model" keys nested in content, tool arguments and deltas
 # that must not be taken; escaped quotes, escaped keys, unicode models cut
-# to a valid UTF-8 prefix.  The state must be one allocation of a few KB
-# whatever the answer's size.  The driver runs built with nginx's warning
+# at a character; models with invalid UTF-8 or unpaired surrogate escapes
+# not found.  The state must be one allocation of a few KB whatever the
+# answer's size.  The driver runs built with nginx's warning
 # flags and -Werror, with ASan + UBSan, and under valgrind when present.
 # Run `make` first: it creates build/nginx.
 
@@ -417,6 +420,25 @@ my @cases = (
     [ 'usage values not counts', 'other', 0,
         '{"usage":{"prompt_tokens":-1,"completion_tokens":1.5,'
         . '"input_tokens":"3","output_tokens":1e2}}', {} ],
+    [ 'usage counts that JSON does not take', 'other', 0,
+        '{"usage":{"completion_tokens":5,"prompt_tokens":12abc}}',
+        { out => 5 } ],
+    [ 'usage count 0x10', 'other', 0,
+        '{"usage":{"completion_tokens":5,"prompt_tokens":0x10}}',
+        { out => 5 } ],
+    [ 'usage count 01', 'other', 0,
+        '{"usage":{"prompt_tokens":01,"completion_tokens":5}}', {} ],
+    [ 'usage count 0', 'other', 0,
+        '{"usage":{"prompt_tokens":0,"completion_tokens":5}}',
+        { in => 0, out => 5 } ],
+    [ 'usage count null keeps the earlier one', 'messages', 1,
+        sse([ 'message_start', '{"type":"message_start","message":{'
+            . '"type":"message","content":[],"usage":{"input_tokens":25,'
+            . '"output_tokens":1}}}' ],
+            [ 'message_delta', '{"type":"message_delta","delta":{},'
+            . '"usage":{"input_tokens":null,"output_tokens":15}}' ],
+            [ 'message_stop', '{"type":"message_stop"}' ]),
+        { in => 25, out => 15, shape => 'ok', events => 3, done => 1 } ],
     [ 'usage null, usage not an object', 'other', 0,
         '{"usage":null,"x":{"usage":{"prompt_tokens":1}}}', {} ],
     [ 'duplicate usage: the last object, whole', 'other', 0,
@@ -453,7 +475,7 @@ my @cases = (
         '{"model":"' . ('\ud83d\ude00' x 100) . '"}',
         { model => "\xf0\x9f\x98\x80" x 32 } ],
     [ 'model with invalid UTF-8', 'other', 0,
-        "{\"model\":\"gpt\xff-4\"}", { model => 'gpt' } ],
+        "{\"model\":\"gpt\xff-4\"}", {} ],
     [ 'model of mixed escapes, longer than kept', 'other', 0,
         '{"model":"' . ('ab\"\u00e9\u4e2d' x 100) . '"}',
         { model => "ab\"\xc3\xa9\xe4\xb8\xad" x 16 } ],
@@ -475,17 +497,39 @@ my @cases = (
         "{\"model\":\"\xe4\xb8\xad\xf0\x9f\x98\x80\"}",
         { model => "\xe4\xb8\xad\xf0\x9f\x98\x80" } ],
     [ 'model with a raw surrogate', 'other', 0,
-        "{\"model\":\"gpt\xed\xa0\x80x\"}", { model => 'gpt' } ],
+        "{\"model\":\"gpt\xed\xa0\x80x\"}", {} ],
     [ 'model with an overlong sequence', 'other', 0,
-        "{\"model\":\"a\xe0\x80\x80\"}", { model => 'a' } ],
+        "{\"model\":\"a\xe0\x80\x80\"}", {} ],
     [ 'model above U+10FFFF', 'other', 0,
-        "{\"model\":\"a\xf4\x90\x80\x80\"}", { model => 'a' } ],
+        "{\"model\":\"a\xf4\x90\x80\x80\"}", {} ],
     [ 'model with a sequence cut short', 'other', 0,
-        "{\"model\":\"a\xf0\x9f\x98\"}", { model => 'a' } ],
+        "{\"model\":\"a\xf0\x9f\x98\"}", {} ],
     [ 'model with a bad continuation byte', 'other', 0,
-        "{\"model\":\"a\xe4\xb8x\"}", { model => 'a' } ],
+        "{\"model\":\"a\xe4\xb8x\"}", {} ],
     [ 'model with a lone low surrogate escape', 'other', 0,
-        '{"model":"a\ude00b"}', { model => 'a' } ],
+        '{"model":"a\ude00b"}', {} ],
+    [ 'model with a lone high surrogate escape', 'other', 0,
+        '{"model":"a\ud83db"}', {} ],
+    [ 'model ending in a high surrogate escape', 'other', 0,
+        '{"model":"a\ud83d"}', {} ],
+    [ 'model with a reversed surrogate pair', 'other', 0,
+        '{"model":"a\ude00\ud83d"}', {} ],
+    [ 'model with two high surrogate escapes', 'other', 0,
+        '{"model":"a\ud83d\ud83d"}', {} ],
+    [ 'model with a high surrogate before another escape', 'other', 0,
+        '{"model":"a\ud83d\u0041"}', {} ],
+    [ 'model with a high surrogate before \\n', 'other', 0,
+        '{"model":"a\ud83d\nb"}', {} ],
+    [ 'model with NUL', 'other', 0,
+        '{"model":"a\u0000b"}', { model => "a\0b" } ],
+    [ 'model longer than kept, a lone surrogate within the bound',
+        'other', 0, '{"model":"\ud83d' . ('\u00e9' x 200) . '"}', {} ],
+    [ 'model longer than kept, a lone surrogate past the bound',
+        'other', 0, '{"model":"' . ('\u00e9' x 200) . '\ud83d"}',
+        { model => "\xc3\xa9" x 64 } ],
+    [ 'model longer than kept, raw UTF-8 at the bound', 'other', 0,
+        '{"model":"ab' . ("\xe4\xb8\xad" x 300) . '"}',
+        { model => 'ab' . ("\xe4\xb8\xad" x 42) } ],
     [ 'model with a control character', 'other', 0,
         "{\"model\":\"a\x01b\"}", {} ],
     [ 'model not a string', 'other', 0, '{"model":42}', {} ],
@@ -546,7 +590,7 @@ my @cases = (
         { shape => 'ok', events => 1 } ],
     [ 'chat stream on the messages route', 'messages', 1, chat_stream(1),
         { in => 8, out => 9, model => $chat_model, shape => 'mismatch',
-          events => 6, done => 1 } ],
+          events => 6 } ],
     [ 'legacy completion stream', 'completions', 1,
         data_only('{"id":"cmpl-1","object":"text_completion","created":1,'
             . '"choices":[{"text":"Hi","index":0,"logprobs":null,'
@@ -636,6 +680,13 @@ my @cases = (
     [ 'responses stream cut before response.completed', 'responses', 1,
         responses_stream(),
         { model => 'gpt-4.1-2025-04-14', shape => 'ok', events => 6 } ],
+    [ 'responses stream with [DONE] but no response.completed',
+        'responses', 1, responses_stream([ undef, '[DONE]' ]),
+        { model => 'gpt-4.1-2025-04-14', shape => 'ok', events => 7 } ],
+    [ 'responses stream, response.completed then [DONE]', 'responses', 1,
+        responses_stream($responses_completed, [ undef, '[DONE]' ]),
+        { in => 36, out => 87, model => 'gpt-4.1-2025-04-14',
+          shape => 'ok', events => 8, done => 1 } ],
     [ 'responses stream incomplete', 'responses', 1,
         responses_stream([ 'response.incomplete', '{"type":'
             . '"response.incomplete","sequence_number":6,"response":'
@@ -711,6 +762,14 @@ my @cases = (
     [ 'anthropic stream cut before message_stop', 'messages', 1,
         sse($message_start, @anthropic_text, message_delta(15)),
         { %$anthropic_result, events => 7, done => 0 } ],
+    [ 'anthropic stream with [DONE] but no message_stop', 'messages', 1,
+        sse($message_start, @anthropic_text, message_delta(15),
+            [ undef, '[DONE]' ]),
+        { %$anthropic_result, events => 8, done => 0 } ],
+    [ 'anthropic stream, message_stop then [DONE]', 'messages', 1,
+        sse($message_start, @anthropic_text, message_delta(15),
+            $message_stop, [ undef, '[DONE]' ]),
+        { %$anthropic_result, events => 9 } ],
     [ 'anthropic stream cut without the last empty line', 'messages', 1,
         substr($anthropic_stream, 0, -1),
         { %$anthropic_result, events => 7, done => 0 } ],
