@@ -524,7 +524,7 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
     ngx_array_t            deltas;
     const char           **argv;
     ngx_slab_pool_t       *shpool;
-    ngx_atomic_int_t       d;
+    ngx_atomic_int_t       c, d;
     ngx_http_llm_slot_t   *slot;
     ngx_http_llm_delta_t  *dl;
     size_t                *argvlen;
@@ -550,8 +550,14 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
         }
 
         for (k = 0; k < NGX_HTTP_LLM_SHARED; k++) {
-            d = (ngx_atomic_int_t) slot->count[k]
-                - (ngx_atomic_int_t) slot->synced[k];
+
+            /*
+             * Read once: other workers add to count without the mutex,
+             * and what they add after this read goes in the next batch.
+             */
+
+            c = (ngx_atomic_int_t) slot->count[k];
+            d = c - (ngx_atomic_int_t) slot->synced[k];
 
             if (d == 0) {
                 continue;
@@ -567,7 +573,7 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
             dl->counter = k;
             dl->delta = d;
 
-            slot->synced[k] = slot->count[k];
+            slot->synced[k] = c;
         }
     }
 
