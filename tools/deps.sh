@@ -9,6 +9,11 @@ pkgs_build="$pkgs_build libcurl4-openssl-dev"
 pkgs_test="perl redis-server curl"
 # promtool (t/status.t checks the Prometheus text with it)
 pkgs_test="$pkgs_test prometheus"
+# node and npm (t/sdk.t runs the official SDKs, npm ci in t/sdk); Debian
+# 12's nodejs 18 runs the versions pinned there.  A node installed
+# otherwise (NodeSource, nvm) brings its own npm, and Debian's would
+# conflict with it.
+command -v npm >/dev/null 2>&1 || pkgs_test="$pkgs_test nodejs npm"
 pkgs_demo="curl redis-server"
 pkgs_bench="wrk valgrind curl util-linux redis-server"
 pkgs_asan="clang libclang-rt-14-dev"
