@@ -43,7 +43,6 @@ static ngx_int_t ngx_http_llm_body_filter(ngx_http_request_t *r,
 static ngx_int_t ngx_http_llm_read_answer(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx);
 static ngx_uint_t ngx_http_llm_is_sse(ngx_http_request_t *r);
-static void ngx_http_llm_sse_tail(ngx_http_llm_ctx_t *ctx, ngx_buf_t *b);
 static ngx_int_t ngx_http_llm_observe(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx, ngx_chain_t *in);
 static ngx_buf_t *ngx_http_llm_answer_buf(ngx_http_request_t *sr,
@@ -156,7 +155,8 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
              * does for X-Accel-Buffering
              */
 
-            ngx_memset(ctx->sse_tail, '\n', sizeof(ctx->sse_tail));
+            /* the stream begins at the beginning of a line */
+            ctx->sse_bol = 1;
 
             if (r->upstream) {
                 r->upstream->buffering = 0;
@@ -239,15 +239,18 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
                                          cl->buf->last);
             }
 
-            if (ctx->sse) {
-                ngx_http_llm_sse_tail(ctx, cl->buf);
-            }
         }
 
         if (r->headers_out.status >= NGX_HTTP_SPECIAL_RESPONSE
             && ngx_http_llm_observe(r, ctx, in) != NGX_OK)
         {
             return NGX_ERROR;
+        }
+
+        if (ctx->sse) {
+            /* whole events only, see ngx_http_llm_sse.c */
+            return ngx_http_llm_sse_forward(r, ctx, in,
+                                            ngx_http_next_body_filter);
         }
 
         return ngx_http_next_body_filter(r, in);
@@ -321,27 +324,6 @@ ngx_http_llm_is_sse(ngx_http_request_t *r)
     return type->len >= sizeof("text/event-stream") - 1
            && ngx_strncasecmp(type->data, (u_char *) "text/event-stream",
                               sizeof("text/event-stream") - 1) == 0;
-}
-
-
-/*
- * The last bytes of a stream passed on: whether a cut would fall between
- * events (after a blank line: LF LF, CR CR or CR LF CR LF) or inside one.
- */
-
-static void
-ngx_http_llm_sse_tail(ngx_http_llm_ctx_t *ctx, ngx_buf_t *b)
-{
-    u_char  *p;
-
-    if (!ngx_buf_in_memory(b)) {
-        return;
-    }
-
-    for (p = ngx_max(b->pos, b->last - 4); p < b->last; p++) {
-        ngx_memmove(ctx->sse_tail, ctx->sse_tail + 1, 3);
-        ctx->sse_tail[3] = *p;
-    }
 }
 
 
@@ -759,74 +741,6 @@ ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     return ngx_http_llm_add_header(r, "x-should-retry", (u_char *) "false",
                                    sizeof("false") - 1);
-}
-
-
-/*
- * A stream cut after it began (the provider reset or stalled past the
- * target's proxy_read_timeout) ends with the protocol's own error event
- * and the end of the stream, so a client never takes a half answer for a
- * whole one.  A cut inside an event first ends that event: its data is
- * incomplete, and the error that follows says so.
- */
-
-ngx_int_t
-ngx_http_llm_stream_error(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
-{
-    ngx_buf_t    *b;
-    ngx_str_t     event;
-    ngx_uint_t    split;
-    ngx_chain_t   out;
-
-    static ngx_str_t  anthropic = ngx_string(
-        "event: error\n"
-        "data: {\"type\":\"error\",\"error\":{\"type\":\"api_error\","
-        "\"message\":\"the provider's stream was interrupted\"}}\n\n");
-
-    static ngx_str_t  responses = ngx_string(
-        "event: error\n"
-        "data: {\"type\":\"error\",\"code\":\"stream_interrupted\","
-        "\"message\":\"the provider's stream was interrupted\","
-        "\"param\":null}\n\n");
-
-    static ngx_str_t  openai = ngx_string(
-        "data: {\"error\":{\"message\":\"the provider's stream was "
-        "interrupted\",\"type\":\"server_error\",\"param\":null,"
-        "\"code\":\"stream_interrupted\"}}\n\n");
-
-    switch (ctx->family) {
-    case NGX_HTTP_LLM_FAMILY_MESSAGES:
-        event = anthropic;
-        break;
-    case NGX_HTTP_LLM_FAMILY_RESPONSES:
-        event = responses;
-        break;
-    default:
-        event = openai;
-    }
-
-    split = !(ngx_strncmp(ctx->sse_tail + 2, "\n\n", 2) == 0
-              || ngx_strncmp(ctx->sse_tail + 2, "\r\r", 2) == 0
-              || ngx_strncmp(ctx->sse_tail, "\r\n\r\n", 4) == 0);
-
-    b = ngx_create_temp_buf(r->pool, event.len + 2);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (split) {
-        *b->last++ = '\n';
-        *b->last++ = '\n';
-    }
-
-    b->last = ngx_cpymem(b->last, event.data, event.len);
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
 }
 
 

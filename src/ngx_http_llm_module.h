@@ -78,6 +78,7 @@ typedef struct {
     ngx_uint_t                   cooldown_fails;
     ngx_uint_t                   cooldown_window;   /* seconds */
     ngx_msec_t                   cooldown_time;
+    ngx_msec_t                   cooldown_max;  /* max=: of any cooldown */
 
     ngx_flag_t                   status;    /* llm_status here */
 
@@ -157,7 +158,10 @@ typedef struct {
 
     ngx_event_t                  backoff;   /* wait before an attempt */
     ngx_msec_t                   wait;      /* of the decided retry */
-    u_char                       sse_tail[4];   /* last bytes passed */
+    /* a stream's event not yet ended, held back: ngx_http_llm_sse.c */
+    ngx_buf_t                   *sse_hold;
+    ngx_chain_t                 *sse_free;
+    ngx_chain_t                 *sse_busy;
 
     unsigned                     committed:1;   /* client got the headers */
     unsigned                     answered:1;    /* ... and the last byte */
@@ -169,6 +173,10 @@ typedef struct {
     unsigned                     retried:1;     /* a retry was spent */
     unsigned                     decided:1;
     unsigned                     sse:1;         /* text/event-stream */
+    unsigned                     sse_bol:1;     /* at a line's start */
+    unsigned                     sse_cr:1;      /* after a CR */
+    unsigned                     sse_blank:1;   /* ... ending a blank line */
+    unsigned                     sse_open:1;    /* client has half an event */
     unsigned                     budget_cluster:1;  /* judged on Redis' */
 } ngx_http_llm_ctx_t;
 
@@ -216,6 +224,9 @@ ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
 ngx_int_t ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_stream_error(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_sse_forward(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_chain_t *in,
+    ngx_http_output_body_filter_pt next);
 ngx_uint_t ngx_http_llm_stream_whole(ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);

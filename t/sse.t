@@ -9,7 +9,9 @@
 # attempt reaches the client; a stream cut after its first byte is not
 # retried and ends with the protocol's own error event (OpenAI-style for
 # chat, Anthropic-style for messages, Responses-style for responses),
-# after a blank line when the cut fell inside an event; a stream that
+# after the last whole event when the cut fell inside one (the half event
+# is never sent: events pass whole, even when the network splits them, with
+# LF or CR LF lines); a stream that
 # stalls past proxy_read_timeout ends the same way.
 
 use strict;
@@ -101,6 +103,33 @@ sub provider {
                                 'Transfer-Encoding' => 'chunked' ]);
         $conn->send_chunk("data: $CHUNKS[0]\n\ndata: {\"obj");
         return $conn->close;
+    }
+
+    if ($case eq 'split') {
+        # events cut anywhere by the network: inside a line, between the
+        # two LFs of a blank line, inside a CR LF pair
+        $conn->send_head(200, [ 'Content-Type' => 'text/event-stream',
+                                'Transfer-Encoding' => 'chunked' ]);
+        for my $piece ("data: $CHUNKS[0]\n\ndata: {\"ob",
+                       "j\":2}\n", "\ndata: $CHUNKS[2]\r\n\r",
+                       "\ndata: $CHUNKS[3]\r", "\n\r\n", "data: [DONE]\n\n")
+        {
+            $conn->send_chunk($piece) or return;
+            sleep 0.2;
+        }
+        $conn->end_chunks;
+        return $conn->close;
+    }
+
+    if ($case eq 'cut-crlf') {
+        $conn->send_head(200, [ 'Content-Type' => 'text/event-stream',
+                                'Transfer-Encoding' => 'chunked' ]);
+        $conn->send_chunk("data: $CHUNKS[0]\r\n\r\ndata: $CHUNKS[1]\r\n");
+        sleep 0.2;
+        $conn->send_chunk("\r");
+        sleep 0.2;
+        $conn->send_chunk("\ndata: {\"obj");
+        return $conn->reset;
     }
 
     if ($case eq 'stall') {
@@ -218,10 +247,58 @@ for my $path (sort keys %error_event) {
     my $r = parse_response(http(request('/v1/chat/completions', 'inside',
                                         'cut-inside'), port => $port));
 
-    is($r->{body}, "data: $CHUNKS[0]\n\ndata: {\"obj\n\n"
+    is($r->{body}, "data: $CHUNKS[0]\n\n"
                    . $error_event{'/v1/chat/completions'},
-       'cut inside an event: it is ended, then the error event');
+       'cut inside an event: the half event is dropped, then the error '
+       . 'event');
     ok($r->{complete}, 'cut inside an event: then the end of the stream');
+}
+
+{
+    my $r = parse_response(http(request('/v1/chat/completions', 'crlf',
+                                        'cut-crlf'), port => $port));
+
+    is($r->{body}, "data: $CHUNKS[0]\r\n\r\ndata: $CHUNKS[1]\r\n\r\n"
+                   . $error_event{'/v1/chat/completions'},
+       'cut inside an event, CR LF lines: whole events, then the error');
+}
+
+# an event split by the network reaches the client whole, each event as
+# soon as its blank line came
+
+{
+    my $s = http_start(request('/v1/chat/completions', 'split', 'split'),
+                       port => $port);
+    my ($got, $ok) = read_until($s, qr/"obj":2\}\n\n/, 5);
+    ok($ok, 'split: the second event came');
+    unlike($got, qr/"n":4/, 'split: not the fourth yet, nor half of it');
+    my $rest = read_all($s, 5);
+    my $r = parse_response($got . $rest);
+    is($r->{body}, "data: $CHUNKS[0]\n\ndata: {\"obj\":2}\n\n"
+                   . "data: $CHUNKS[2]\r\n\r\ndata: $CHUNKS[3]\r\n\r\n"
+                   . "data: [DONE]\n\n",
+       'split: the bytes unchanged');
+    my $le = log_entry('split');
+    is($le->{error}, '-', 'split: a whole stream') or diag(explain $le);
+
+    my ($head, $raw) = split /\r\n\r\n/, $got . $rest, 2;
+    my @sizes;
+    while ($raw =~ s/^([0-9a-f]+)\r\n//) {
+        my $n = hex $1;
+        last if $n == 0;
+        push @sizes, substr($raw, 0, $n, '');
+        $raw =~ s/^\r\n//;
+    }
+    # every piece the client got ends where an event ends (a CR of a
+    # blank line may come before its LF)
+    my $so_far = '';
+    my $whole = 0;
+    for my $piece (@sizes) {
+        $so_far .= $piece;
+        $whole++ if $so_far =~ /(?:\n\n|\r\r|\r\n\r\n?|\n\r\n?)$/;
+    }
+    is($whole, scalar @sizes, 'split: every piece sent ends an event')
+        or diag(explain \@sizes);
 }
 
 {
