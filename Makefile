@@ -6,6 +6,8 @@
 #   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
 #   make lint     formatting checks of the C sources
 #   make test-asan    the tests against a module built with ASan + UBSan
+#   make soak     the fault-matrix soak for 60 s (t/soak.t; make test runs
+#                 it for 20 s), its figures printed
 #   make fuzz     the body scan, error classifier and answer reader under
 #                 libFuzzer
 
@@ -24,7 +26,7 @@ LD_OPT     ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 SOURCES    := $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test test-asan fuzz demo bench lint clean
+.PHONY: all deps test test-asan soak fuzz demo bench lint clean
 
 all: $(MODULE)
 
@@ -70,6 +72,11 @@ test-asan:
 	TEST_LLM_MODULE=$(CURDIR)/$(BUILD)/asan/ngx_http_llm_module.so \
 	TEST_LLM_NGINX=$(CURDIR)/tools/nginx-asan.sh TEST_LLM_ASAN=1 \
 	    prove -r t/
+
+soak:
+	@tools/deps.sh test
+	@$(MAKE) -s all
+	SOAK_SECONDS=60 prove -v t/soak.t
 
 fuzz:
 	@tools/deps.sh fuzz
