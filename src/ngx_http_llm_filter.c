@@ -51,6 +51,8 @@ static ngx_int_t ngx_http_llm_hold(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_llm_copy_headers(ngx_http_request_t *r,
     ngx_http_request_t *sr);
+static ngx_int_t ngx_http_llm_header_multi(ngx_http_request_t *r,
+    ngx_table_elt_t *h);
 static ngx_http_llm_ctx_t *ngx_http_llm_attempt_ctx(ngx_http_request_t *r);
 
 
@@ -599,6 +601,10 @@ ngx_http_llm_copy_headers(ngx_http_request_t *r, ngx_http_request_t *sr)
         ho->next = NULL;
 #endif
 
+        if (ngx_http_llm_header_multi(r, ho) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         for (ref = ngx_http_llm_header_refs; ref->name.len; ref++) {
             if (ho->key.len == ref->name.len
                 && ngx_strncasecmp(ho->key.data, ref->name.data,
@@ -610,6 +616,90 @@ ngx_http_llm_copy_headers(ngx_http_request_t *r, ngx_http_request_t *sr)
             }
         }
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Cache-Control and Link may come in several lines, which nginx keeps
+ * together besides the list: in an array of pointers up to 1.22, in a
+ * chain through "next" since 1.23.  The client request's must hold the
+ * copied lines, or "expires" and add_header in the route location would
+ * add a second Cache-Control rather than change the provider's.
+ */
+
+static ngx_int_t
+ngx_http_llm_header_multi(ngx_http_request_t *r, ngx_table_elt_t *h)
+{
+    ngx_http_headers_out_t  *out;
+
+#if (nginx_version >= 1023000)
+    ngx_table_elt_t        **ph;
+#else
+    ngx_array_t             *a;
+    ngx_table_elt_t        **ph;
+#endif
+
+    out = &r->headers_out;
+
+#if (nginx_version >= 1023000)
+
+    if (h->key.len == sizeof("Cache-Control") - 1
+        && ngx_strncasecmp(h->key.data, (u_char *) "Cache-Control",
+                           h->key.len) == 0)
+    {
+        ph = &out->cache_control;
+
+    } else if (h->key.len == sizeof("Link") - 1
+               && ngx_strncasecmp(h->key.data, (u_char *) "Link",
+                                  h->key.len) == 0)
+    {
+        ph = &out->link;
+
+    } else {
+        return NGX_OK;
+    }
+
+    while (*ph) {
+        ph = &(*ph)->next;
+    }
+
+    *ph = h;
+
+#else
+
+    if (h->key.len == sizeof("Cache-Control") - 1
+        && ngx_strncasecmp(h->key.data, (u_char *) "Cache-Control",
+                           h->key.len) == 0)
+    {
+        a = &out->cache_control;
+
+    } else if (h->key.len == sizeof("Link") - 1
+               && ngx_strncasecmp(h->key.data, (u_char *) "Link",
+                                  h->key.len) == 0)
+    {
+        a = &out->link;
+
+    } else {
+        return NGX_OK;
+    }
+
+    if (a->elts == NULL
+        && ngx_array_init(a, r->pool, 2, sizeof(ngx_table_elt_t *))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ph = ngx_array_push(a);
+    if (ph == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ph = h;
+
+#endif
 
     return NGX_OK;
 }
