@@ -599,8 +599,9 @@ for my $i (0 .. $#decisions) {
             $x++ if $dj <= $d - 0.05 && $dj >= $ws + 0.05;
         }
         my $r = grep { $_ >= $ws - 0.3 && $_ <= $d + 0.05 } @req_starts;
-        my $allow = $MIN * $WINDOW + $RATIO * $r;
-        my $use = $x / ($allow || 1);
+        # in thousandths, as the module counts (ratio=0.1 is 100)
+        my $allow = $MIN * $WINDOW * 1000 + int($RATIO * 1000 + 0.5) * $r;
+        my $use = $x * 1000 / ($allow || 1);
         if (!defined $best || $use < $best) {
             $best = $use;
             $best_detail = sprintf('retry %d of id %s at %.3f: %d retries '
@@ -610,7 +611,8 @@ for my $i (0 .. $#decisions) {
     }
 
     $max_use = $best if !defined $max_use || $best > $max_use;
-    push @over_budget, $best_detail if $best > 1 + 1e-9;
+    # $use > 1 exactly when $x * 1000 > $allow, integers both
+    push @over_budget, $best_detail if $best > 1;
 }
 
 is(scalar @over_budget, 0,
