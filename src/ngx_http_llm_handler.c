@@ -42,6 +42,7 @@ static void ngx_http_llm_wait_handler(ngx_event_t *ev);
 static void ngx_http_llm_wait_cleanup(void *data);
 static void ngx_http_llm_final(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_terminated(void *data);
 static ngx_int_t ngx_http_llm_method_not_allowed(ngx_http_request_t *r);
 static ngx_log_t *ngx_http_llm_request_log(ngx_http_request_t *r);
 static u_char *ngx_http_llm_log_context(ngx_log_t *log, u_char *buf,
@@ -121,8 +122,9 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 static void
 ngx_http_llm_body_read(ngx_http_request_t *r)
 {
-    ngx_int_t            rc;
-    ngx_http_llm_ctx_t  *ctx;
+    ngx_int_t             rc;
+    ngx_http_cleanup_t   *cln;
+    ngx_http_llm_ctx_t   *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
@@ -148,6 +150,15 @@ ngx_http_llm_body_read(ngx_http_request_t *r)
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    cln->handler = ngx_http_llm_terminated;
+    cln->data = r;
 
     ngx_http_llm_count_request(ctx);
 
@@ -847,6 +858,53 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ngx_http_finalize_request(r, rc >= NGX_HTTP_SPECIAL_RESPONSE
                                  ? rc : NGX_HTTP_BAD_GATEWAY);
+}
+
+
+/*
+ * The client request's cleanup.  It finds an attempt still in flight only
+ * when nginx ended the request without finalizing the attempt: a worker
+ * that reached worker_shutdown_timeout after a reload, a connection
+ * closed under it.  The attempt is recorded as it stood, a stream that
+ * had begun as stream_interrupted; nothing was the target's fault, so
+ * nothing is counted against it.  The connection is gone by then: no
+ * error event can follow.
+ */
+
+static void
+ngx_http_llm_terminated(void *data)
+{
+    ngx_http_request_t *r = data;
+
+    ngx_http_request_t      *sr;
+    ngx_http_llm_ctx_t      *ctx;
+    ngx_http_llm_attempt_t  *at;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->attempt == NULL || ctx->attempt_done) {
+        return;
+    }
+
+    sr = ctx->attempt;
+
+    ctx->attempt_done = 1;
+    ctx->attempt_status = sr->headers_out.status;
+    ctx->error = ctx->committed ? NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
+                                : NGX_HTTP_LLM_ERR_NONE;
+
+    at = ctx->tried.elts;
+    at = &at[ctx->tried.nelts - 1];
+    at->status = ctx->attempt_status;
+    at->error = ctx->error;
+    at->time = ngx_current_msec - ctx->attempt_start;
+
+    ngx_log_error(NGX_LOG_ERR, ctx->log, 0,
+                  "llm route \"%V\": attempt to target \"%V\" ended by "
+                  "nginx after %M ms, %s", &ctx->conf->route,
+                  &ctx->target->uri, at->time,
+                  ctx->committed ? "its answer cut"
+                                 : "before its answer");
 }
 
 
