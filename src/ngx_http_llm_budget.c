@@ -30,7 +30,8 @@ static ngx_int_t ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param,
 static ngx_int_t ngx_http_llm_budget_route(ngx_conf_t *cf,
     ngx_http_llm_main_conf_t *lmcf, ngx_http_llm_loc_conf_t *llcf);
 static ngx_int_t ngx_http_llm_budget_targets(ngx_conf_t *cf,
-    ngx_shm_zone_t *zone, ngx_array_t *targets);
+    ngx_shm_zone_t *zone, ngx_http_llm_loc_conf_t *llcf,
+    ngx_array_t *targets);
 static ngx_atomic_uint_t ngx_http_llm_budget_allowance(
     ngx_http_llm_loc_conf_t *llcf, ngx_uint_t cluster);
 
@@ -132,7 +133,14 @@ invalid:
 }
 
 
-/* llm_cooldown fails=N window=TIME time=TIME | off */
+/*
+ * llm_cooldown [fails=N] [window=TIME] [time=TIME] [max=TIME]
+ * llm_cooldown off [max=TIME]
+ *
+ * max= bounds every cooldown of the route's targets, those a provider
+ * asks for with Retry-After too: "off" turns off only the cooldowns of
+ * repeated failures.
+ */
 
 char *
 ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -140,9 +148,11 @@ ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_llm_loc_conf_t *llcf = conf;
 
     ngx_int_t    n;
-    ngx_str_t   *value, s;
+    ngx_str_t   *value, s, *time, *max;
     ngx_msec_t   ms;
-    ngx_uint_t   i;
+    ngx_uint_t   i, off;
+
+    static ngx_str_t  default_max = ngx_string("max=5m");
 
     if (llcf->cooldown_fails != NGX_CONF_UNSET_UINT) {
         return "is duplicate";
@@ -150,18 +160,46 @@ ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+    off = (cf->args->nelts > 1 && ngx_strcmp(value[1].data, "off") == 0);
+
+    if (off) {
         llcf->cooldown_fails = 0;
         llcf->cooldown_window = 0;
         llcf->cooldown_time = 0;
-        return NGX_CONF_OK;
+
+    } else {
+        llcf->cooldown_fails = 5;
+        llcf->cooldown_window = 10;
+        llcf->cooldown_time = 10000;
     }
 
-    llcf->cooldown_fails = 5;
-    llcf->cooldown_window = 10;
-    llcf->cooldown_time = 10000;
+    llcf->cooldown_max = 300000;
+    time = NULL;
+    max = NULL;
 
-    for (i = 1; i < cf->args->nelts; i++) {
+    for (i = off ? 2 : 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "max=", 4) == 0) {
+
+            s.data = value[i].data + 4;
+            s.len = value[i].len - 4;
+
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0
+                || ms > (ngx_msec_t) NGX_HTTP_LLM_RETRY_AFTER_MAX)
+            {
+                goto invalid;
+            }
+
+            llcf->cooldown_max = ms;
+            max = &value[i];
+            continue;
+        }
+
+        if (off) {
+            goto invalid;
+        }
 
         if (ngx_strncmp(value[i].data, "fails=", 6) == 0) {
 
@@ -197,10 +235,25 @@ ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             llcf->cooldown_time = ms;
+            time = &value[i];
             continue;
         }
 
         goto invalid;
+    }
+
+    if (llcf->cooldown_time > llcf->cooldown_max) {
+
+        if (time == NULL) {
+            /* the default time= */
+            llcf->cooldown_time = llcf->cooldown_max;
+            return NGX_CONF_OK;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must not be longer than \"%V\"",
+                           time, max ? max : &default_max);
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
@@ -340,14 +393,15 @@ ngx_http_llm_budget_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
     llcf->zone = zone;
 
     if (ngx_http_llm_zone_want(cf, zone, NGX_HTTP_LLM_NODE_ROUTE,
-                               &llcf->route, &llcf->node)
+                               &llcf->route, &llcf->node, 0)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    if (ngx_http_llm_budget_targets(cf, zone, llcf->targets) != NGX_OK
-        || ngx_http_llm_budget_targets(cf, zone, llcf->fallbacks) != NGX_OK)
+    if (ngx_http_llm_budget_targets(cf, zone, llcf, llcf->targets) != NGX_OK
+        || ngx_http_llm_budget_targets(cf, zone, llcf, llcf->fallbacks)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -358,7 +412,7 @@ ngx_http_llm_budget_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
 
 static ngx_int_t
 ngx_http_llm_budget_targets(ngx_conf_t *cf, ngx_shm_zone_t *zone,
-    ngx_array_t *targets)
+    ngx_http_llm_loc_conf_t *llcf, ngx_array_t *targets)
 {
     ngx_uint_t              i;
     ngx_http_llm_target_t  *target;
@@ -371,7 +425,8 @@ ngx_http_llm_budget_targets(ngx_conf_t *cf, ngx_shm_zone_t *zone,
 
     for (i = 0; i < targets->nelts; i++) {
         if (ngx_http_llm_zone_want(cf, zone, NGX_HTTP_LLM_NODE_TARGET,
-                                   &target[i].key, &target[i].node)
+                                   &target[i].key, &target[i].node,
+                                   llcf->cooldown_max)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -477,7 +532,9 @@ ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf)
  * A failed attempt on a target.  The target cools down (no attempt goes
  * there, from any worker) for wait ms when the provider asked for a wait
  * longer than the route waits (a Retry-After above llm_backoff max), or
- * for llm_cooldown time= once it failed fails= times in window=.  Errors
+ * for llm_cooldown time= once it failed fails= times in window=; never
+ * longer than the target's max= (one Retry-After of a year must not take
+ * it out for a year, docs/directives.md).  Errors
  * that belong to the request (invalid_request, context_length,
  * content_filter) say nothing of the target's health and do not count.
  */
@@ -486,7 +543,7 @@ void
 ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_target_t *target, ngx_uint_t err, ngx_msec_int_t wait)
 {
-    ngx_msec_t                now, until, old;
+    ngx_msec_t                now, until, old, cap;
     ngx_atomic_uint_t         fails;
     ngx_http_llm_node_t      *n;
     ngx_http_llm_loc_conf_t  *llcf;
@@ -499,6 +556,7 @@ ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
     }
 
     (void) ngx_atomic_fetch_add(&n->errors[err], 1);
+    ngx_http_llm_used(n);
 
     if (err == NGX_HTTP_LLM_ERR_INVALID_REQUEST
         || err == NGX_HTTP_LLM_ERR_CONTEXT_LENGTH
@@ -514,6 +572,7 @@ ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
     until = 0;
 
     if (wait > 0) {
+        /* a provider's wait, however far, is capped below */
         until = now + wait;
 
     } else if (llcf->cooldown_fails) {
@@ -528,6 +587,12 @@ ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
 
     if (until == 0) {
         return;
+    }
+
+    cap = n->cooldown_max;
+
+    if (cap && until > now + cap) {
+        until = now + cap;
     }
 
     /* the later end wins; only the worker that starts a cooldown logs */

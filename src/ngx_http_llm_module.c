@@ -355,11 +355,13 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
             conf->cooldown_fails = 5;
             conf->cooldown_window = 10;
             conf->cooldown_time = 10000;
+            conf->cooldown_max = 300000;
 
         } else {
             conf->cooldown_fails = prev->cooldown_fails;
             conf->cooldown_window = prev->cooldown_window;
             conf->cooldown_time = prev->cooldown_time;
+            conf->cooldown_max = prev->cooldown_max;
         }
     }
 

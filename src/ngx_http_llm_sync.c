@@ -21,7 +21,8 @@
  *       PEXPIRE each of them (window + 2) seconds
  *   MGET the window's r and x keys of the route
  *   for each target whose cooldown began here since the last tick:
- *       EVAL (SET the key to the later end, PX what is left of it)
+ *       EVAL (SET the key to the later end, PX what is left of it;
+ *             an end further away than max= is replaced)
  *   MGET {prefix:cd}:TARGET for every target
  *   once a second, EVAL: this node is alive in the sorted set
  *       {prefix:nodes}, how many are
@@ -136,11 +137,16 @@ static void ngx_http_llm_sync_done(ngx_http_llm_batch_t *batch);
 static ngx_http_llm_syncer_t  ngx_http_llm_syncer;
 
 
-/* the Lua script that keeps the later end of a cooldown (Redis 2.6+) */
+/*
+ * The Lua script that keeps the later end of a cooldown (Redis 2.6+),
+ * unless the end held is past ARGV[3], the latest end the sender trusts
+ * (now + the target's llm_cooldown max=): a far-future value, planted or
+ * left by a node with a larger max, is replaced.
+ */
 
 static const char  ngx_http_llm_cooldown_script[] =
     "local u = tonumber(redis.call('GET', KEYS[1]) or '0') "
-    "if tonumber(ARGV[1]) > u then "
+    "if tonumber(ARGV[1]) > u or u > tonumber(ARGV[3]) then "
     "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end "
     "return 1";
 
@@ -669,11 +675,11 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
 static ngx_int_t
 ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch)
 {
-    u_char                      *until, *left;
+    u_char                      *until, *left, *limit;
     ngx_uint_t                   i;
-    ngx_msec_t                   now, end;
-    const char                 **argv, *eval[6];
-    size_t                      *argvlen, eval_len[6];
+    ngx_msec_t                   now, end, cap;
+    const char                 **argv, *eval[7];
+    size_t                      *argvlen, eval_len[7];
     ngx_http_llm_node_t         *n;
     ngx_http_llm_syncer_t       *sy;
     ngx_http_llm_sync_target_t  *st;
@@ -704,22 +710,28 @@ ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch)
 
         n->cooldown_shared = end;
 
-        until = ngx_pnalloc(batch->pool, 2 * NGX_INT64_LEN);
+        until = ngx_pnalloc(batch->pool, 3 * NGX_INT64_LEN);
         if (until == NULL) {
             return NGX_ERROR;
         }
 
+        cap = n->cooldown_max ? (ngx_msec_t) n->cooldown_max
+                              : (ngx_msec_t) NGX_HTTP_LLM_RETRY_AFTER_MAX;
+
         left = ngx_sprintf(until, "%M", end);
+        limit = ngx_sprintf(left, "%M", end - now);
 
         eval[3] = (char *) st[i].key.data;
         eval_len[3] = st[i].key.len;
         eval[4] = (char *) until;
         eval_len[4] = left - until;
         eval[5] = (char *) left;
-        eval_len[5] = ngx_sprintf(left, "%M", end - now) - left;
+        eval_len[5] = limit - left;
+        eval[6] = (char *) limit;
+        eval_len[6] = ngx_sprintf(limit, "%M", now + cap) - limit;
 
         if (ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_WRITE, NULL,
-                                      6, eval, eval_len)
+                                      7, eval, eval_len)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -927,14 +939,20 @@ ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
 }
 
 
-/* cooldowns any node began, in wall-clock ms: the later end wins */
+/*
+ * Cooldowns any node began, in wall-clock ms: the later end wins, but
+ * never one further away than the target's max= (a node never trusts a
+ * far-future value, whoever wrote it): that one cools the target for
+ * max from now, and this node's end goes back to Redis at the next tick
+ * to replace it, so that later reads do not extend the cut.
+ */
 
 static void
 ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
     redisReply *reply)
 {
     ngx_uint_t                   i;
-    ngx_msec_t                   now, end, old;
+    ngx_msec_t                   now, end, old, cap;
     ngx_http_llm_node_t         *n;
     ngx_http_llm_syncer_t       *sy;
     ngx_http_llm_sync_target_t  *st;
@@ -961,7 +979,13 @@ ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
             continue;
         }
 
-        if (end > (ngx_msec_t) n->cooldown_shared) {
+        cap = n->cooldown_max;
+
+        if (cap && end > now + cap) {
+            end = now + cap;
+            n->cooldown_shared = 0;
+
+        } else if (end > (ngx_msec_t) n->cooldown_shared) {
             n->cooldown_shared = end;
         }
 

@@ -24,8 +24,12 @@
 static ngx_int_t ngx_http_llm_zone_init(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone);
+static void ngx_http_llm_zone_reclaim(ngx_shm_zone_t *shm_zone);
+static void ngx_http_llm_zone_cap(ngx_shm_zone_t *shm_zone,
+    ngx_http_llm_node_t *n, ngx_msec_t now);
 static ngx_http_llm_node_t *ngx_http_llm_zone_node(
-    ngx_http_llm_zone_t *zone, ngx_uint_t kind, ngx_str_t *name);
+    ngx_http_llm_zone_t *zone, ngx_uint_t kind, ngx_str_t *name,
+    ngx_uint_t create);
 static void ngx_http_llm_zone_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static uint32_t ngx_http_llm_zone_hash(ngx_uint_t kind, ngx_str_t *name);
@@ -117,7 +121,8 @@ ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 ngx_int_t
 ngx_http_llm_zone_want(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
-    ngx_uint_t kind, ngx_str_t *name, ngx_http_llm_node_t **node)
+    ngx_uint_t kind, ngx_str_t *name, ngx_http_llm_node_t **node,
+    ngx_msec_t cooldown_max)
 {
     ngx_http_llm_zone_t      *zone;
     ngx_http_llm_node_ref_t  *ref;
@@ -132,6 +137,7 @@ ngx_http_llm_zone_want(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
     ref->kind = kind;
     ref->name = *name;
     ref->node = node;
+    ref->cooldown_max = cooldown_max;
 
     return NGX_OK;
 }
@@ -192,14 +198,18 @@ ngx_http_llm_zone_init(ngx_shm_zone_t *shm_zone, void *data)
 
 /*
  * Finds or makes the node of every route and target the configuration
- * asked for.  A full zone leaves a node out: that route or target is then
- * not counted (and its budget allows everything), which is logged once.
+ * asked for, after freeing the nodes it no longer wants.  A full zone
+ * leaves a node out: that route or target is then not counted (and its
+ * budget allows everything), which is an error the status page shows
+ * ("full") until a reload finds room.
  */
 
 static ngx_int_t
 ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
 {
-    ngx_uint_t                i;
+    ngx_uint_t                i, j, full;
+    ngx_msec_t                now, cap;
+    ngx_http_llm_node_t      *n;
     ngx_http_llm_zone_t      *zone;
     ngx_http_llm_node_ref_t  *ref;
 
@@ -208,12 +218,34 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
+    ngx_http_llm_zone_reclaim(shm_zone);
+
+    full = 0;
+
     for (i = 0; i < zone->refs.nelts; i++) {
         *ref[i].node = ngx_http_llm_zone_node(zone, ref[i].kind,
-                                              &ref[i].name);
+                                              &ref[i].name, 1);
 
-        if (*ref[i].node == NULL) {
-            ngx_log_error(NGX_LOG_WARN, shm_zone->shm.log, 0,
+        if (*ref[i].node != NULL) {
+            continue;
+        }
+
+        full = 1;
+
+        /* a route of several servers, a target of several routes: once */
+
+        for (j = 0; j < i; j++) {
+            if (ref[j].kind == ref[i].kind
+                && ref[j].name.len == ref[i].name.len
+                && ngx_strncmp(ref[j].name.data, ref[i].name.data,
+                               ref[i].name.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j == i) {
+            ngx_log_error(NGX_LOG_ERR, shm_zone->shm.log, 0,
                           "llm zone \"%V\" is full: %s \"%V\" is not "
                           "counted, its retries are not limited",
                           &shm_zone->shm.name,
@@ -222,9 +254,143 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
         }
     }
 
+    zone->sh->full = full;
+
+    /*
+     * A target's cap is the smallest max= of the routes that use it, and
+     * a reload that lowers it cuts the cooldowns already running.
+     */
+
+    now = ngx_http_llm_wall_msec();
+
+    for (i = 0; i < zone->refs.nelts; i++) {
+        n = *ref[i].node;
+
+        if (n == NULL || ref[i].kind != NGX_HTTP_LLM_NODE_TARGET) {
+            continue;
+        }
+
+        cap = ref[i].cooldown_max;
+
+        for (j = 0; j < zone->refs.nelts; j++) {
+            if (*ref[j].node == n && ref[j].cooldown_max < cap) {
+                cap = ref[j].cooldown_max;
+            }
+        }
+
+        n->cooldown_max = cap;
+
+        ngx_http_llm_zone_cap(shm_zone, n, now);
+    }
+
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     return NGX_OK;
+}
+
+
+/*
+ * Frees the nodes of routes and targets the new configuration does not
+ * name, with the zone's mutex held, so that a reload that replaces
+ * routes finds room for the new ones.
+ *
+ * Workers of the previous configuration are still running while this
+ * runs in the master, and they keep serving the requests they have:
+ * they may still add to the counters of a node the new configuration
+ * dropped.  So a node is freed only when no request counted in it for
+ * NGX_HTTP_LLM_NODE_IDLE seconds (or ever); a busier one stays until a
+ * later reload.  The remaining risk, a request of an old worker idle for
+ * that long (a stream) that counts again afterwards, cannot corrupt the
+ * zone: after its first two small allocations the zone holds nothing but
+ * nodes, each of whole pages (larger than half a page), and the slab
+ * allocator keeps no bookkeeping inside free pages; such a late count
+ * lands in the counters of a node that took the page, at the same
+ * offsets.
+ */
+
+static void
+ngx_http_llm_zone_reclaim(ngx_shm_zone_t *shm_zone)
+{
+    time_t                    now;
+    ngx_uint_t                i;
+    ngx_queue_t              *q, *next;
+    ngx_http_llm_node_t      *n;
+    ngx_http_llm_zone_t      *zone;
+    ngx_http_llm_node_ref_t  *ref;
+
+    zone = shm_zone->data;
+    ref = zone->refs.elts;
+
+    /* a mark for the nodes the configuration wants, never 0 */
+
+    zone->sh->mark = zone->sh->mark + 1 ? zone->sh->mark + 1 : 1;
+
+    for (i = 0; i < zone->refs.nelts; i++) {
+        n = ngx_http_llm_zone_node(zone, ref[i].kind, &ref[i].name, 0);
+
+        if (n) {
+            n->mark = zone->sh->mark;
+        }
+    }
+
+    now = ngx_time();
+
+    for (q = ngx_queue_head(&zone->sh->queue);
+         q != ngx_queue_sentinel(&zone->sh->queue);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        n = ngx_queue_data(q, ngx_http_llm_node_t, queue);
+
+        if (n->mark == zone->sh->mark
+            || (n->used && (time_t) n->used + NGX_HTTP_LLM_NODE_IDLE > now))
+        {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, shm_zone->shm.log, 0,
+                      "llm zone \"%V\": %s \"%*s\" is no longer "
+                      "configured, its counters are freed",
+                      &shm_zone->shm.name,
+                      n->kind == NGX_HTTP_LLM_NODE_ROUTE ? "route" : "target",
+                      n->len, n->name);
+
+        ngx_queue_remove(q);
+        ngx_rbtree_delete(&zone->sh->rbtree, &n->node);
+        ngx_slab_free_locked(zone->shpool, n);
+    }
+}
+
+
+/* cuts a cooldown longer than the target's cap, with the mutex held */
+
+static void
+ngx_http_llm_zone_cap(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
+    ngx_msec_t now)
+{
+    ngx_msec_t  old, end;
+
+    end = now + n->cooldown_max;
+
+    for ( ;; ) {
+        old = n->cooldown_until;
+
+        if (old <= end) {
+            return;
+        }
+
+        if (ngx_atomic_cmp_set(&n->cooldown_until, old, end)) {
+            break;
+        }
+    }
+
+    /* with llm_redis, the cut end goes out and replaces the longer one */
+    n->cooldown_shared = 0;
+
+    ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                  "llm target \"%*s\": cooldown cut to %M ms, the "
+                  "llm_cooldown max= of its routes",
+                  n->len, n->name, n->cooldown_max);
 }
 
 
@@ -232,7 +398,7 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
 
 static ngx_http_llm_node_t *
 ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
-    ngx_str_t *name)
+    ngx_str_t *name, ngx_uint_t create)
 {
     uint32_t              hash;
     ngx_rbtree_node_t    *node, *sentinel;
@@ -268,6 +434,10 @@ ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
                     && ngx_memn2cmp(n->name, name->data, n->len, name->len)
                        < 0))
                ? node->right : node->left;
+    }
+
+    if (!create) {
+        return NULL;
     }
 
     n = ngx_slab_alloc_locked(zone->shpool,
@@ -379,6 +549,8 @@ ngx_http_llm_slot_add(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
     }
 
     (void) ngx_atomic_fetch_add(&slot->count[counter], v);
+
+    ngx_http_llm_used(n);
 }
 
 

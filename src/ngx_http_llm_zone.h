@@ -20,6 +20,9 @@
 #define NGX_HTTP_LLM_NODE_ROUTE     1
 #define NGX_HTTP_LLM_NODE_TARGET    2
 
+/* a node the configuration dropped is freed once idle this long, s */
+#define NGX_HTTP_LLM_NODE_IDLE      60
+
 /* decisions counted per route, indexes of ngx_http_llm_decision_names */
 #define NGX_HTTP_LLM_DECISIONS      8
 
@@ -63,6 +66,8 @@ typedef struct {
     ngx_queue_t                  queue;     /* of the zone's nodes */
 
     ngx_uint_t                   kind;
+    ngx_uint_t                   mark;      /* wanted at the last reload */
+    ngx_atomic_t                 used;      /* last counted in, ngx_time() */
 
     /* totals since the zone was created */
     ngx_atomic_t                 requests;  /* route */
@@ -76,6 +81,12 @@ typedef struct {
     ngx_atomic_t                 cooldown_until;
     ngx_atomic_t                 cooldowns;     /* times it began */
     ngx_atomic_t                 cooldown_shared;   /* sent or got, ms */
+
+    /*
+     * target: no cooldown is longer, ms: the smallest llm_cooldown max=
+     * of the routes that use it, written when the zone is initialised
+     */
+    ngx_atomic_t                 cooldown_max;
 
     ngx_http_llm_slot_t          slots[NGX_HTTP_LLM_SLOTS];
 
@@ -94,7 +105,10 @@ typedef struct {
     ngx_rbtree_t                 rbtree;
     ngx_rbtree_node_t            sentinel;
     ngx_queue_t                  queue;
-    ngx_atomic_t                 full;      /* "zone is full" logged */
+    ngx_uint_t                   mark;      /* of the wanted nodes */
+
+    /* a route or target of the configuration found no room */
+    ngx_atomic_t                 full;
 
     /* written by the syncing worker only */
     ngx_atomic_t                 cluster_msec;  /* view written, wall ms */
@@ -112,6 +126,7 @@ typedef struct {
     ngx_uint_t                   kind;
     ngx_str_t                    name;
     ngx_http_llm_node_t        **node;
+    ngx_msec_t                   cooldown_max;  /* target: of its route */
 } ngx_http_llm_node_ref_t;
 
 
@@ -128,7 +143,8 @@ typedef struct {
 
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_zone_want(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
-    ngx_uint_t kind, ngx_str_t *name, ngx_http_llm_node_t **node);
+    ngx_uint_t kind, ngx_str_t *name, ngx_http_llm_node_t **node,
+    ngx_msec_t cooldown_max);
 
 void ngx_http_llm_slot_add(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
     ngx_uint_t counter, ngx_atomic_int_t v);
@@ -146,6 +162,16 @@ ngx_msec_t ngx_http_llm_wall_msec(void);
     do {                                                                      \
         if (n) {                                                              \
             (void) ngx_atomic_fetch_add(&(n)->field, v);                      \
+            ngx_http_llm_used(n);                                             \
+        }                                                                     \
+    } while (0)
+
+
+/* a node in use is not freed by a reload that drops it: zone.c */
+#define ngx_http_llm_used(n)                                                  \
+    do {                                                                      \
+        if ((n)->used != (ngx_atomic_uint_t) ngx_time()) {                    \
+            (n)->used = ngx_time();                                           \
         }                                                                     \
     } while (0)
 

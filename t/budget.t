@@ -250,7 +250,7 @@ ok($t->reload, 'reload with a small zone');
 
 my $full = $t->wait_for_log('logs/error.log', qr/llm zone "small" is full/)
     || '';
-like($full, qr/\[warn\].*llm zone "small" is full: route "full\d+" is not counted/,
+like($full, qr/\[error\].*llm zone "small" is full: route "full\d+" is not counted/,
      'full zone: logged');
 
 # the last routes did not fit: their budget is not enforced

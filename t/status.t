@@ -334,10 +334,12 @@ http {
             llm_cooldown off;
         }
 
+        # max=: the Retry-After of an hour below is not cut to 5m
         location = /cool/v1/chat/completions {
             llm_route cool;
             llm_target /_llm/c;
             llm_fallback /_llm/fb;
+            llm_cooldown max=2h;
         }
 
         location = /esc/v1/chat/completions {
