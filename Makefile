@@ -8,8 +8,8 @@
 #   make test-asan    the tests against a module built with ASan + UBSan
 #   make soak     the fault-matrix soak for 60 s (t/soak.t; make test runs
 #                 it for 20 s), its figures printed
-#   make fuzz     the body scan, error classifier and answer reader under
-#                 libFuzzer
+#   make fuzz     the body scan, error classifier, answer reader and JSON
+#                 string decoder under libFuzzer
 
 SHELL      := /bin/bash
 NGX_SRC    ?= /usr/share/nginx/src
