@@ -729,9 +729,7 @@ ngx_http_llm_cooling_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         }
     }
 
-    ngx_log_error(NGX_LOG_WARN, ctx->log, 0,
-                  "llm route \"%V\": every target is cooling down",
-                  &ctx->conf->route);
+    ngx_http_llm_outage(ctx, NGX_HTTP_LLM_OUTAGE_COOLING, 1);
 
     p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
     if (p == NULL) {

@@ -267,6 +267,10 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ngx_http_llm_count_attempt(ctx, target);
 
+    if (ctx->attempts == 1) {
+        ngx_http_llm_outage(ctx, NGX_HTTP_LLM_OUTAGE_COOLING, 0);
+    }
+
     ctx->attempt = sr;
     ctx->target = target;
     ctx->step_tries++;

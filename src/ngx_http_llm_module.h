@@ -38,6 +38,11 @@
 #define NGX_HTTP_LLM_DECISION_BUDGET     6
 
 
+/* a route's outages, logged as they begin and end: ngx_http_llm_outage() */
+#define NGX_HTTP_LLM_OUTAGE_COOLING      0   /* every target cooling */
+#define NGX_HTTP_LLM_OUTAGE_BUDGET       1   /* retry budget spent */
+
+
 /* provider error answers are kept up to this size to be classified */
 #define NGX_HTTP_LLM_ERROR_BODY_MAX      65536
 
@@ -216,6 +221,8 @@ ngx_http_llm_target_t *ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx,
     ngx_uint_t step);
 ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_outage(ngx_http_llm_ctx_t *ctx, ngx_uint_t outage,
+    ngx_uint_t on);
 ngx_uint_t ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);

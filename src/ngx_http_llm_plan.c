@@ -176,9 +176,12 @@ ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx)
         ctx->wait = 0;
         d = NGX_HTTP_LLM_DECISION_BUDGET;
 
-        ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
-                      "llm route \"%V\": retry budget exhausted",
-                      &ctx->conf->route);
+        ngx_http_llm_outage(ctx, NGX_HTTP_LLM_OUTAGE_BUDGET, 1);
+
+    } else if (d == NGX_HTTP_LLM_DECISION_RETRY
+               || d == NGX_HTTP_LLM_DECISION_FALLBACK)
+    {
+        ngx_http_llm_outage(ctx, NGX_HTTP_LLM_OUTAGE_BUDGET, 0);
     }
 
     if (ctx->conf->node && d < NGX_HTTP_LLM_DECISIONS) {
@@ -262,6 +265,87 @@ ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx)
 
     return late ? NGX_HTTP_LLM_DECISION_DEADLINE
                 : NGX_HTTP_LLM_DECISION_EXHAUSTED;
+}
+
+
+/*
+ * A route's outage, logged as it begins and as it ends, with the count of
+ * what happened meanwhile, never once per request: "on" tells that a
+ * request met it (every target cooling down, the retry budget spent),
+ * "off" that one got through.  Workers race through the zone's atomics;
+ * only the one that flips the state logs.
+ */
+
+void
+ngx_http_llm_outage(ngx_http_llm_ctx_t *ctx, ngx_uint_t outage,
+    ngx_uint_t on)
+{
+    char                 *begins;
+    ngx_atomic_t         *state, *count;
+    ngx_atomic_uint_t     n;
+    ngx_http_llm_node_t  *node;
+
+    node = ctx->conf->node;
+
+    if (outage == NGX_HTTP_LLM_OUTAGE_COOLING) {
+        begins = "every target is cooling down, answering 503";
+
+    } else {
+        begins = "retry budget exhausted, retries refused";
+    }
+
+    if (node == NULL) {
+        /* not counted (the zone is full): nothing to tell the state by */
+        if (on) {
+            ngx_log_error(NGX_LOG_WARN, ctx->log, 0,
+                          "llm route \"%V\": %s", &ctx->conf->route,
+                          begins);
+        }
+
+        return;
+    }
+
+    if (outage == NGX_HTTP_LLM_OUTAGE_COOLING) {
+        state = &node->all_cooling;
+        count = &node->all_cooling_answers;
+
+    } else {
+        state = &node->budget_out;
+        count = &node->budget_refusals;
+    }
+
+    if (on) {
+        (void) ngx_atomic_fetch_add(count, 1);
+
+        if (*state == 0 && ngx_atomic_cmp_set(state, 0, 1)) {
+            ngx_log_error(NGX_LOG_WARN, ctx->log, 0,
+                          "llm route \"%V\": %s", &ctx->conf->route,
+                          begins);
+        }
+
+        return;
+    }
+
+    if (*state == 0 || !ngx_atomic_cmp_set(state, 1, 0)) {
+        return;
+    }
+
+    do {
+        n = *count;
+    } while (!ngx_atomic_cmp_set(count, n, 0));
+
+    if (outage == NGX_HTTP_LLM_OUTAGE_COOLING) {
+        ngx_log_error(NGX_LOG_WARN, ctx->log, 0,
+                      "llm route \"%V\": a target is back after %uA "
+                      "request%s answered 503", &ctx->conf->route, n,
+                      n == 1 ? "" : "s");
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, ctx->log, 0,
+                      "llm route \"%V\": retry budget available again "
+                      "after %uA retr%s refused", &ctx->conf->route, n,
+                      n == 1 ? "y" : "ies");
+    }
 }
 
 

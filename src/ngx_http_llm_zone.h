@@ -83,6 +83,16 @@ typedef struct {
     ngx_atomic_t                 cooldown_shared;   /* sent or got, ms */
 
     /*
+     * route: outages logged once as they begin and end, with counts:
+     * every target cooling down (requests answered 503 meanwhile), the
+     * retry budget spent (retries refused meanwhile)
+     */
+    ngx_atomic_t                 all_cooling;
+    ngx_atomic_t                 all_cooling_answers;
+    ngx_atomic_t                 budget_out;
+    ngx_atomic_t                 budget_refusals;
+
+    /*
      * target: no cooldown is longer, ms: the smallest llm_cooldown max=
      * of the routes that use it, written when the zone is initialised
      */

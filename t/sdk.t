@@ -546,10 +546,6 @@ for my $api (qw(chat responses messages)) {
         is(scalar @{gateway_lines($id)}, 1, "$api cut $where: one HTTP call");
         is(mock_attempts($id), 'a/1', "$api cut $where: not retried");
 
-        # until only whole events are forwarded (issue 11, item 9)
-        local $TODO = 'the half event is closed with a blank line'
-            if $where eq 'inside';
-
         ok(!($e && $e->{syntax}), "$api cut $where: no JSON parse error")
             or diag(show($r));
 
@@ -574,8 +570,6 @@ for my $api (qw(chat responses messages)) {
 
         ok(!$r->{timed_out}, "$api cut helper: no hang") or diag(show($r));
         is(mock_attempts($id), 'a/1', "$api cut helper: one attempt");
-
-        local $TODO = 'the half event is closed with a blank line';
 
         ok($e && $e->{api_error} && !$e->{syntax},
            "$api cut helper: the SDK's API error, no JSON parse error")
