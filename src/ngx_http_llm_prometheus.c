@@ -46,6 +46,7 @@ static void ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
     char *label, ngx_str_t *value);
 static void ngx_http_llm_status_label(ngx_http_llm_status_t *st,
     ngx_str_t *s);
+static void ngx_http_llm_status_zones(ngx_http_llm_status_t *st);
 static void ngx_http_llm_status_redis(ngx_http_llm_status_t *st);
 static uintptr_t ngx_http_llm_status_escape_label(u_char *dst, u_char *src,
     size_t size);
@@ -148,8 +149,53 @@ ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
         }
     }
 
+    ngx_http_llm_status_zones(st);
+
     if (st->redis) {
         ngx_http_llm_status_redis(st);
+    }
+}
+
+
+/* the zones' pages, and whether a route or target found no room */
+
+static void
+ngx_http_llm_status_zones(ngx_http_llm_status_t *st)
+{
+    ngx_uint_t                   i;
+    ngx_http_llm_status_zone_t  *z;
+
+    z = st->zones.elts;
+
+    ngx_http_llm_status_literal(st,
+        "# HELP nginx_llm_zone_bytes Bytes of the memory pages of the llm "
+        "zone, in use and in all.\n"
+        "# TYPE nginx_llm_zone_bytes gauge\n");
+
+    for (i = 0; i < st->zones.nelts; i++) {
+        ngx_http_llm_status_literal(st, "nginx_llm_zone_bytes{zone=\"");
+        ngx_http_llm_status_label(st, &z[i].zone->shm.name);
+        ngx_http_llm_status_literal(st, "\",kind=\"used\"} ");
+        ngx_http_llm_status_number(st, z[i].used);
+        ngx_http_llm_status_literal(st, "\nnginx_llm_zone_bytes{zone=\"");
+        ngx_http_llm_status_label(st, &z[i].zone->shm.name);
+        ngx_http_llm_status_literal(st, "\",kind=\"total\"} ");
+        ngx_http_llm_status_number(st, z[i].total);
+        ngx_http_llm_status_literal(st, "\n");
+    }
+
+    ngx_http_llm_status_literal(st,
+        "# HELP nginx_llm_zone_full 1 while a route or target of the "
+        "configuration found no room in the llm zone and is not counted, "
+        "else 0.\n"
+        "# TYPE nginx_llm_zone_full gauge\n");
+
+    for (i = 0; i < st->zones.nelts; i++) {
+        ngx_http_llm_status_literal(st, "nginx_llm_zone_full{zone=\"");
+        ngx_http_llm_status_label(st, &z[i].zone->shm.name);
+        ngx_http_llm_status_literal(st, "\"} ");
+        ngx_http_llm_status_number(st, z[i].full ? 1 : 0);
+        ngx_http_llm_status_literal(st, "\n");
     }
 }
 

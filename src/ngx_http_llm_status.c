@@ -164,18 +164,45 @@ ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
 {
     ngx_uint_t                     i, k;
     ngx_atomic_uint_t              until;
+    ngx_slab_pool_t               *shpool;
     ngx_http_llm_node_t           *n;
-    ngx_shm_zone_t                *zone;
+    ngx_shm_zone_t                *zone, **zones;
     ngx_http_llm_shctx_t          *sh;
     ngx_http_llm_main_conf_t      *lmcf;
     ngx_http_llm_route_name_t     *rn;
+    ngx_http_llm_status_zone_t    *z;
     ngx_http_llm_status_route_t   *route;
     ngx_http_llm_status_target_t  *t;
 
     lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
 
-    st->zones = &lmcf->zones;
     st->now = ngx_http_llm_wall_msec();
+
+    if (ngx_array_init(&st->zones, r->pool, lmcf->zones.nelts + 1,
+                       sizeof(ngx_http_llm_status_zone_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    zones = lmcf->zones.elts;
+
+    for (i = 0; i < lmcf->zones.nelts; i++) {
+        z = ngx_array_push(&st->zones);
+        if (z == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* pages, as the slab allocator counts them: nodes take whole ones */
+
+        shpool = (ngx_slab_pool_t *) zones[i]->shm.addr;
+
+        z->zone = zones[i];
+        z->total = (size_t) (shpool->last - shpool->pages)
+                   << ngx_pagesize_shift;
+        z->used = z->total - (shpool->pfree << ngx_pagesize_shift);
+        z->full = ((ngx_http_llm_zone_t *) zones[i]->data)->sh->full;
+    }
 
     /* every zone holds the same link state: the first one tells */
     if (lmcf->redis && lmcf->zones.nelts) {
@@ -343,7 +370,7 @@ static void
 ngx_http_llm_status_json(ngx_http_llm_status_t *st)
 {
     ngx_uint_t                     i;
-    ngx_shm_zone_t               **zone;
+    ngx_http_llm_status_zone_t    *z;
     ngx_http_llm_status_route_t   *route;
     ngx_http_llm_status_target_t  *t;
 
@@ -352,17 +379,23 @@ ngx_http_llm_status_json(ngx_http_llm_status_t *st)
 
     ngx_http_llm_status_literal(st, ",\"zones\":[");
 
-    zone = st->zones->elts;
+    z = st->zones.elts;
 
-    for (i = 0; i < st->zones->nelts; i++) {
+    for (i = 0; i < st->zones.nelts; i++) {
         if (i) {
             ngx_http_llm_status_literal(st, ",");
         }
 
         ngx_http_llm_status_literal(st, "{\"name\":");
-        ngx_http_llm_status_string(st, &zone[i]->shm.name);
+        ngx_http_llm_status_string(st, &z[i].zone->shm.name);
         ngx_http_llm_status_literal(st, ",\"size\":");
-        ngx_http_llm_status_number(st, zone[i]->shm.size);
+        ngx_http_llm_status_number(st, z[i].zone->shm.size);
+        ngx_http_llm_status_literal(st, ",\"used_bytes\":");
+        ngx_http_llm_status_number(st, z[i].used);
+        ngx_http_llm_status_literal(st, ",\"total_bytes\":");
+        ngx_http_llm_status_number(st, z[i].total);
+        ngx_http_llm_status_literal(st, ",\"full\":");
+        ngx_http_llm_status_bool(st, z[i].full);
         ngx_http_llm_status_literal(st, "}");
     }
 

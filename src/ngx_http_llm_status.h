@@ -32,6 +32,16 @@ typedef struct {
 } ngx_http_llm_status_route_t;
 
 
+/* an llm_zone's pages, read once as the link below */
+
+typedef struct {
+    ngx_shm_zone_t              *zone;
+    size_t                       used;      /* bytes of pages in use */
+    size_t                       total;     /* bytes of all its pages */
+    ngx_uint_t                   full;      /* a node found no room */
+} ngx_http_llm_status_zone_t;
+
+
 /*
  * The Redis link, read once: the page is built twice (measured, then
  * written) and a state that changed in between would not fit.
@@ -51,7 +61,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  routes;  /* of ngx_http_llm_status_route_t */
     ngx_array_t                  targets; /* of ngx_http_llm_status_target_t */
-    ngx_array_t                 *zones;   /* of ngx_shm_zone_t * */
+    ngx_array_t                  zones;   /* of ngx_http_llm_status_zone_t */
     ngx_http_llm_redis_conf_t   *redis;   /* NULL: no llm_redis */
     ngx_http_llm_status_link_t   link;
     ngx_msec_t                   now;     /* ms since the epoch */

@@ -49,6 +49,8 @@ my @FAMILIES = (
     [ nginx_llm_target_cooling => 'gauge' ],
     [ nginx_llm_target_cooldown_remaining_seconds => 'gauge' ],
     [ nginx_llm_target_cooldowns_total => 'counter' ],
+    [ nginx_llm_zone_bytes => 'gauge' ],
+    [ nginx_llm_zone_full => 'gauge' ],
 );
 
 my $PROM_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
@@ -431,8 +433,14 @@ my $before = status();
 
     is($s->{version}, 1, 'json: version');
     ok(abs($s->{time_ms} / 1000 - time) < 5, 'json: time_ms is wall time');
-    is_deeply($s->{zones}, [ { name => 'llm', size => 1048576 } ],
+    my $z = $s->{zones}[0] || {};
+    is_deeply([ map { $_->{name} } @{$s->{zones}} ], [ 'llm' ],
               'json: zones');
+    is($z->{size}, 1048576, 'json: zone size');
+    ok($z->{used_bytes} > 0 && $z->{used_bytes} < $z->{total_bytes}
+       && $z->{total_bytes} <= $z->{size},
+       "json: zone used_bytes $z->{used_bytes} of $z->{total_bytes}");
+    ok(JSON::PP::is_bool($z->{full}) && !$z->{full}, 'json: zone not full');
     is_deeply([ sort keys %{$s->{routes}} ], [qw(chat cool esc tight)],
               'json: each route once, chat of both servers too');
 
