@@ -109,6 +109,10 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 
     ngx_http_llm_scan_init(ctx->scan);
 
+    if (ngx_http_llm_request_scan_read(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     rc = ngx_http_read_client_request_body(r, ngx_http_llm_body_read);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {

@@ -192,6 +192,8 @@ ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
 ngx_flag_t ngx_http_llm_answer_variables_used(ngx_conf_t *cf);
 
 ngx_int_t ngx_http_llm_request_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_llm_request_scan_read(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r,

@@ -11,15 +11,19 @@
 
 
 /*
- * Request inspection (SPEC 3.1).  The structural scan runs in a request
- * body filter, on each piece of the body as it arrives and before nginx
- * writes it to a temp file, so a body spilled to disk is never read back.
- * The "model" value's byte span is what a per-target rewrite will splice.
+ * Request inspection (docs/directives.md, "How an attempt is made").  The
+ * structural scan runs in a request body filter, on each piece of the
+ * body as it arrives and before nginx writes it to a temp file, so a
+ * body spilled to disk is never read back.  A body that another module
+ * read before the route ran is scanned where it lies.  The "model"
+ * value's byte span is what a per-target rewrite will splice.
  */
 
 
 static ngx_int_t ngx_http_llm_request_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
+static ngx_int_t ngx_http_llm_request_scan_file(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_buf_t *b, u_char **chunk);
 static void ngx_http_llm_request_model(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_request_piece(ngx_http_request_t *r,
@@ -77,6 +81,108 @@ ngx_http_llm_request_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     return ngx_http_next_request_body_filter(r, in);
+}
+
+
+/*
+ * A body read before the content phase (mirror, auth_request, lua's
+ * ngx.req.read_body(), njs) passed the request body filters before the
+ * route had its context: the scan never saw it.  It is whole in
+ * r->request_body->bufs, in memory or in the temp file (spilled, or
+ * client_body_in_file_only); it is scanned there, a file in chunks of
+ * bounded size.  Called before ngx_http_read_client_request_body(),
+ * which then calls the route's body handler at once.
+ */
+
+#define NGX_HTTP_LLM_FILE_CHUNK  8192
+
+ngx_int_t
+ngx_http_llm_request_scan_read(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    u_char                   *chunk;
+    ngx_int_t                 rc;
+    ngx_buf_t                *b;
+    ngx_chain_t              *cl;
+    ngx_http_request_body_t  *rb;
+
+    rb = r->request_body;
+
+    if (rb == NULL) {
+        /* the route reads the body itself, through the filter */
+        return NGX_OK;
+    }
+
+    if (r->reading_body || rb->rest > 0) {
+        /* still arriving for another module, which does not buffer it */
+        ctx->scan->error = "the request body could not be inspected";
+        return NGX_OK;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm request body read before the route");
+
+    chunk = NULL;
+    rc = NGX_OK;
+
+    for (cl = rb->bufs; cl && ctx->scan->error == NULL; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            ngx_http_llm_scan(ctx->scan, b->pos, b->last);
+            continue;
+        }
+
+        if (b->in_file) {
+            rc = ngx_http_llm_request_scan_file(r, ctx, b, &chunk);
+
+            if (rc != NGX_OK) {
+                break;
+            }
+        }
+    }
+
+    if (chunk) {
+        ngx_pfree(r->pool, chunk);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_llm_request_scan_file(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_buf_t *b, u_char **chunk)
+{
+    off_t    offset;
+    size_t   size;
+    ssize_t  n;
+
+    if (*chunk == NULL) {
+        *chunk = ngx_palloc(r->pool, NGX_HTTP_LLM_FILE_CHUNK);
+        if (*chunk == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    for (offset = b->file_pos;
+         offset < b->file_last && ctx->scan->error == NULL;
+         offset += n)
+    {
+        size = (size_t) ngx_min(b->file_last - offset,
+                                NGX_HTTP_LLM_FILE_CHUNK);
+
+        n = ngx_read_file(b->file, *chunk, size, offset);
+
+        if (n != (ssize_t) size) {
+            ngx_log_error(NGX_LOG_ERR, ctx->log, 0,
+                          "llm: short read of the request body temp file");
+            return NGX_ERROR;
+        }
+
+        ngx_http_llm_scan(ctx->scan, *chunk, *chunk + n);
+    }
+
+    return NGX_OK;
 }
 
 
