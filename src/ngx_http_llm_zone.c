@@ -299,13 +299,15 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
  * they may still add to the counters of a node the new configuration
  * dropped.  So a node is freed only when no request counted in it for
  * NGX_HTTP_LLM_NODE_IDLE seconds (or ever); a busier one stays until a
- * later reload.  The remaining risk, a request of an old worker idle for
- * that long (a stream) that counts again afterwards, cannot corrupt the
- * zone: after its first two small allocations the zone holds nothing but
- * nodes, each of whole pages (larger than half a page), and the slab
- * allocator keeps no bookkeeping inside free pages; such a late count
- * lands in the counters of a node that took the page, at the same
- * offsets.
+ * later reload.  What remains, a request of an old worker idle for that
+ * long (a stream) that counts again afterwards, or the old worker 0's
+ * last sync writing a cooldown or the cluster's sums, cannot corrupt
+ * the zone: after its first two small allocations the zone holds
+ * nothing but nodes, each of whole pages (larger than half a page), the
+ * slab allocator keeps no bookkeeping inside free pages, and no worker
+ * writes a node's tree links or name.  Such a late write lands in the
+ * counters of the node that took the page, at the same offsets: a count
+ * or a cooldown (within max=) on the wrong node, once.
  */
 
 static void

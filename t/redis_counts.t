@@ -10,7 +10,7 @@
 # == the zone's count.  A lost count needs an increment to land between
 # two reads of the syncer a few instructions apart: measured on 2 cores,
 # about one request in 1.7 million was lost before the fix, so this
-# file catches it only now and then in its default 3 rounds (~50k
+# file catches it only now and then in its default 3 rounds (~90k
 # requests a round); TEST_LLM_COUNTS_ROUNDS=8 lost one in 2 runs of 5.
 
 use strict;
