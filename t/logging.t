@@ -11,7 +11,10 @@
 # non-ASCII, lone surrogates, raw invalid UTF-8 and an over-long name.
 # Every line written is parsed as JSON (JSON::PP, strict UTF-8) and its
 # fields checked.  The same requests go through a second format, the
-# same text with escape=default: every record stays one line.
+# same text with escape=default: every record stays one line.  The
+# "one line per attempt" recipe of docs/logging.md, read out of that
+# file, gives a line per attempt; log_subrequest in the route location
+# alone gives none.
 #
 # Canary secrets in the prompt, the completion, a provider error
 # message, Authorization, x-api-key and api-key headers and a ?key=
@@ -52,6 +55,37 @@ unlike($FORMAT, qr/\$(?:request|request_uri|args|arg_\w+|query_string|
        'the format uses no variable that carries secrets');
 
 (my $TEXT = $FORMAT) =~ s/llm_json\s+escape=json/llm_text escape=default/;
+
+# the "one line per attempt" recipe, as documented: its "..." stand for
+# the route's targets and for the target's proxy settings
+
+my $doc = "$Test::LLM::REPO/docs/logging.md";
+open $fh, '<', $doc or die "can't read $doc: $!\n";
+my $doc_text = do { local $/; <$fh> };
+close $fh;
+
+my ($RECIPE) = $doc_text
+    =~ /^### One line per attempt[^\n]*\n+```nginx\n(.*?)```/ms;
+$RECIPE //= '';
+
+like($RECIPE, qr/^location \/_llm\/\w+ \{[^}]*^\s+log_subrequest on;/ms,
+     'the log_subrequest recipe puts it in a target location');
+
+$RECIPE =~ s{/var/log/nginx/llm\.json\.log}{%%TESTDIR%%/logs/llm.sub.log}g;
+$RECIPE =~ s{^location /_llm/\w+ \{}{location ~ ^/_llm/(\\w+)\$ \{}m;
+
+my @FILL = (
+    'llm_target   /_llm/primary model=gpt-4o-mini tries=2;
+    llm_fallback /_llm/backup model=claude-3-5-haiku;
+    llm_attempts 3;',
+    'proxy_set_header X-Attempt $llm_attempts;
+    proxy_set_header Connection "";
+    proxy_http_version 1.1;
+    proxy_pass http://prov/$1/v1/chat/completions;',
+);
+
+my $filled = $RECIPE =~ s/^(\s*)\.\.\.\n/$1 . (shift(@FILL) \/\/ '') . "\n"/mge;
+is($filled, 2, 'the recipe has a route location and a target location');
 
 my $conf = <<'EOF';
 events {}
@@ -111,12 +145,22 @@ http {
         }
     }
 
-    # the same route, a line per attempt too
+    # the same route, a line per attempt too: docs/logging.md's recipe
     server {
         listen 127.0.0.1:%%PORT_8082%%;
 
-        log_subrequest on;
-        access_log %%TESTDIR%%/logs/llm.sub.log llm_json;
+        access_log off;
+
+        llm_backoff base=1ms max=5ms;
+
+%%RECIPE%%
+    }
+
+    # log_subrequest in the route location only: no attempt line
+    server {
+        listen 127.0.0.1:%%PORT_8083%%;
+
+        access_log off;
 
         llm_backoff base=1ms max=5ms;
 
@@ -125,6 +169,8 @@ http {
             llm_target   /_llm/primary model=gpt-4o-mini tries=2;
             llm_fallback /_llm/backup model=claude-3-5-haiku;
             llm_attempts 3;
+            log_subrequest on;
+            access_log %%TESTDIR%%/logs/llm.route.log llm_json;
         }
 
         location ~ ^/_llm/(\w+)$ {
@@ -141,6 +187,7 @@ EOF
 $conf =~ s/%%MAP%%/$MAP/;
 $conf =~ s/%%FORMAT%%/$FORMAT/;
 $conf =~ s/%%TEXT%%/$TEXT/;
+$conf =~ s/%%RECIPE%%/$RECIPE/;
 $t->write_file_expand('nginx.conf', $conf);
 
 # secrets
@@ -619,6 +666,24 @@ is(scalar(grep { /\\x(?:[01][0-9A-F]|7F|[89A-F][0-9A-F])/ } @json), 0,
        'log_subrequest: $upstream_status of the request lists attempts');
     unlike(join('', @l), qr/key=|\Q$QKEY\E/,
            'log_subrequest: no query string');
+}
+
+# nginx reads log_subrequest in the location serving the subrequest
+
+{
+    my $r = parse_response(http(http_request('POST',
+        '/v1/chat/completions', body => body('"gpt-4o"'),
+        headers => [ 'Content-Type' => 'application/json',
+                     'X-Case' => '1:rl;2:500;*:ok' ]),
+        port => $t->port(8083)));
+    is($r->{status}, 200, 'log_subrequest in the route location: 200');
+
+    my @l = $t->wait_for_lines('logs/llm.route.log', 1);
+    my @rec = map { record($_) || {} } @l;
+    is_deeply([ map { $_->{'url.path'} } @rec ], [ '/v1/chat/completions' ],
+              'log_subrequest in the route location: the request only');
+    is($rec[0]{'llm.attempts'}, 3,
+       'log_subrequest in the route location: after three attempts');
 }
 
 ###############################################################################
