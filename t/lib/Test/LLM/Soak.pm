@@ -392,6 +392,7 @@ sub h2_result {
 
     my $head = $read->("$f.head");
     $r{body} = $read->("$f.body");
+    $r{curl_out} = $read->("$f.out");
     $r{bytes} = length($head) + length($r{body});
 
     return \%r if $p->{abort};
@@ -406,7 +407,7 @@ sub h2_result {
     $r{timed_out} = $exit == 28 ? 1 : 0;
     $r{complete} = $exit == 0 && defined $r{status} ? 1 : 0;
 
-    unlink "$f.req", "$f.head", "$f.body";
+    unlink "$f.req", "$f.head", "$f.body", "$f.out";
     return \%r;
 }
 
@@ -430,7 +431,11 @@ sub judge {
 
     unless (defined $st) {
         return ('no_status', 'no status line: '
-                . _show($r->{status_line} // ''));
+                . _show($r->{status_line} // '')
+                . (defined $r->{curl_exit}
+                   ? " (curl exit $r->{curl_exit}: "
+                     . _show($r->{curl_out} // '') . ')'
+                   : ''));
     }
 
     if ($st eq '000') {
