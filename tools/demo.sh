@@ -74,6 +74,12 @@ http {
     server {
         listen 127.0.0.1:$port;
 
+        # the target locations below inherit it: a provider's answer
+        # cannot redirect inside this server nor throttle the client
+        proxy_ignore_headers X-Accel-Redirect X-Accel-Expires
+                             X-Accel-Limit-Rate X-Accel-Buffering
+                             X-Accel-Charset;
+
         location = /v1/chat/completions {
             llm_route  chat;
             llm_target /_llm/openai;
@@ -107,6 +113,7 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer sk-demo-never-logged";
+            proxy_set_header x-api-key "";
         }
 
         location /_llm/overloaded {
