@@ -513,7 +513,8 @@ is(scalar @problems, 0,
             @problems[0 .. ($#problems < 24 ? $#problems : 24)]);
 
 is($abort_status{'000'} // 0, 0,
-   'client aborts are logged with status 499, never 000 (issue 11 item 1)');
+   'no client abort logged with status 000 (499 when the client went away '
+   . 'before the answer, issue 11 item 1)');
 
 
 ###############################################################################
