@@ -93,6 +93,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
     ctx->request_start = ngx_current_msec;
     ctx->family = llcf->family ? llcf->family : ngx_http_llm_family(r);
     ctx->retry_after = -1;
+    ctx->split_bucket = -1;
 
     ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
 
@@ -166,7 +167,7 @@ ngx_http_llm_body_read(ngx_http_request_t *r)
 
     ngx_http_llm_count_request(ctx);
 
-    ctx->picked = ngx_http_llm_pick(ctx);
+    ctx->picked = ngx_http_llm_pick(r, ctx);
     ctx->start = ngx_current_msec;
 
     /* whether this request may ever see a second attempt */

@@ -29,6 +29,8 @@ static char *ngx_http_llm_retry_on(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_llm_split_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_llm_conf_return(ngx_conf_t *cf);
 static void ngx_http_llm_conf_where(ngx_conf_t *cf,
     ngx_http_llm_loc_conf_t *llcf);
@@ -95,6 +97,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       ngx_http_llm_target,
       NGX_HTTP_LOC_CONF_OFFSET,
       1,
+      NULL },
+
+    { ngx_string("llm_split_key"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_llm_split_key,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, split_key),
       NULL },
 
     { ngx_string("llm_retry_on"),
@@ -388,11 +397,13 @@ ngx_http_llm_merge_route(ngx_conf_t *cf, ngx_http_llm_loc_conf_t *conf)
 
     if (conf->route.len == 0) {
 
-        if (conf->targets || conf->fallbacks) {
+        if (conf->targets || conf->fallbacks || conf->split_key) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                           "\"%s\" requires \"llm_route\" in the same "
                           "location in %V:%ui",
-                          conf->targets ? "llm_target" : "llm_fallback",
+                          conf->targets ? "llm_target"
+                          : conf->fallbacks ? "llm_fallback"
+                                            : "llm_split_key",
                           &conf->conf_file, conf->conf_line);
             return NGX_CONF_ERROR;
         }
@@ -815,6 +826,25 @@ ngx_http_llm_retry_on(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* llm_split_key VALUE: a complex value, in the route's location */
+
+static char *
+ngx_http_llm_split_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    char  *rv;
+
+    rv = ngx_http_set_complex_value_slot(cf, cmd, conf);
+
+    if (rv == NGX_CONF_OK) {
+        ngx_http_llm_conf_where(cf, llcf);
+    }
+
+    return rv;
 }
 
 

@@ -43,6 +43,10 @@
 #define NGX_HTTP_LLM_OUTAGE_BUDGET       1   /* retry budget spent */
 
 
+/* $llm_split_bucket: a sticky key's place among this many buckets */
+#define NGX_HTTP_LLM_SPLIT_BUCKETS       10000
+
+
 /* provider error answers are kept up to this size to be classified */
 #define NGX_HTTP_LLM_ERROR_BODY_MAX      65536
 
@@ -65,6 +69,7 @@ typedef struct {
     ngx_array_t                 *targets;   /* of ngx_http_llm_target_t */
     ngx_array_t                 *fallbacks; /* of ngx_http_llm_target_t */
     ngx_uint_t                   total_weight;
+    ngx_http_complex_value_t    *split_key; /* llm_split_key; NULL: random */
 
     ngx_uint_t                   retry_on;  /* bit per NGX_HTTP_LLM_ERR_* */
     ngx_uint_t                   attempts;
@@ -140,6 +145,7 @@ typedef struct {
     /* the plan: the picked target, then the fallbacks in order */
     ngx_http_llm_target_t       *picked;
     ngx_uint_t                   step;      /* 0: picked; n: fallback n */
+    ngx_int_t                    split_bucket;  /* 0 .. 9999, -1: none */
     ngx_uint_t                   step_tries;
 
     ngx_http_request_t          *attempt;   /* subrequest in flight */
@@ -218,7 +224,8 @@ ngx_msec_int_t ngx_http_llm_target_cooling(ngx_http_llm_target_t *target);
 
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
-ngx_http_llm_target_t *ngx_http_llm_pick(ngx_http_llm_ctx_t *ctx);
+ngx_http_llm_target_t *ngx_http_llm_pick(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 ngx_http_llm_target_t *ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx,
     ngx_uint_t step);
 ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);

@@ -23,15 +23,46 @@ static ngx_uint_t ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx);
 static ngx_msec_t ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx);
 
 
-/* the weighted pick among llm_target (weight 0: never picked) */
+/*
+ * The weighted pick among llm_target (weight 0: never picked): each
+ * target owns a range of [0, total weight), in the order of the
+ * configuration, as split_clients lays out its percentages.  With
+ * llm_split_key the point in that space is the key's MurmurHash2, scaled,
+ * so one key stays on one target while the weights stay, and a change of
+ * weights moves only the keys between the boundaries that moved; else it
+ * is random.  The key's value is neither kept nor logged: only its bucket
+ * is, for $llm_split_bucket.
+ */
 
 ngx_http_llm_target_t *
-ngx_http_llm_pick(ngx_http_llm_ctx_t *ctx)
+ngx_http_llm_pick(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
+    uint32_t                hash;
+    ngx_str_t               key;
     ngx_uint_t              i, n;
     ngx_http_llm_target_t  *target;
 
     target = ctx->conf->targets->elts;
+
+    if (ctx->conf->split_key) {
+
+        if (ngx_http_complex_value(r, ctx->conf->split_key, &key) != NGX_OK)
+        {
+            key.len = 0;
+        }
+
+        if (key.len) {
+            hash = ngx_murmur_hash2(key.data, key.len);
+
+            ctx->split_bucket = (ngx_int_t)
+                (((uint64_t) hash * NGX_HTTP_LLM_SPLIT_BUCKETS) >> 32);
+
+            n = (ngx_uint_t)
+                (((uint64_t) hash * ctx->conf->total_weight) >> 32);
+
+            goto found;
+        }
+    }
 
     if (ctx->conf->targets->nelts == 1) {
         return target;
@@ -39,9 +70,15 @@ ngx_http_llm_pick(ngx_http_llm_ctx_t *ctx)
 
     n = (ngx_uint_t) ngx_random() % ctx->conf->total_weight;
 
+found:
+
     for (i = 0; n >= target[i].weight; i++) {
         n -= target[i].weight;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ctx->log, 0,
+                   "llm pick \"%V\", bucket %i", &target[i].key,
+                   ctx->split_bucket);
 
     return &target[i];
 }

@@ -47,6 +47,8 @@ static ngx_int_t ngx_http_llm_variable_error_type(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_decision(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_split_bucket(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_fallback(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_attempt_list(ngx_http_request_t *r,
@@ -112,6 +114,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_retry_decision"), NULL,
       ngx_http_llm_variable_decision, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_split_bucket"), NULL,
+      ngx_http_llm_variable_split_bucket, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_fallback"), NULL, ngx_http_llm_variable_fallback, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -547,6 +552,37 @@ ngx_http_llm_variable_decision(ngx_http_request_t *r,
     }
 
     ngx_http_llm_variable_set(v, &ngx_http_llm_decision_names[ctx->decision]);
+
+    return NGX_OK;
+}
+
+
+/* the sticky key's bucket, never the key: not found without one */
+
+static ngx_int_t
+ngx_http_llm_variable_split_bucket(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char              *p;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->split_bucket < 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(p, "%i", ctx->split_bucket) - p;
+    v->data = p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
 
     return NGX_OK;
 }
