@@ -393,7 +393,7 @@ my @retry_after = (
 
 my @names = qw(- connect_error timeout rate_limited quota_exhausted
     overloaded server_error auth_error invalid_request context_length
-    content_filter stream_interrupted invalid_response);
+    content_filter stream_interrupted invalid_response client_closed);
 
 ###############################################################################
 
