@@ -4,6 +4,8 @@
 #   make test     install what the tests need, build, run prove -r t/
 #   make demo     build, start nginx with local mock providers, show it work
 #   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
+#   make bench-sse    SSE streams through both: latency per event and
+#                 to the first event, memory per open stream (~35 s)
 #   make lint     formatting checks of the C sources
 #   make test-asan    the tests against a module built with ASan + UBSan
 #   make soak     the fault-matrix soak for 60 s (t/soak.t; make test runs
@@ -26,7 +28,7 @@ LD_OPT     ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 SOURCES    := $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test test-asan soak fuzz demo bench lint clean
+.PHONY: all deps test test-asan soak fuzz demo bench bench-sse lint clean
 
 all: $(MODULE)
 
@@ -93,6 +95,12 @@ bench:
 	@$(MAKE) -s all
 	@bench/run.sh
 	@bench/scan.sh
+	@MODULE=$(CURDIR)/$(MODULE) bench/sse.pl
+
+bench-sse:
+	@tools/deps.sh bench
+	@$(MAKE) -s all
+	@MODULE=$(CURDIR)/$(MODULE) bench/sse.pl
 
 lint:
 	@tools/lint.sh
