@@ -168,6 +168,15 @@ ngx_http_llm_body_read(ngx_http_request_t *r)
     ngx_http_llm_count_request(ctx);
 
     ctx->picked = ngx_http_llm_pick(r, ctx);
+
+    rc = ngx_http_llm_catalog_check(r, ctx);
+
+    if (rc != NGX_DECLINED) {
+        /* a model not in the picked target's catalog: 400, no attempt */
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
     ctx->start = ngx_current_msec;
 
     /* whether this request may ever see a second attempt */

@@ -86,14 +86,14 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       NULL },
 
     { ngx_string("llm_target"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1234,
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1234|NGX_CONF_TAKE5,
       ngx_http_llm_target,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
     { ngx_string("llm_fallback"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE123,
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1234,
       ngx_http_llm_target,
       NGX_HTTP_LOC_CONF_OFFSET,
       1,
@@ -169,6 +169,20 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_catalog"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_http_llm_catalog,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_models"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_llm_models,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
 
       ngx_null_command
 };
@@ -233,6 +247,7 @@ ngx_http_llm_postconfiguration(ngx_conf_t *cf)
     lmcf->read_answers = ngx_http_llm_answer_variables_used(cf);
 
     if (ngx_http_llm_request_init(cf) != NGX_OK
+        || ngx_http_llm_catalog_init(cf) != NGX_OK
         || ngx_http_llm_budget_init(cf) != NGX_OK)
     {
         return NGX_ERROR;
@@ -592,7 +607,10 @@ invalid:
 }
 
 
-/* llm_target URI [model=] [weight=] [tries=], llm_fallback: no weight */
+/*
+ * llm_target URI [model=] [weight=] [tries=] [catalog=],
+ * llm_fallback: no weight
+ */
 
 static char *
 ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -690,6 +708,24 @@ ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             target->tries = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "catalog=", 8) == 0) {
+
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            if (s.len == 0) {
+                goto invalid;
+            }
+
+            /* checked once every llm_catalog is read */
+
+            if (ngx_http_llm_catalog_use(cf, *list, &s) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
             continue;
         }
 

@@ -16,6 +16,7 @@
 #include "ngx_http_llm_zone.h"
 #include "ngx_http_llm_answer.h"
 #include "ngx_http_llm_redis.h"
+#include "ngx_http_llm_catalog.h"
 
 
 /* endpoint families, SPEC 3.1 */
@@ -59,6 +60,7 @@ typedef struct {
     ngx_uint_t                   weight;
     ngx_uint_t                   tries;
     ngx_http_llm_node_t         *node;      /* counters and cooldown */
+    ngx_http_llm_catalog_t      *catalog;   /* catalog=; NULL: none */
     unsigned                     fallback:1;
 } ngx_http_llm_target_t;
 
@@ -91,6 +93,7 @@ typedef struct {
     ngx_msec_t                   cooldown_max;  /* max=: of any cooldown */
 
     ngx_flag_t                   status;    /* llm_status here */
+    ngx_http_llm_models_t       *models;    /* llm_models here */
 
     ngx_shm_zone_t              *zone;      /* the route's counters */
     ngx_http_llm_node_t         *node;
@@ -115,6 +118,7 @@ typedef struct {
     ngx_array_t                  zones;     /* of ngx_shm_zone_t * */
     ngx_http_llm_redis_conf_t   *redis;     /* llm_redis; NULL: none */
     ngx_flag_t                   read_answers;  /* usage variables used */
+    ngx_http_llm_catalog_conf_t *catalog;   /* NULL: no catalog in use */
 } ngx_http_llm_main_conf_t;
 
 
@@ -209,6 +213,14 @@ ngx_int_t ngx_http_llm_add_header(ngx_http_request_t *r, char *key,
     u_char *value, size_t len);
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, const char *message, const char *code);
+
+char *ngx_http_llm_catalog(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_llm_models(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_catalog_use(ngx_conf_t *cf, ngx_array_t *list,
+    ngx_str_t *name);
+ngx_int_t ngx_http_llm_catalog_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_llm_catalog_check(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 
 ngx_int_t ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr);
 

@@ -1,0 +1,58 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_CATALOG_H_INCLUDED_
+#define _NGX_HTTP_LLM_CATALOG_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+/* the longest model id a catalog holds, as the longest model= */
+#define NGX_HTTP_LLM_CATALOG_ID_MAX  256
+
+
+typedef struct {
+    ngx_str_t                    id;
+    ngx_str_t                    owned_by;  /* decoded; empty: none */
+    time_t                       created;   /* 0: unknown */
+} ngx_http_llm_catalog_model_t;
+
+
+/* llm_catalog NAME FILE, read when the configuration is */
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_str_t                    file;      /* the full path */
+    ngx_array_t                  models;    /* file order, ids unique */
+    ngx_str_t                   *ids;       /* sorted, for lookups */
+    ngx_uint_t                   nids;
+    ngx_str_t                    conf_file;
+    ngx_uint_t                   conf_line;
+} ngx_http_llm_catalog_t;
+
+
+/* llm_models NAME ...: its answer is made once all catalogs are known */
+
+typedef struct {
+    ngx_array_t                  names;     /* of ngx_str_t */
+    ngx_str_t                    body;
+    void                        *clcf;      /* its core loc conf */
+    ngx_str_t                    conf_file;
+    ngx_uint_t                   conf_line;
+} ngx_http_llm_models_t;
+
+
+typedef struct {
+    ngx_array_t                  catalogs;  /* of ngx_http_llm_catalog_t */
+    ngx_array_t                  uses;      /* catalog= of targets */
+    ngx_array_t                  lists;     /* of ngx_http_llm_models_t * */
+} ngx_http_llm_catalog_conf_t;
+
+
+#endif /* _NGX_HTTP_LLM_CATALOG_H_INCLUDED_ */
