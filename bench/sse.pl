@@ -24,6 +24,8 @@
 #   MEM_BASE=40       streams open before the first RSS reading
 #   MEM_ROUNDS=2      memory rounds (each: A B B A, whole and mid-event)
 #   SKIP_MEMORY=1     no memory measure
+#   A_BUFFERING=on    a control: A with proxy_buffering on, which holds a
+#                     split event until more bytes come (milliseconds)
 #   QUICK=1           smoke run: 4 streams of 20 events, 1 memory round of 50
 #   KEEP=1            keep the temp dir (config, error log)
 #   NGINX=/usr/sbin/nginx  MODULE=build/ngx_http_llm_module.so
@@ -72,6 +74,8 @@ die "sse: SPLIT_MS must be below GAP_MS / CONCURRENT\n"
     unless $O{SPLIT_MS} * $O{CONCURRENT} < $O{GAP_MS};
 
 my $NGINX = $ENV{NGINX} || '/usr/sbin/nginx';
+# nginx itself reads NGINX (sockets inherited in a binary upgrade)
+delete $ENV{NGINX};
 my $MODULE = $ENV{MODULE} || "$ROOT/build/ngx_http_llm_module.so";
 
 my $PROXY_CPU = 0;
@@ -80,6 +84,7 @@ my $LOAD_CPU = 1;
 
 sub now { clock_gettime(CLOCK_MONOTONIC) }
 
+my $MAIN = $$;
 my $TMP;
 
 sub setup_failed {
@@ -115,7 +120,6 @@ $TMP = tempdir('llm-sse-bench.XXXXXX', DIR => $ENV{TMPDIR} || '/tmp');
 chmod 0755, $TMP;
 mkdir "$TMP/$_" for qw(logs tmp);
 
-my $MAIN = $$;
 my ($MOCK_PID, $NGINX_PID);
 
 sub stop_pid {
@@ -134,6 +138,7 @@ sub cleanup {
     return unless $$ == $MAIN;
     stop_pid($NGINX_PID);
     stop_pid($MOCK_PID);
+    return unless $TMP;
     if (($ENV{KEEP} // 0) eq '1') {
         print "sse: kept $TMP\n";
     } else {
@@ -334,6 +339,7 @@ my $PROXY_PORT = free_port();
 $PROXY_PORT = free_port() while $PROXY_PORT == $MOCK_PORT;
 
 my $user = $> == 0 ? 'user root;' : '';
+my $a_buffering = ($ENV{A_BUFFERING} // 'off') eq 'on' ? 'on' : 'off';
 
 my $conf = <<EOF;
 load_module $MODULE;
@@ -359,7 +365,7 @@ http {
         location = /a/v1/chat/completions {
             proxy_pass http://127.0.0.1:$MOCK_PORT/v1/chat/completions;
             proxy_http_version 1.1;
-            proxy_buffering off;
+            proxy_buffering $a_buffering;
         }
 
         # B: the same provider through an llm route
