@@ -55,4 +55,15 @@ typedef struct {
 } ngx_http_llm_catalog_conf_t;
 
 
+ngx_http_llm_catalog_conf_t *ngx_http_llm_catalog_conf(ngx_conf_t *cf);
+ngx_http_llm_catalog_t *ngx_http_llm_catalog_lookup(
+    ngx_http_llm_catalog_conf_t *ccf, ngx_str_t *name);
+ngx_uint_t ngx_http_llm_catalog_find(ngx_http_llm_catalog_t *c,
+    ngx_str_t *id);
+char *ngx_http_llm_catalog_parse(ngx_conf_t *cf, ngx_http_llm_catalog_t *c,
+    u_char *text, size_t len, ngx_array_t *models);
+ngx_int_t ngx_http_llm_models_init(ngx_conf_t *cf,
+    ngx_http_llm_catalog_conf_t *ccf, ngx_http_llm_models_t *m);
+
+
 #endif /* _NGX_HTTP_LLM_CATALOG_H_INCLUDED_ */
