@@ -7,7 +7,8 @@
 # reach unrewritten gets 400 in the family's error shape (OpenAI's for
 # chat and responses, Anthropic's for messages) with no upstream request,
 # also when the request has no model or one too long to quote; a model
-# in the catalog passes; a target with model= is not checked at run time;
+# in the catalog passes, ids with JSON escapes compared decoded; a target
+# with model= is not checked at run time;
 # the refusal's log variables, and the requested model never in the error
 # log; llm_models: the union in OpenAI's list shape, deduplicated, in a
 # stable order, HEAD, 405 for POST; a reload reads an edited catalog
@@ -81,11 +82,16 @@ $t->write_file('anthropic.json', <<'EOF');
 }
 EOF
 
+# ids with JSON escapes: compared and served decoded
+$t->write_file('escaped.json',
+               '{"data":[{"id":"caf\\u00e9/\\"q\\""},{"id":"tab\\tid"}]}');
+
 $t->write_file_expand('nginx.conf', <<'EOF');
 events {}
 
 http {
     llm_catalog oa openai.json;
+    llm_catalog esc escaped.json;
 
     log_format cat '$uri|$status|$llm_attempts|$llm_error_type|'
                    '$llm_retry_decision|$llm_target';
@@ -114,8 +120,17 @@ http {
             llm_target /_llm/p catalog=an;
         }
 
+        location = /esc/v1/chat/completions {
+            llm_route escaped;
+            llm_target /_llm/p catalog=esc;
+        }
+
         location = /v1/models {
             llm_models oa an;
+        }
+
+        location = /esc/v1/models {
+            llm_models esc;
         }
 
         location = /an/v1/models {
@@ -242,6 +257,17 @@ my ($res) = http_keepalive([
 like($res->[0] // '', qr/^HTTP\/1\.1 400/, 'keepalive: refused');
 like($res->[1] // '', qr/^HTTP\/1\.1 200/, 'keepalive: then passed');
 
+# escapes
+
+$r = post('/esc/v1/chat/completions',
+          '{"model":"caf\u00e9/\"q\"","messages":[]}');
+is($r->{status}, 200, 'an id with escapes: the same model escaped otherwise');
+$r = post('/esc/v1/chat/completions',
+          qq({"model":"caf\xc3\xa9/\\"q\\"","messages":[]}));
+is($r->{status}, 200, 'an id with escapes: the model in raw UTF-8');
+$r = post('/esc/v1/chat/completions', '{"model":"caf\u00e9","messages":[]}');
+is($r->{status}, 400, 'an id with escapes: a prefix of it is refused');
+
 ###############################################################################
 # llm_models
 
@@ -273,6 +299,10 @@ is_deeply($JSON->decode($r->{body}), { object => 'list', data => [
     { id => 'gpt-4o', object => 'model', created => 1715367049,
       owned_by => 'system' },
 ] }, 'llm_models an oa an: the first catalog\'s entry of a shared id');
+
+$r = parse_response(http_get('/esc/v1/models', port => $port));
+is_deeply([ map { $_->{id} } @{$JSON->decode($r->{body})->{data}} ],
+          [ "caf\x{e9}/\"q\"", "tab\tid" ], 'llm_models: ids escaped');
 
 $r = parse_response(http(http_request('HEAD', '/v1/models'), port => $port));
 is($r->{status}, 200, 'llm_models: HEAD');
