@@ -25,8 +25,6 @@
  */
 
 
-static ngx_int_t ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param,
-    ngx_uint_t *seconds);
 static ngx_int_t ngx_http_llm_budget_route(ngx_conf_t *cf,
     ngx_http_llm_main_conf_t *lmcf, ngx_http_llm_loc_conf_t *llcf);
 static ngx_int_t ngx_http_llm_budget_targets(ngx_conf_t *cf,
@@ -268,7 +266,7 @@ invalid:
 
 /* window=TIME: whole seconds, as many as the zone has slots for */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param, ngx_uint_t *seconds)
 {
     ngx_str_t   s;
@@ -297,7 +295,7 @@ ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param, ngx_uint_t *seconds)
 /*
  * At the end of the configuration: binds every route to its zone (its
  * llm_retry_budget zone=, else the first llm_zone) and asks the zone for
- * the nodes of the route and of its targets.
+ * the nodes of the route, of its targets and of its canaries.
  */
 
 ngx_int_t
@@ -379,10 +377,11 @@ ngx_http_llm_budget_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
     } else if (lmcf->zones.nelts) {
         zone = zones[0];
 
-    } else if (llcf->budget) {
+    } else if (llcf->budget || llcf->canary) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"llm_retry_budget\" requires \"llm_zone\" "
-                      "in %V:%ui", &llcf->conf_file, llcf->conf_line);
+                      "\"%s\" requires \"llm_zone\" in %V:%ui",
+                      llcf->budget ? "llm_retry_budget" : "llm_canary",
+                      &llcf->conf_file, llcf->conf_line);
         return NGX_ERROR;
 
     } else {
@@ -393,7 +392,7 @@ ngx_http_llm_budget_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
     llcf->zone = zone;
 
     if (ngx_http_llm_zone_want(cf, zone, NGX_HTTP_LLM_NODE_ROUTE,
-                               &llcf->route, &llcf->node, 0)
+                               &llcf->route, &llcf->node, 0, 0)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -401,7 +400,8 @@ ngx_http_llm_budget_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
 
     if (ngx_http_llm_budget_targets(cf, zone, llcf, llcf->targets) != NGX_OK
         || ngx_http_llm_budget_targets(cf, zone, llcf, llcf->fallbacks)
-           != NGX_OK)
+           != NGX_OK
+        || ngx_http_llm_canary_want(cf, zone, llcf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -426,7 +426,7 @@ ngx_http_llm_budget_targets(ngx_conf_t *cf, ngx_shm_zone_t *zone,
     for (i = 0; i < targets->nelts; i++) {
         if (ngx_http_llm_zone_want(cf, zone, NGX_HTTP_LLM_NODE_TARGET,
                                    &target[i].key, &target[i].node,
-                                   llcf->cooldown_max)
+                                   llcf->cooldown_max, 0)
             != NGX_OK)
         {
             return NGX_ERROR;

@@ -491,6 +491,10 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
                                    ngx_http_llm_cooldown_wait(ctx));
     }
 
+    if (ctx->target->canary && !gone) {
+        ngx_http_llm_canary_count(ctx);
+    }
+
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, sr->connection->log, 0,
                    "llm attempt %ui done: rc:%i status:%ui error:%V",
                    ctx->tried.nelts, rc, ctx->attempt_status,

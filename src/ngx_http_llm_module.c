@@ -99,6 +99,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       1,
       NULL },
 
+    { ngx_string("llm_canary"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
+      ngx_http_llm_canary,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_split_key"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_llm_split_key,
@@ -412,13 +419,16 @@ ngx_http_llm_merge_route(ngx_conf_t *cf, ngx_http_llm_loc_conf_t *conf)
 
     if (conf->route.len == 0) {
 
-        if (conf->targets || conf->fallbacks || conf->split_key) {
+        if (conf->targets || conf->fallbacks || conf->split_key
+            || conf->canary)
+        {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                           "\"%s\" requires \"llm_route\" in the same "
                           "location in %V:%ui",
                           conf->targets ? "llm_target"
                           : conf->fallbacks ? "llm_fallback"
-                                            : "llm_split_key",
+                          : conf->split_key ? "llm_split_key"
+                                            : "llm_canary",
                           &conf->conf_file, conf->conf_line);
             return NGX_CONF_ERROR;
         }

@@ -60,6 +60,7 @@ typedef struct {
     ngx_uint_t                   weight;
     ngx_uint_t                   tries;
     ngx_http_llm_node_t         *node;      /* counters and cooldown */
+    ngx_http_llm_node_t         *canary;    /* of its route; NULL: none */
     ngx_http_llm_catalog_t      *catalog;   /* catalog=; NULL: none */
     unsigned                     fallback:1;
 } ngx_http_llm_target_t;
@@ -91,6 +92,13 @@ typedef struct {
     ngx_uint_t                   cooldown_window;   /* seconds */
     ngx_msec_t                   cooldown_time;
     ngx_msec_t                   cooldown_max;  /* max=: of any cooldown */
+
+    /* llm_canary; errors in thousandths */
+    ngx_uint_t                   canary;    /* 1: on */
+    ngx_uint_t                   canary_errors;
+    ngx_uint_t                   canary_min;
+    ngx_uint_t                   canary_window; /* seconds */
+    ngx_uint_t                   canary_heaviest;   /* index of targets */
 
     ngx_flag_t                   status;    /* llm_status here */
     ngx_http_llm_models_t       *models;    /* llm_models here */
@@ -193,6 +201,7 @@ typedef struct {
     unsigned                     sse_blank:1;   /* ... ending a blank line */
     unsigned                     sse_open:1;    /* client has half an event */
     unsigned                     budget_cluster:1;  /* judged on Redis' */
+    unsigned                     canary_hold:1; /* picked a held canary */
 } ngx_http_llm_ctx_t;
 
 
@@ -233,6 +242,20 @@ ngx_msec_int_t ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf);
 void ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_target_t *target, ngx_uint_t err, ngx_msec_int_t wait);
 ngx_msec_int_t ngx_http_llm_target_cooling(ngx_http_llm_target_t *target);
+ngx_int_t ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param,
+    ngx_uint_t *seconds);
+
+char *ngx_http_llm_canary(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_canary_want(ngx_conf_t *cf, ngx_shm_zone_t *zone,
+    ngx_http_llm_loc_conf_t *llcf);
+ngx_uint_t ngx_http_llm_canary_held(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target);
+void ngx_http_llm_canary_count(ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_canary_name(ngx_http_llm_node_t *n, ngx_str_t *route,
+    ngx_str_t *target);
+ngx_uint_t ngx_http_llm_canary_adopt(ngx_shm_zone_t *zone,
+    ngx_http_llm_node_t *n, ngx_uint_t weight, ngx_msec_t since,
+    ngx_uint_t attempts, ngx_uint_t failures, ngx_log_t *log);
 
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);

@@ -76,6 +76,11 @@ found:
         n -= target[i].weight;
     }
 
+    if (target[i].canary && ngx_http_llm_canary_held(ctx, &target[i])) {
+        /* a canary on hold: its keys and share go to the heaviest */
+        i = ctx->conf->canary_heaviest;
+    }
+
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ctx->log, 0,
                    "llm pick \"%V\", bucket %i", &target[i].key,
                    ctx->split_bucket);

@@ -26,6 +26,7 @@
 #define NGX_HTTP_LLM_METRIC_ERRORS      4   /* ... by error category */
 #define NGX_HTTP_LLM_METRIC_COOLING     5
 #define NGX_HTTP_LLM_METRIC_REMAINING   6
+#define NGX_HTTP_LLM_METRIC_CANARY      7   /* a route's canary */
 
 
 typedef struct {
@@ -40,6 +41,8 @@ typedef struct {
 static void ngx_http_llm_status_routes(ngx_http_llm_status_t *st,
     ngx_http_llm_metric_t *m);
 static void ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m);
+static void ngx_http_llm_status_canary_holds(ngx_http_llm_status_t *st,
     ngx_http_llm_metric_t *m);
 static void ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
     ngx_http_llm_metric_t *m, ngx_str_t *route, ngx_http_llm_target_t *target,
@@ -114,6 +117,11 @@ static ngx_http_llm_metric_t  ngx_http_llm_metrics[] = {
       ngx_string("counter"), NGX_HTTP_LLM_METRIC_TARGET,
       offsetof(ngx_http_llm_node_t, cooldowns) },
 
+    { ngx_string("nginx_llm_canary_hold"),
+      ngx_string("1 while the canary target of the llm route is on hold, "
+                 "its traffic sent to the route's heaviest target, else 0."),
+      ngx_string("gauge"), NGX_HTTP_LLM_METRIC_CANARY, 0 },
+
     { ngx_null_string, ngx_null_string, ngx_null_string, 0, 0 }
 };
 
@@ -143,6 +151,9 @@ ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
 
         if (m->kind < NGX_HTTP_LLM_METRIC_TARGET) {
             ngx_http_llm_status_routes(st, m);
+
+        } else if (m->kind == NGX_HTTP_LLM_METRIC_CANARY) {
+            ngx_http_llm_status_canary_holds(st, m);
 
         } else {
             ngx_http_llm_status_targets(st, m);
@@ -364,6 +375,37 @@ ngx_http_llm_status_targets(ngx_http_llm_status_t *st,
             ngx_http_llm_status_sample(st, m, NULL, t[i].target, NULL, NULL);
             ngx_http_llm_status_number(st,
                                    ngx_http_llm_status_counter(n, m->offset));
+            ngx_http_llm_status_literal(st, "\n");
+        }
+    }
+}
+
+
+/* a sample per counted canary: route, then the target's labels */
+
+static void
+ngx_http_llm_status_canary_holds(ngx_http_llm_status_t *st,
+    ngx_http_llm_metric_t *m)
+{
+    ngx_uint_t                     i, k;
+    ngx_http_llm_status_route_t   *route;
+    ngx_http_llm_status_canary_t  *c;
+
+    route = st->routes.elts;
+
+    for (i = 0; i < st->routes.nelts; i++) {
+        c = route[i].canaries.elts;
+
+        for (k = 0; k < route[i].canaries.nelts; k++) {
+            ngx_http_llm_status_copy(st, m->name.data, m->name.len);
+            ngx_http_llm_status_literal(st, "{route=\"");
+            ngx_http_llm_status_label(st, route[i].name);
+            ngx_http_llm_status_literal(st, "\",target=\"");
+            ngx_http_llm_status_label(st, &c[k].target->uri);
+            ngx_http_llm_status_literal(st, "\",model=\"");
+            ngx_http_llm_status_label(st, &c[k].target->model);
+            ngx_http_llm_status_literal(st, "\"} ");
+            ngx_http_llm_status_number(st, c[k].hold ? 1 : 0);
             ngx_http_llm_status_literal(st, "\n");
         }
     }

@@ -35,12 +35,16 @@ static ngx_int_t ngx_http_llm_status_collect(ngx_http_request_t *r,
     ngx_http_llm_status_t *st);
 static ngx_int_t ngx_http_llm_status_add_targets(ngx_http_llm_status_t *st,
     ngx_http_llm_status_route_t *route, ngx_array_t *targets);
+static ngx_int_t ngx_http_llm_status_canaries(ngx_http_request_t *r,
+    ngx_http_llm_status_route_t *route);
 static void ngx_http_llm_status_json(ngx_http_llm_status_t *st);
 static void ngx_http_llm_status_json_redis(ngx_http_llm_status_t *st);
 static void ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
     ngx_http_llm_status_route_t *route);
 static void ngx_http_llm_status_json_target(ngx_http_llm_status_t *st,
     ngx_http_llm_status_target_t *t);
+static void ngx_http_llm_status_json_canary(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_route_t *route);
 
 
 static ngx_str_t  ngx_http_llm_status_types[] = {
@@ -286,6 +290,10 @@ ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
     for (i = 0; i < st->routes.nelts; i++) {
         route[i].left = route[i].conf->budget
                         ? ngx_http_llm_budget_left(route[i].conf) : -1;
+
+        if (ngx_http_llm_status_canaries(r, &route[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
 
     t = st->targets.elts;
@@ -359,6 +367,77 @@ ngx_http_llm_status_add_targets(ngx_http_llm_status_t *st,
             }
 
             *index = k;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A route's canaries: on hold, the figures that put them there; else
+ * the window's counts.  Read once, as the state decides what is written.
+ */
+
+static ngx_int_t
+ngx_http_llm_status_canaries(ngx_http_request_t *r,
+    ngx_http_llm_status_route_t *route)
+{
+    ngx_uint_t                     i;
+    ngx_http_llm_node_t           *n;
+    ngx_http_llm_target_t         *target;
+    ngx_http_llm_loc_conf_t       *llcf;
+    ngx_http_llm_status_canary_t  *c;
+
+    llcf = route->conf;
+
+    if (ngx_array_init(&route->canaries, r->pool, 1,
+                       sizeof(ngx_http_llm_status_canary_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (!llcf->canary) {
+        return NGX_OK;
+    }
+
+    target = llcf->targets->elts;
+
+    for (i = 0; i < llcf->targets->nelts; i++) {
+        n = target[i].canary;
+
+        if (n == NULL) {
+            continue;
+        }
+
+        c = ngx_array_push(&route->canaries);
+        if (c == NULL) {
+            return NGX_ERROR;
+        }
+
+        c->target = &target[i];
+        c->hold = ngx_http_llm_canary_on_hold(n, target[i].weight);
+        c->since = n->hold_since;
+
+        if (c->hold) {
+            c->remote = n->hold_remote;
+            c->attempts = n->hold_attempts;
+            c->failures = n->hold_failures;
+
+        } else {
+            c->remote = 0;
+            c->attempts = ngx_http_llm_slot_sum(n,
+                                                NGX_HTTP_LLM_CANARY_ATTEMPTS,
+                                                llcf->canary_window, 0);
+            c->failures = ngx_http_llm_slot_sum(n,
+                                                NGX_HTTP_LLM_CANARY_FAILURES,
+                                                llcf->canary_window, 0);
+        }
+
+        if (c->failures > c->attempts) {
+            /* read a moment apart */
+            c->failures = c->attempts;
         }
     }
 
@@ -573,7 +652,10 @@ ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
         ngx_http_llm_status_number(st, n ? n->decisions[i] : 0);
     }
 
-    ngx_http_llm_status_literal(st, "},\"targets\":[");
+    ngx_http_llm_status_literal(st, "},\"canary\":");
+    ngx_http_llm_status_json_canary(st, route);
+
+    ngx_http_llm_status_literal(st, ",\"targets\":[");
 
     index = route->targets.elts;
     t = st->targets.elts;
@@ -587,6 +669,84 @@ ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
     }
 
     ngx_http_llm_status_literal(st, "]}");
+}
+
+
+/* llm_canary: null without it */
+
+static void
+ngx_http_llm_status_json_canary(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_route_t *route)
+{
+    ngx_uint_t                     i;
+    ngx_http_llm_target_t         *heaviest;
+    ngx_http_llm_loc_conf_t       *llcf;
+    ngx_http_llm_status_canary_t  *c;
+
+    llcf = route->conf;
+
+    if (!llcf->canary) {
+        ngx_http_llm_status_literal(st, "null");
+        return;
+    }
+
+    heaviest = llcf->targets->elts;
+    heaviest = &heaviest[llcf->canary_heaviest];
+
+    ngx_http_llm_status_literal(st, "{\"errors\":");
+    ngx_http_llm_status_decimal(st, llcf->canary_errors);
+    ngx_http_llm_status_literal(st, ",\"min\":");
+    ngx_http_llm_status_number(st, llcf->canary_min);
+    ngx_http_llm_status_literal(st, ",\"window\":");
+    ngx_http_llm_status_number(st, llcf->canary_window);
+    ngx_http_llm_status_literal(st, ",\"heaviest\":");
+    ngx_http_llm_status_string(st, &heaviest->key);
+    ngx_http_llm_status_literal(st, ",\"targets\":{");
+
+    c = route->canaries.elts;
+
+    for (i = 0; i < route->canaries.nelts; i++) {
+        if (i) {
+            ngx_http_llm_status_literal(st, ",");
+        }
+
+        ngx_http_llm_status_string(st, &c[i].target->key);
+        ngx_http_llm_status_literal(st, ":{\"state\":");
+
+        if (c[i].hold) {
+            ngx_http_llm_status_literal(st, "\"hold\"");
+
+        } else {
+            ngx_http_llm_status_literal(st, "\"ok\"");
+        }
+
+        ngx_http_llm_status_literal(st, ",\"since_ms\":");
+        ngx_http_llm_status_number(st, c[i].since);
+        ngx_http_llm_status_literal(st, ",\"weight\":");
+        ngx_http_llm_status_number(st, c[i].target->weight);
+        ngx_http_llm_status_literal(st, ",\"attempts\":");
+        ngx_http_llm_status_number(st, c[i].attempts);
+        ngx_http_llm_status_literal(st, ",\"failures\":");
+        ngx_http_llm_status_number(st, c[i].failures);
+        ngx_http_llm_status_literal(st, ",\"ratio\":");
+        ngx_http_llm_status_decimal(st, c[i].attempts
+                                        ? c[i].failures * 1000
+                                          / c[i].attempts
+                                        : 0);
+        ngx_http_llm_status_literal(st, ",\"from\":");
+
+        if (!c[i].hold) {
+            ngx_http_llm_status_literal(st, "null}");
+
+        } else if (c[i].remote) {
+            ngx_http_llm_status_literal(st, "\"redis\"}");
+
+        } else {
+            ngx_http_llm_status_literal(st, "\"local\"}");
+        }
+    }
+
+    ngx_http_llm_status_literal(st, "}}");
 }
 
 

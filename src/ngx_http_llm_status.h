@@ -24,11 +24,25 @@ typedef struct {
 } ngx_http_llm_status_target_t;
 
 
+/* a canary of a route, read once as the link below */
+
+typedef struct {
+    ngx_http_llm_target_t       *target;
+    ngx_uint_t                   hold;
+    ngx_uint_t                   remote;    /* the hold came from Redis */
+    ngx_msec_t                   since;
+    ngx_atomic_uint_t            attempts;
+    ngx_atomic_uint_t            failures;
+} ngx_http_llm_status_canary_t;
+
+
 typedef struct {
     ngx_str_t                   *name;
     ngx_http_llm_loc_conf_t     *conf;      /* the first one counted */
     ngx_msec_int_t               left;      /* of the budget; -1: none */
     ngx_array_t                  targets;   /* of ngx_uint_t: indexes */
+    ngx_array_t                  canaries;
+                                        /* of ngx_http_llm_status_canary_t */
 } ngx_http_llm_status_route_t;
 
 

@@ -24,6 +24,10 @@
  *       EVAL (SET the key to the later end, PX what is left of it;
  *             an end further away than max= is replaced)
  *   MGET {prefix:cd}:TARGET for every target
+ *   for each canary this node put on hold since the last tick:
+ *       SET {prefix:canary}:ROUTE:TARGET "weight since attempts failures"
+ *           PX a week
+ *   MGET {prefix:canary}:ROUTE:TARGET for every canary
  *   once a second, EVAL: this node is alive in the sorted set
  *       {prefix:nodes}, how many are
  *
@@ -44,9 +48,17 @@
 #define NGX_HTTP_LLM_SYNC_WINDOW      1
 #define NGX_HTTP_LLM_SYNC_COOLDOWNS   2
 #define NGX_HTTP_LLM_SYNC_NODES       3
+#define NGX_HTTP_LLM_SYNC_CANARIES    4
 
 /* a node that did not say it is alive for this long is not counted, ms */
 #define NGX_HTTP_LLM_SYNC_NODE_TTL    65000
+
+/*
+ * A canary's hold in Redis, ms: long enough for a node restarted days
+ * later with the same weight to hold it still; a node that holds it
+ * writes it again when it is gone (docs/directives.md, "Canary guard")
+ */
+#define NGX_HTTP_LLM_SYNC_HOLD_TTL    "604800000"
 
 
 typedef struct {
@@ -61,6 +73,14 @@ typedef struct {
     ngx_http_llm_node_t         *node;
     ngx_str_t                    key;       /* "{prefix:cd}:URI model" */
 } ngx_http_llm_sync_target_t;
+
+
+typedef struct {
+    ngx_shm_zone_t              *zone;
+    ngx_http_llm_node_t         *node;
+    ngx_str_t                    key;   /* "{prefix:canary}:route:URI model" */
+    ngx_uint_t                   weight;    /* the route gives the target */
+} ngx_http_llm_sync_canary_t;
 
 
 /* one pipeline in flight */
@@ -95,6 +115,7 @@ typedef struct {
     ngx_array_t                 *zones;     /* of ngx_shm_zone_t * */
     ngx_array_t                  routes;    /* of ngx_http_llm_sync_route_t */
     ngx_array_t                  targets;   /* of ngx_http_llm_sync_target_t */
+    ngx_array_t                  canaries;  /* of ngx_http_llm_sync_canary_t */
     ngx_event_t                  tick;
     ngx_event_t                  timeout;   /* of the batch in flight */
     ngx_connection_t             dummy;     /* timers' data: fd -1 */
@@ -110,12 +131,15 @@ static ngx_int_t ngx_http_llm_sync_routes(ngx_cycle_t *cycle,
     ngx_http_llm_main_conf_t *lmcf);
 static ngx_int_t ngx_http_llm_sync_targets(ngx_cycle_t *cycle,
     ngx_array_t *targets);
+static ngx_int_t ngx_http_llm_sync_canary_list(ngx_cycle_t *cycle,
+    ngx_http_llm_loc_conf_t *llcf);
 static void ngx_http_llm_sync_tick(ngx_event_t *ev);
 static void ngx_http_llm_sync_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_sync_send(void);
 static ngx_int_t ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_route_t *route);
 static ngx_int_t ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch);
+static ngx_int_t ngx_http_llm_sync_canaries(ngx_http_llm_batch_t *batch);
 static ngx_int_t ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch);
 static void ngx_http_llm_sync_nodes(ngx_http_llm_batch_t *batch,
     redisReply *reply);
@@ -129,6 +153,8 @@ static void ngx_http_llm_sync_reply(redisAsyncContext *ac, void *r,
 static void ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_route_t *route, redisReply *reply);
 static void ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
+    redisReply *reply);
+static void ngx_http_llm_sync_canaries_got(ngx_http_llm_batch_t *batch,
     redisReply *reply);
 static ngx_atomic_int_t ngx_http_llm_sync_number(redisReply *reply);
 static void ngx_http_llm_sync_done(ngx_http_llm_batch_t *batch);
@@ -184,6 +210,9 @@ ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
         != NGX_OK
         || ngx_array_init(&sy->targets, cycle->pool, 4,
                           sizeof(ngx_http_llm_sync_target_t))
+           != NGX_OK
+        || ngx_array_init(&sy->canaries, cycle->pool, 2,
+                          sizeof(ngx_http_llm_sync_canary_t))
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -240,8 +269,9 @@ ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
 
 
 /*
- * The routes with a retry budget and every target, each node once (a
- * route may be named in several locations; a target in several routes).
+ * The routes with a retry budget, every target and every canary, each
+ * node once (a route may be named in several locations; a target in
+ * several routes).
  */
 
 static ngx_int_t
@@ -264,7 +294,8 @@ ngx_http_llm_sync_routes(ngx_cycle_t *cycle, ngx_http_llm_main_conf_t *lmcf)
         }
 
         if (ngx_http_llm_sync_targets(cycle, llcf->targets) != NGX_OK
-            || ngx_http_llm_sync_targets(cycle, llcf->fallbacks) != NGX_OK)
+            || ngx_http_llm_sync_targets(cycle, llcf->fallbacks) != NGX_OK
+            || ngx_http_llm_sync_canary_list(cycle, llcf) != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -360,6 +391,66 @@ ngx_http_llm_sync_targets(ngx_cycle_t *cycle, ngx_array_t *targets)
 
         (void) ngx_sprintf(st->key.data, "{%V:cd}:%V", &rc->prefix,
                            &target[i].key);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the canaries of a route with llm_canary */
+
+static ngx_int_t
+ngx_http_llm_sync_canary_list(ngx_cycle_t *cycle,
+    ngx_http_llm_loc_conf_t *llcf)
+{
+    ngx_uint_t                   i, j;
+    ngx_http_llm_target_t       *target;
+    ngx_http_llm_redis_conf_t   *rc;
+    ngx_http_llm_sync_canary_t  *sc;
+
+    if (!llcf->canary) {
+        return NGX_OK;
+    }
+
+    rc = ngx_http_llm_syncer.conf;
+    target = llcf->targets->elts;
+
+    for (i = 0; i < llcf->targets->nelts; i++) {
+
+        if (target[i].canary == NULL) {
+            continue;
+        }
+
+        sc = ngx_http_llm_syncer.canaries.elts;
+
+        for (j = 0; j < ngx_http_llm_syncer.canaries.nelts; j++) {
+            if (sc[j].node == target[i].canary) {
+                break;
+            }
+        }
+
+        if (j < ngx_http_llm_syncer.canaries.nelts) {
+            continue;
+        }
+
+        sc = ngx_array_push(&ngx_http_llm_syncer.canaries);
+        if (sc == NULL) {
+            return NGX_ERROR;
+        }
+
+        sc->zone = llcf->zone;
+        sc->node = target[i].canary;
+        sc->weight = target[i].weight;
+
+        sc->key.len = sizeof("{:canary}::") - 1 + rc->prefix.len
+                      + llcf->route.len + target[i].key.len;
+        sc->key.data = ngx_pnalloc(cycle->pool, sc->key.len);
+        if (sc->key.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) ngx_sprintf(sc->key.data, "{%V:canary}:%V:%V", &rc->prefix,
+                           &llcf->route, &target[i].key);
     }
 
     return NGX_OK;
@@ -489,6 +580,7 @@ ngx_http_llm_sync_send(void)
     }
 
     if (ngx_http_llm_sync_cooldowns(batch) != NGX_OK
+        || ngx_http_llm_sync_canaries(batch) != NGX_OK
         || ngx_http_llm_sync_alive(batch) != NGX_OK)
     {
         goto failed;
@@ -759,6 +851,93 @@ ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch)
 
 
 /*
+ * Holds this node took go out; every canary's comes back.  A hold is
+ * written once (and again if Redis lost it), marked as sent before it
+ * is: a lost batch leaves it out until Redis is read without it.
+ */
+
+static ngx_int_t
+ngx_http_llm_sync_canaries(ngx_http_llm_batch_t *batch)
+{
+    u_char                      *value;
+    ngx_uint_t                   i;
+    ngx_msec_t                   since;
+    const char                 **argv, *set[5];
+    size_t                      *argvlen, set_len[5];
+    ngx_http_llm_node_t         *n;
+    ngx_http_llm_syncer_t       *sy;
+    ngx_http_llm_sync_canary_t  *sc;
+
+    sy = &ngx_http_llm_syncer;
+    sc = sy->canaries.elts;
+
+    if (sy->canaries.nelts == 0) {
+        return NGX_OK;
+    }
+
+    set[0] = "SET";
+    set_len[0] = sizeof("SET") - 1;
+    set[3] = "PX";
+    set_len[3] = sizeof("PX") - 1;
+    set[4] = NGX_HTTP_LLM_SYNC_HOLD_TTL;
+    set_len[4] = sizeof(NGX_HTTP_LLM_SYNC_HOLD_TTL) - 1;
+
+    for (i = 0; i < sy->canaries.nelts; i++) {
+        n = sc[i].node;
+
+        if (!ngx_http_llm_canary_on_hold(n, sc[i].weight)) {
+            continue;
+        }
+
+        since = n->hold_since;
+
+        if ((ngx_msec_t) n->hold_shared == since) {
+            continue;
+        }
+
+        n->hold_shared = since;
+
+        value = ngx_pnalloc(batch->pool, 4 * NGX_ATOMIC_T_LEN);
+        if (value == NULL) {
+            return NGX_ERROR;
+        }
+
+        set[1] = (char *) sc[i].key.data;
+        set_len[1] = sc[i].key.len;
+        set[2] = (char *) value;
+        set_len[2] = ngx_sprintf(value, "%ui %M %uA %uA", sc[i].weight, since,
+                                 n->hold_attempts, n->hold_failures)
+                     - value;
+
+        if (ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_WRITE, NULL,
+                                      5, set, set_len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    argv = ngx_palloc(batch->pool, (sy->canaries.nelts + 1) * sizeof(char *));
+    argvlen = ngx_palloc(batch->pool,
+                         (sy->canaries.nelts + 1) * sizeof(size_t));
+    if (argv == NULL || argvlen == NULL) {
+        return NGX_ERROR;
+    }
+
+    argv[0] = "MGET";
+    argvlen[0] = sizeof("MGET") - 1;
+
+    for (i = 0; i < sy->canaries.nelts; i++) {
+        argv[i + 1] = (char *) sc[i].key.data;
+        argvlen[i + 1] = sc[i].key.len;
+    }
+
+    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_CANARIES, NULL,
+                                     sy->canaries.nelts + 1, argv, argvlen);
+}
+
+
+/*
  * Once a second: this node is alive, and how many nodes are.  A node
  * that counts alone while Redis is away takes its share of each budget's
  * floor by the last count (ngx_http_llm_budget.c).
@@ -888,6 +1067,9 @@ ngx_http_llm_sync_reply(redisAsyncContext *ac, void *r, void *data)
 
     } else if (sr->what == NGX_HTTP_LLM_SYNC_NODES) {
         ngx_http_llm_sync_nodes(batch, reply);
+
+    } else if (sr->what == NGX_HTTP_LLM_SYNC_CANARIES) {
+        ngx_http_llm_sync_canaries_got(batch, reply);
     }
 
     if (--batch->pending == 0) {
@@ -1010,6 +1192,84 @@ ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
                 break;
             }
         }
+    }
+}
+
+
+/*
+ * Holds as Redis has them.  One taken at the weight this node gives the
+ * target is taken here too; one taken at another weight is another
+ * shift's, and is left alone.  A hold of this node's that Redis lost
+ * (a restart, an expiry, a DEL by hand) goes out again at the next tick.
+ */
+
+static void
+ngx_http_llm_sync_canaries_got(ngx_http_llm_batch_t *batch,
+    redisReply *reply)
+{
+    off_t                        v[4];
+    u_char                      *p, *last, *f;
+    ngx_uint_t                   i, k;
+    redisReply                  *e;
+    ngx_http_llm_node_t         *n;
+    ngx_http_llm_syncer_t       *sy;
+    ngx_http_llm_sync_canary_t  *sc;
+
+    sy = &ngx_http_llm_syncer;
+    sc = sy->canaries.elts;
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != sy->canaries.nelts)
+    {
+        batch->error_len = ngx_cpymem(batch->error, "unexpected MGET reply",
+                                      sizeof("unexpected MGET reply") - 1)
+                           - batch->error;
+        return;
+    }
+
+    for (i = 0; i < sy->canaries.nelts; i++) {
+        e = reply->element[i];
+        n = sc[i].node;
+
+        if (e->type != REDIS_REPLY_STRING) {
+            if (n->hold_shared && ngx_http_llm_canary_on_hold(n, sc[i].weight))
+            {
+                n->hold_shared = 0;
+            }
+
+            continue;
+        }
+
+        /* "weight since attempts failures" */
+
+        p = (u_char *) e->str;
+        last = p + e->len;
+
+        for (k = 0; k < 4; k++) {
+            f = p;
+
+            while (p < last && *p != ' ') {
+                p++;
+            }
+
+            v[k] = ngx_atoof(f, p - f);
+
+            if (v[k] == NGX_ERROR) {
+                break;
+            }
+
+            if (p < last) {
+                p++;
+            }
+        }
+
+        if (k < 4 || v[0] != (off_t) sc[i].weight || v[1] == 0) {
+            continue;
+        }
+
+        (void) ngx_http_llm_canary_adopt(sc[i].zone, n, sc[i].weight,
+                                         (ngx_msec_t) v[1], (ngx_uint_t) v[2],
+                                         (ngx_uint_t) v[3], sy->log);
     }
 }
 

@@ -51,6 +51,8 @@ static ngx_int_t ngx_http_llm_variable_split_bucket(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_fallback(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_variable_canary(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_llm_variable_attempt_list(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static u_char *ngx_http_llm_attempt_item(u_char *p,
@@ -119,6 +121,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
       ngx_http_llm_variable_split_bucket, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_fallback"), NULL, ngx_http_llm_variable_fallback, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_canary"), NULL, ngx_http_llm_variable_canary, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_attempt_targets"), NULL,
@@ -603,6 +608,41 @@ ngx_http_llm_variable_fallback(ngx_http_request_t *r,
 
     v->len = 1;
     v->data = (u_char *) (ctx->target->fallback ? "1" : "0");
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * $llm_canary: "hold" when the weighted pick landed on a canary on hold
+ * and the request went to the route's heaviest target instead, else "ok"
+ */
+
+static ngx_int_t
+ngx_http_llm_variable_canary(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->picked == NULL || !ctx->conf->canary) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (ctx->canary_hold) {
+        v->len = sizeof("hold") - 1;
+        v->data = (u_char *) "hold";
+
+    } else {
+        v->len = sizeof("ok") - 1;
+        v->data = (u_char *) "ok";
+    }
+
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;

@@ -27,12 +27,17 @@ static ngx_int_t ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone);
 static void ngx_http_llm_zone_reclaim(ngx_shm_zone_t *shm_zone);
 static void ngx_http_llm_zone_cap(ngx_shm_zone_t *shm_zone,
     ngx_http_llm_node_t *n, ngx_msec_t now);
+static void ngx_http_llm_zone_canary(ngx_shm_zone_t *shm_zone,
+    ngx_http_llm_node_t *n, ngx_uint_t weight, ngx_msec_t now);
 static ngx_http_llm_node_t *ngx_http_llm_zone_node(
     ngx_http_llm_zone_t *zone, ngx_uint_t kind, ngx_str_t *name,
     ngx_uint_t create);
 static void ngx_http_llm_zone_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static uint32_t ngx_http_llm_zone_hash(ngx_uint_t kind, ngx_str_t *name);
+
+
+static char  *ngx_http_llm_zone_kinds[] = { "", "route", "target", "canary" };
 
 
 /* llm_zone NAME:SIZE */
@@ -122,7 +127,7 @@ ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 ngx_int_t
 ngx_http_llm_zone_want(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
     ngx_uint_t kind, ngx_str_t *name, ngx_http_llm_node_t **node,
-    ngx_msec_t cooldown_max)
+    ngx_msec_t cooldown_max, ngx_uint_t weight)
 {
     ngx_http_llm_zone_t      *zone;
     ngx_http_llm_node_ref_t  *ref;
@@ -138,6 +143,7 @@ ngx_http_llm_zone_want(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
     ref->name = *name;
     ref->node = node;
     ref->cooldown_max = cooldown_max;
+    ref->weight = weight;
 
     return NGX_OK;
 }
@@ -247,10 +253,12 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
         if (j == i) {
             ngx_log_error(NGX_LOG_ERR, shm_zone->shm.log, 0,
                           "llm zone \"%V\" is full: %s \"%V\" is not "
-                          "counted, its retries are not limited",
+                          "counted, %s",
                           &shm_zone->shm.name,
-                          ref[i].kind == NGX_HTTP_LLM_NODE_ROUTE
-                          ? "route" : "target", &ref[i].name);
+                          ngx_http_llm_zone_kinds[ref[i].kind], &ref[i].name,
+                          ref[i].kind == NGX_HTTP_LLM_NODE_CANARY
+                          ? "it is never put on hold"
+                          : "its retries are not limited");
         }
     }
 
@@ -265,6 +273,11 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
 
     for (i = 0; i < zone->refs.nelts; i++) {
         n = *ref[i].node;
+
+        if (n && ref[i].kind == NGX_HTTP_LLM_NODE_CANARY) {
+            ngx_http_llm_zone_canary(shm_zone, n, ref[i].weight, now);
+            continue;
+        }
 
         if (n == NULL || ref[i].kind != NGX_HTTP_LLM_NODE_TARGET) {
             continue;
@@ -353,8 +366,7 @@ ngx_http_llm_zone_reclaim(ngx_shm_zone_t *shm_zone)
         ngx_log_error(NGX_LOG_INFO, shm_zone->shm.log, 0,
                       "llm zone \"%V\": %s \"%*s\" is no longer "
                       "configured, its counters are freed",
-                      &shm_zone->shm.name,
-                      n->kind == NGX_HTTP_LLM_NODE_ROUTE ? "route" : "target",
+                      &shm_zone->shm.name, ngx_http_llm_zone_kinds[n->kind],
                       n->len, n->name);
 
         ngx_queue_remove(q);
@@ -393,6 +405,47 @@ ngx_http_llm_zone_cap(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
                   "llm target \"%*s\": cooldown cut to %M ms, the "
                   "llm_cooldown max= of its routes",
                   n->len, n->name, n->cooldown_max);
+}
+
+
+/*
+ * A canary of the new configuration, with the mutex held.  A hold
+ * outlives a reload that leaves the target's weight as it was; a new
+ * weight is the operator's release (docs/directives.md, "Canary guard"):
+ * the hold and the window that led to it are dropped, so the target
+ * starts afresh.  A node new to the zone is "ok" from now.
+ */
+
+static void
+ngx_http_llm_zone_canary(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
+    ngx_uint_t weight, ngx_msec_t now)
+{
+    ngx_str_t   route, target;
+    ngx_uint_t  i;
+
+    if (n->hold_since == 0) {
+        n->hold_since = now;
+    }
+
+    if (!n->hold || n->hold_weight == weight) {
+        return;
+    }
+
+    n->hold = 0;
+    n->hold_since = now;
+    n->hold_shared = 0;
+    n->hold_remote = 0;
+
+    for (i = 0; i < NGX_HTTP_LLM_SLOTS; i++) {
+        ngx_memzero(&n->slots[i], sizeof(ngx_http_llm_slot_t));
+    }
+
+    ngx_http_llm_canary_name(n, &route, &target);
+
+    ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                  "llm route \"%V\": canary \"%V\" released from hold, "
+                  "its weight changed from %uA to %ui", &route, &target,
+                  n->hold_weight, weight);
 }
 
 

@@ -19,6 +19,7 @@
 
 #define NGX_HTTP_LLM_NODE_ROUTE     1
 #define NGX_HTTP_LLM_NODE_TARGET    2
+#define NGX_HTTP_LLM_NODE_CANARY    3   /* a route's canary target */
 
 /* a node the configuration dropped is freed once idle this long, s */
 #define NGX_HTTP_LLM_NODE_IDLE      60
@@ -29,12 +30,15 @@
 
 /*
  * Slot counters.  A target counts its failures where a route counts its
- * requests: one slot layout for both keeps a node within a page of the
- * zone.  Routes' counters are synced to Redis, targets' are not.
+ * requests, a canary its attempts and failures: one slot layout for all
+ * keeps a node within a page of the zone.  Routes' counters are synced
+ * to Redis, targets' and canaries' are not.
  */
 #define NGX_HTTP_LLM_REQUESTS       0   /* route: client requests */
 #define NGX_HTTP_LLM_RETRIES        1   /* route: later attempts */
 #define NGX_HTTP_LLM_FAILURES       0   /* target: failed attempts */
+#define NGX_HTTP_LLM_CANARY_ATTEMPTS    0   /* canary: counted attempts */
+#define NGX_HTTP_LLM_CANARY_FAILURES    1   /* canary: ... that failed */
 #define NGX_HTTP_LLM_COUNTERS       2
 #define NGX_HTTP_LLM_SHARED         2
 
@@ -55,10 +59,11 @@ typedef struct {
 
 
 /*
- * A route or a target in the shared zone, found by kind and name (routes
- * by their llm_route name, targets by "URI model"), so that a reload with
- * the same zone finds its counters again.  Counters are atomics; only a
- * slot rotation takes the zone's mutex.
+ * A route, a target or a canary in the shared zone, found by kind and
+ * name (routes by their llm_route name, targets by "URI model", canaries
+ * by "route URI model"), so that a reload with the same zone finds its
+ * counters again.  Counters are atomics; only a slot rotation, and a
+ * canary's hold changing, take the zone's mutex.
  */
 
 typedef struct {
@@ -97,6 +102,21 @@ typedef struct {
      * of the routes that use it, written when the zone is initialised
      */
     ngx_atomic_t                 cooldown_max;
+
+    /*
+     * canary: on hold while hold is 1 and hold_weight is the weight the
+     * route gives the target (ngx_http_llm_canary.c); since is the wall
+     * ms of the latest change of state; the figures are the window's
+     * that put it on hold; shared is the since of the hold Redis has,
+     * remote that the hold came from another node
+     */
+    ngx_atomic_t                 hold;
+    ngx_atomic_t                 hold_weight;
+    ngx_atomic_t                 hold_since;
+    ngx_atomic_t                 hold_attempts;
+    ngx_atomic_t                 hold_failures;
+    ngx_atomic_t                 hold_shared;
+    ngx_atomic_t                 hold_remote;
 
     ngx_http_llm_slot_t          slots[NGX_HTTP_LLM_SLOTS];
 
@@ -137,6 +157,7 @@ typedef struct {
     ngx_str_t                    name;
     ngx_http_llm_node_t        **node;
     ngx_msec_t                   cooldown_max;  /* target: of its route */
+    ngx_uint_t                   weight;    /* canary: the route gives it */
 } ngx_http_llm_node_ref_t;
 
 
@@ -154,7 +175,7 @@ typedef struct {
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_zone_want(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone,
     ngx_uint_t kind, ngx_str_t *name, ngx_http_llm_node_t **node,
-    ngx_msec_t cooldown_max);
+    ngx_msec_t cooldown_max, ngx_uint_t weight);
 
 void ngx_http_llm_slot_add(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n,
     ngx_uint_t counter, ngx_atomic_int_t v);
@@ -175,6 +196,11 @@ ngx_msec_t ngx_http_llm_wall_msec(void);
             ngx_http_llm_used(n);                                             \
         }                                                                     \
     } while (0)
+
+
+/* a canary's hold applies at the weight it was taken at only */
+#define ngx_http_llm_canary_on_hold(n, w)                                     \
+    ((n)->hold && (ngx_uint_t) (n)->hold_weight == (w))
 
 
 /* a node in use is not freed by a reload that drops it: zone.c */

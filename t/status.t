@@ -49,6 +49,7 @@ my @FAMILIES = (
     [ nginx_llm_target_cooling => 'gauge' ],
     [ nginx_llm_target_cooldown_remaining_seconds => 'gauge' ],
     [ nginx_llm_target_cooldowns_total => 'counter' ],
+    [ nginx_llm_canary_hold => 'gauge' ],
     [ nginx_llm_zone_bytes => 'gauge' ],
     [ nginx_llm_zone_full => 'gauge' ],
 );
