@@ -481,15 +481,26 @@ for my $r (@results) {
     # had to be passed on as it came: a 200 at once, an error answer
     # when no attempt could follow it (else it is held back and retried,
     # or dropped for a 502); the client's connection is then closed, so
-    # no half answer passes for a whole one.
-    if ($out eq 'truncated' || $out =~ /^cut_/) {
+    # no half answer passes for a whole one.  An h2 client's stream ends
+    # with RST_STREAM INTERNAL_ERROR right after the HEADERS frame
+    # (nginx's own, as with proxy_pass: t/http2_cut.t); when both come
+    # in one read, curl 7.88 drops the headers and reports exit 92 and
+    # no status, so the access log says which status was committed.
+    my $rst = $out eq 'no_status' && $r->{proto} eq 'h2'
+              && ($r->{curl_exit} // -1) == 92
+              && ($r->{curl_out} // '') =~ /INTERNAL_ERROR/;
+
+    if ($out eq 'truncated' || $out =~ /^cut_/ || $rst) {
         my $e = $entry{$r->{id}} || {};
         my $f = fault($r->{id}, $e->{attempts}, $e->{target_model},
                       $r->{stream});
-        if ($f =~ /^(?:cut200|stall200)$/
-            || ($f eq 'cut500' && ($e->{attempts} // 0) >= $ATTEMPTS))
+        if (($f =~ /^(?:cut200|stall200)$/
+             || ($f eq 'cut500' && ($e->{attempts} // 0) >= $ATTEMPTS))
+            && (!$rst || ($e->{status} // '') eq ($f eq 'cut500' ? 500
+                                                               : 200)))
         {
-            ($out, $problem) = ('truncated_by_provider', undef);
+            ($out, $problem) = ($rst ? 'truncated_by_provider_h2_rst'
+                                     : 'truncated_by_provider', undef);
         } else {
             $problem .= " (attempt $e->{attempts} of $ATTEMPTS to "
                 . ($e->{target_model} // '?') . ": $f; logged "
