@@ -6,6 +6,8 @@
 #   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
 #   make bench-sse    SSE streams through both: latency per event and
 #                 to the first event, memory per open stream (~35 s)
+#   make bench-pick   the instructions llm_split_key's sticky pick costs
+#                 (callgrind, ~1 min)
 #   make lint     formatting checks of the C sources
 #   make test-asan    the tests against a module built with ASan + UBSan
 #   make soak     the fault-matrix soak for 60 s (t/soak.t; make test runs
@@ -28,7 +30,8 @@ LD_OPT     ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 SOURCES    := $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test test-asan soak fuzz demo bench bench-sse lint clean
+.PHONY: all deps test test-asan soak fuzz demo bench bench-sse bench-pick lint \
+        clean
 
 all: $(MODULE)
 
@@ -96,11 +99,17 @@ bench:
 	@bench/run.sh
 	@bench/scan.sh
 	@MODULE=$(CURDIR)/$(MODULE) bench/sse.pl
+	@MODULE=$(CURDIR)/$(MODULE) bench/pick.sh
 
 bench-sse:
 	@tools/deps.sh bench
 	@$(MAKE) -s all
 	@MODULE=$(CURDIR)/$(MODULE) bench/sse.pl
+
+bench-pick:
+	@tools/deps.sh bench
+	@$(MAKE) -s all
+	@MODULE=$(CURDIR)/$(MODULE) bench/pick.sh
 
 lint:
 	@tools/lint.sh

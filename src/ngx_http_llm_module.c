@@ -882,15 +882,57 @@ ngx_http_llm_split_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
-    char  *rv;
+    char        *rv;
+    u_char      *p;
+    ngx_str_t   *value, name;
+    ngx_uint_t   i;
 
     rv = ngx_http_set_complex_value_slot(cf, cmd, conf);
 
-    if (rv == NGX_CONF_OK) {
-        ngx_http_llm_conf_where(cf, llcf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
     }
 
-    return rv;
+    ngx_http_llm_conf_where(cf, llcf);
+
+    /* a key of one request header is read by the header's hash */
+
+    value = cf->args->elts;
+
+    if (value[1].len <= sizeof("$http_") - 1
+        || ngx_strncmp(value[1].data, "$http_", sizeof("$http_") - 1) != 0)
+    {
+        return NGX_CONF_OK;
+    }
+
+    name.data = value[1].data + sizeof("$http_") - 1;
+    name.len = value[1].len - (sizeof("$http_") - 1);
+
+    for (i = 0; i < name.len; i++) {
+        if (!((name.data[i] >= 'a' && name.data[i] <= 'z')
+              || (name.data[i] >= '0' && name.data[i] <= '9')
+              || name.data[i] == '_'))
+        {
+            return NGX_CONF_OK;
+        }
+    }
+
+    p = ngx_pnalloc(cf->pool, name.len);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* $http_x_user_id is the header X-User-Id */
+
+    for (i = 0; i < name.len; i++) {
+        p[i] = (name.data[i] == '_') ? '-' : name.data[i];
+    }
+
+    llcf->split_header.data = p;
+    llcf->split_header.len = name.len;
+    llcf->split_hash = ngx_hash_key(p, name.len);
+
+    return NGX_CONF_OK;
 }
 
 

@@ -73,6 +73,8 @@ typedef struct {
     ngx_array_t                 *fallbacks; /* of ngx_http_llm_target_t */
     ngx_uint_t                   total_weight;
     ngx_http_complex_value_t    *split_key; /* llm_split_key; NULL: random */
+    ngx_str_t                    split_header;  /* key "$http_NAME": NAME */
+    ngx_uint_t                   split_hash;    /* ... its header hash */
 
     ngx_uint_t                   retry_on;  /* bit per NGX_HTTP_LLM_ERR_* */
     ngx_uint_t                   attempts;

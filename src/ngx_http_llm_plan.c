@@ -19,6 +19,8 @@
  */
 
 
+static void ngx_http_llm_split_value(ngx_http_request_t *r,
+    ngx_http_llm_loc_conf_t *conf, ngx_str_t *key);
 static ngx_uint_t ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx);
 static ngx_msec_t ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx);
 
@@ -46,10 +48,7 @@ ngx_http_llm_pick(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     if (ctx->conf->split_key) {
 
-        if (ngx_http_complex_value(r, ctx->conf->split_key, &key) != NGX_OK)
-        {
-            key.len = 0;
-        }
+        ngx_http_llm_split_value(r, ctx->conf, &key);
 
         if (key.len) {
             hash = ngx_murmur_hash2(key.data, key.len);
@@ -86,6 +85,76 @@ found:
                    ctx->split_bucket);
 
     return &target[i];
+}
+
+
+/*
+ * The value of llm_split_key.  A key that is one request header
+ * ("$http_authorization", the usual case) is found by the header's hash,
+ * which the parser computed, instead of through the variable, which
+ * compares every header's name byte by byte and copies the value: that
+ * keeps the sticky pick within a couple of hundred instructions.  When
+ * the header comes more than once, the variable's value is the one used,
+ * as nginx joins the lines since 1.23.
+ */
+
+static void
+ngx_http_llm_split_value(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *conf,
+    ngx_str_t *key)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *found;
+
+    if (conf->split_header.len == 0) {
+        goto complex;
+    }
+
+    found = NULL;
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash != conf->split_hash
+            || h[i].key.len != conf->split_header.len
+            || ngx_strncmp(h[i].lowcase_key, conf->split_header.data,
+                           conf->split_header.len) != 0)
+        {
+            continue;
+        }
+
+        if (found) {
+            goto complex;
+        }
+
+        found = &h[i];
+    }
+
+    if (found) {
+        *key = found->value;
+
+    } else {
+        key->len = 0;
+    }
+
+    return;
+
+complex:
+
+    if (ngx_http_complex_value(r, conf->split_key, key) != NGX_OK) {
+        key->len = 0;
+    }
 }
 
 
