@@ -62,6 +62,9 @@ http {
 
     access_log $prefix/logs/access.log llm;
 
+    log_format shift '\$arg_round \$llm_split_bucket \$llm_canary '
+                     '\$llm_attempt_targets \$status';
+
     llm_zone llm:1m;
     llm_redis 127.0.0.1:$redis_port sync=100ms;
 
@@ -80,9 +83,23 @@ http {
                              X-Accel-Limit-Rate X-Accel-Buffering
                              X-Accel-Charset;
 
+        # a gradual shift: 90% of API keys on the current model, 10% on
+        # a newer one, each key sticking to its model; a canary that
+        # fails more than 20% of 5 attempts or more is held (weight 0,
+        # its keys back on the current model) on every node
         location = /v1/chat/completions {
             llm_route  chat;
             llm_target /_llm/openai;
+        }
+
+        location = /shift/v1/chat/completions {
+            llm_route     shift;
+            llm_target    /_llm/openai model=gpt-4o-mini  weight=90;
+            llm_target    /_llm/canary model=gpt-4.1-mini weight=10;
+            llm_fallback  /_llm/openai model=gpt-4o-mini;
+            llm_split_key \$http_authorization;
+            llm_canary    errors=0.2 min=5 window=60s;
+            access_log    $prefix/logs/shift.log shift;
         }
 
         # an overloaded provider: one retry after a backoff, then a
@@ -116,6 +133,13 @@ http {
             proxy_set_header x-api-key "";
         }
 
+        location /_llm/canary {
+            internal;
+            proxy_pass http://mock_openai/canary;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+
         location /_llm/overloaded {
             internal;
             proxy_pass http://mock_openai/overloaded;
@@ -140,6 +164,11 @@ http {
         location = /v1/chat/completions {
             add_header x-request-id req_demo_0001 always;
             return 200 '{"id":"chatcmpl-demo","object":"chat.completion","created":1763700000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock provider."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}\n';
+        }
+
+        # the newer model's deployment is failing
+        location = /canary {
+            return 503 '{"error":{"message":"The server is overloaded.","type":"server_error","param":null,"code":null}}\n';
         }
 
         location = /overloaded {
@@ -183,6 +212,27 @@ echo "== nginx with ngx_http_llm_module on 127.0.0.1:$port," \
 show "$url/v1/chat/completions" -H 'Content-Type: application/json' \
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
 
+echo
+echo "== a 90/10 sticky shift: 60 API keys, twice; the canary fails"
+for round in 1 2; do
+    for n in $(seq 60); do
+        curl -sS -o /dev/null "$url/shift/v1/chat/completions?round=$round" \
+            -H 'Content-Type: application/json' \
+            -H "Authorization: Bearer sk-user-$n" \
+            -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
+    done
+    sleep 0.2
+    echo "round $round: first attempt by target:" \
+        "$(awk -v r="$round" '$1 == r { sub(/,$/, "", $4); print $4 }' \
+               "$prefix/logs/shift.log" | sort | uniq -c | tr -s ' \n' ' ')," \
+        "held: $(awk -v r="$round" '$1 == r && $3 == "hold"' \
+                     "$prefix/logs/shift.log" | wc -l)"
+done
+echo "(\$llm_split_bucket, \$llm_canary, \$llm_attempt_targets per request:"
+echo " $prefix/logs/shift.log; round 1: the canary's keys fell back to"
+echo " gpt-4o-mini until the guard held it; round 2: they go to gpt-4o-mini"
+echo " at once, \$llm_canary says hold)"
+
 show "$url/v1/messages" -H 'Content-Type: application/json' \
     -d '{"model":"claude-3-5-haiku","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}'
 
@@ -206,8 +256,13 @@ curl -sS "$url/llm/status" | perl -MJSON::PP -0777 -ne \
 
 echo
 echo "== what this node shares in Redis (127.0.0.1:$redis_port)"
-for key in $(redis-cli -p "$redis_port" --scan | sort); do
-    echo "$key = $(redis-cli -p "$redis_port" get "$key")"
+redis-cli -p "$redis_port" --scan | sort | while IFS= read -r key; do
+    case $(redis-cli -p "$redis_port" type "$key") in
+        string) echo "$key = $(redis-cli -p "$redis_port" get "$key")" ;;
+        zset)   echo "$key = (sorted set of" \
+                     "$(redis-cli -p "$redis_port" zcard "$key") nodes)" ;;
+        *)      echo "$key" ;;
+    esac
 done
 
 echo
