@@ -508,13 +508,7 @@ ngx_http_llm_catalog_check(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     target = ctx->picked;
 
-    if (target == NULL || target->catalog == NULL || target->model.len) {
-        return NGX_DECLINED;
-    }
-
-    if (ctx->model.len && ngx_http_llm_catalog_find(target->catalog,
-                                                    &ctx->model))
-    {
+    if (target == NULL || ngx_http_llm_catalog_serves(ctx, target)) {
         return NGX_DECLINED;
     }
 
@@ -531,6 +525,24 @@ ngx_http_llm_catalog_check(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                   &ctx->conf->route, &target->catalog->name, &target->uri);
 
     return ngx_http_llm_catalog_refuse(r, ctx);
+}
+
+
+/*
+ * Whether the target takes the request's model: it rewrites the model,
+ * or has no catalog, or its catalog lists the model.  A fallback that
+ * does not is passed over (ngx_http_llm_plan_skip), as the provider
+ * would refuse what it does not serve.
+ */
+
+ngx_uint_t
+ngx_http_llm_catalog_serves(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target)
+{
+    return target->catalog == NULL
+           || target->model.len
+           || (ctx->model.len
+               && ngx_http_llm_catalog_find(target->catalog, &ctx->model));
 }
 
 

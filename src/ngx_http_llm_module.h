@@ -230,6 +230,8 @@ char *ngx_http_llm_models(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_catalog_use(ngx_conf_t *cf, ngx_array_t *list,
     ngx_str_t *name);
 ngx_int_t ngx_http_llm_catalog_init(ngx_conf_t *cf);
+ngx_uint_t ngx_http_llm_catalog_serves(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target);
 ngx_int_t ngx_http_llm_catalog_check(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 

@@ -19,6 +19,8 @@
  */
 
 
+static ngx_uint_t ngx_http_llm_plan_usable(ngx_http_llm_ctx_t *ctx,
+    ngx_uint_t step);
 static void ngx_http_llm_split_value(ngx_http_request_t *r,
     ngx_http_llm_loc_conf_t *conf, ngx_str_t *key);
 static ngx_uint_t ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx);
@@ -180,21 +182,29 @@ ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx, ngx_uint_t step)
 
 
 /*
- * The target of the current step, skipping those that are cooling down:
- * each is recorded in the attempt lists as skipped, and the plan moves
- * on at once.  NULL when no target is left.
+ * The target of the current step, skipping those that are cooling down
+ * and fallbacks whose catalog does not list the client's model: each is
+ * recorded in the attempt lists as skipped, and the plan moves on at
+ * once.  NULL when no target is left.
  */
 
 ngx_http_llm_target_t *
 ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx)
 {
+    ngx_uint_t               cooling;
     ngx_http_llm_target_t   *target;
     ngx_http_llm_attempt_t  *at;
 
     for ( ;; ) {
         target = ngx_http_llm_plan_target(ctx, ctx->step);
 
-        if (target == NULL || ngx_http_llm_target_cooling(target) == 0) {
+        if (target == NULL) {
+            return NULL;
+        }
+
+        cooling = (ngx_http_llm_target_cooling(target) != 0);
+
+        if (!cooling && ngx_http_llm_catalog_serves(ctx, target)) {
             return target;
         }
 
@@ -209,15 +219,40 @@ ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx)
         at->time = 0;
         at->skipped = 1;
 
-        ngx_http_llm_count(target->node, skipped, 1);
+        if (cooling) {
+            ngx_http_llm_count(target->node, skipped, 1);
+        }
 
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->log, 0,
-                       "llm target \"%V\" skipped, cooling down",
-                       &target->key);
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ctx->log, 0,
+                       "llm target \"%V\" skipped, %s", &target->key,
+                       cooling ? "cooling down" : "model not in its catalog");
 
         ctx->step++;
         ctx->step_tries = 0;
     }
+}
+
+
+/*
+ * Whether a step from "step" on has a target that may be tried now: not
+ * cooling down, serving the client's model.
+ */
+
+static ngx_uint_t
+ngx_http_llm_plan_usable(ngx_http_llm_ctx_t *ctx, ngx_uint_t step)
+{
+    ngx_http_llm_target_t  *target;
+
+    for ( /* void */ ; (target = ngx_http_llm_plan_target(ctx, step)); step++)
+    {
+        if (ngx_http_llm_target_cooling(target) == 0
+            && ngx_http_llm_catalog_serves(ctx, target))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -247,7 +282,7 @@ ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx)
     }
 
     if (ctx->step_tries < ctx->target->tries
-        || ngx_http_llm_plan_target(ctx, ctx->step + 1) != NULL)
+        || ngx_http_llm_plan_usable(ctx, ctx->step + 1))
     {
         return NGX_HTTP_LLM_DECISION_NONE;
     }
@@ -368,7 +403,7 @@ ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx)
 
     /* moving to a fallback does not wait */
 
-    if (ngx_http_llm_plan_target(ctx, ctx->step + 1)) {
+    if (ngx_http_llm_plan_usable(ctx, ctx->step + 1)) {
         ctx->step++;
         ctx->step_tries = 0;
         return NGX_HTTP_LLM_DECISION_FALLBACK;
