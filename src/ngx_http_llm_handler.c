@@ -870,7 +870,7 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     /*
      * no provider answer, or only the beginning of one that was dropped
-     * for a retry: nginx's own 502 or 504 page
+     * for a retry: the gateway's 502 or 504 in the family's shape
      */
 
     if (ngx_http_llm_no_retry_header(r, ctx) != NGX_OK) {
@@ -878,8 +878,9 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    ngx_http_finalize_request(r, rc >= NGX_HTTP_SPECIAL_RESPONSE
-                                 ? rc : NGX_HTTP_BAD_GATEWAY);
+    ngx_http_finalize_request(r, ngx_http_llm_gateway_error(r,
+                                     rc >= NGX_HTTP_SPECIAL_RESPONSE
+                                     ? rc : NGX_HTTP_BAD_GATEWAY));
 }
 
 

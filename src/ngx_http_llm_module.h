@@ -224,6 +224,8 @@ ngx_int_t ngx_http_llm_add_header(ngx_http_request_t *r, char *key,
     u_char *value, size_t len);
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, const char *message, const char *code);
+ngx_int_t ngx_http_llm_gateway_error(ngx_http_request_t *r,
+    ngx_int_t status);
 
 char *ngx_http_llm_catalog(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_llm_models(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

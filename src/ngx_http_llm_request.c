@@ -517,25 +517,57 @@ ngx_http_llm_add_header(ngx_http_request_t *r, char *key, u_char *value,
 
 
 /*
- * The gateway's own error answer, in the OpenAI error shape that both
- * OpenAI and Anthropic SDKs surface to the caller.  message is a fixed
- * string of the module's: never client bytes.
+ * The gateway's own error answer in the error shape of the route's
+ * endpoint family (docs/directives.md, "Errors of the gateway"), so SDKs
+ * raise their usual error: Anthropic's for messages, OpenAI's for the
+ * others (the Responses API answers HTTP errors with OpenAI's error
+ * object too).  type and code are OpenAI's; a messages answer takes the
+ * Anthropic type that fits the status.  message is a fixed string of the
+ * module's: never client bytes.  An error_page for the status in the
+ * route's location is left to nginx: the status is returned.
  */
 
 ngx_int_t
 ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, const char *message, const char *code)
 {
-    u_char       *p;
-    size_t        len, mlen;
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    u_char                    *p;
+    size_t                     len, mlen;
+    ngx_int_t                  rc;
+    ngx_buf_t                 *b;
+    ngx_uint_t                 i, family;
+    ngx_chain_t                out;
+    ngx_http_llm_ctx_t        *ctx;
+    ngx_http_err_page_t       *err_page;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (clcf->error_pages && !r->error_page) {
+        err_page = clcf->error_pages->elts;
+
+        for (i = 0; i < clcf->error_pages->nelts; i++) {
+            if ((ngx_uint_t) err_page[i].status == status) {
+                return status;
+            }
+        }
+    }
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
+    family = ctx ? ctx->family : NGX_HTTP_LLM_FAMILY_CHAT;
 
     mlen = ngx_strlen(message);
 
+    if (family == NGX_HTTP_LLM_FAMILY_MESSAGES) {
+        type = (status == NGX_HTTP_BAD_REQUEST) ? "invalid_request_error"
+               : (status == NGX_HTTP_SERVICE_UNAVAILABLE) ? "overloaded_error"
+               : "api_error";
+        code = "";
+    }
+
     len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
                  "\"param\":null,\"code\":\"\"}}\n") - 1
+          + sizeof("{\"type\":\"error\",") - 1
           + mlen + ngx_escape_json(NULL, (u_char *) message, mlen)
           + ngx_strlen(type) + ngx_strlen(code);
 
@@ -544,11 +576,20 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_cpymem(b->last, "{\"error\":{\"message\":\"",
-                   sizeof("{\"error\":{\"message\":\"") - 1);
-    p = (u_char *) ngx_escape_json(p, (u_char *) message, mlen);
-    p = ngx_sprintf(p, "\",\"type\":\"%s\",\"param\":null,"
-                       "\"code\":\"%s\"}}\n", type, code);
+    if (family == NGX_HTTP_LLM_FAMILY_MESSAGES) {
+        p = ngx_sprintf(b->last, "{\"type\":\"error\",\"error\":"
+                                 "{\"type\":\"%s\",\"message\":\"", type);
+        p = (u_char *) ngx_escape_json(p, (u_char *) message, mlen);
+        p = ngx_cpymem(p, "\"}}\n", sizeof("\"}}\n") - 1);
+
+    } else {
+        p = ngx_cpymem(b->last, "{\"error\":{\"message\":\"",
+                       sizeof("{\"error\":{\"message\":\"") - 1);
+        p = (u_char *) ngx_escape_json(p, (u_char *) message, mlen);
+        p = ngx_sprintf(p, "\",\"type\":\"%s\",\"param\":null,"
+                           "\"code\":\"%s\"}}\n", type, code);
+    }
+
     b->last = p;
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
@@ -569,6 +610,30 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * No provider answered, or only the beginning of an answer dropped for a
+ * retry: the gateway's 502 or 504 (another status of nginx's as it is).
+ */
+
+ngx_int_t
+ngx_http_llm_gateway_error(ngx_http_request_t *r, ngx_int_t status)
+{
+    if (status == NGX_HTTP_GATEWAY_TIME_OUT) {
+        return ngx_http_llm_send_error(r, status, "server_error",
+                                       "the provider did not answer in "
+                                       "time", "gateway_timeout");
+    }
+
+    if (status == NGX_HTTP_BAD_GATEWAY) {
+        return ngx_http_llm_send_error(r, status, "server_error",
+                                       "no provider answered",
+                                       "bad_gateway");
+    }
+
+    return status;
 }
 
 

@@ -6,10 +6,10 @@
 # one x-should-retry: false when retries were spent, also when the
 # provider sent its own x-should-retry; no x-should-retry when nothing was
 # retried or the request succeeded; x-should-retry agreeing with
-# $llm_retry_decision; nginx's own 502 and 504 when no provider answered
-# (refused connections, read timeouts); a provider answer followed by a
-# refused fallback: the provider's answer; multi-MB error bodies: judged
-# from their beginning and dropped when retried, streamed whole when
+# $llm_retry_decision; the gateway's 502 and 504 (JSON) when no provider
+# answered (refused connections, read timeouts); a provider answer
+# followed by a refused fallback: the provider's answer; multi-MB error
+# bodies: judged from their beginning and dropped when retried, streamed whole when
 # final (held, then decided final; or committed as the last attempt),
 # with proxy_buffering on and off, the worker's peak RSS (VmHWM) not
 # growing by the body size; a multi-MB answer retried, then a refused
@@ -336,14 +336,14 @@ for my $case ([ 'single', '1:500' ], [ 'one', '1:503' ]) {
 }
 
 ###############################################################################
-# no provider answer: nginx's own 502, 504
+# no provider answer: the gateway's 502, 504 as OpenAI error objects
 
 for my $round (1, 2) {
     my $id = "refused-$round";
     my $r = post("/refused/v1/chat/completions?id=$id");
     is($r->{status}, 502, "all refused: 502 ($round)");
-    like($r->{body}, qr/502 Bad Gateway.*nginx/s,
-         "all refused: nginx's page ($round)");
+    like($r->{body}, qr/^\{"error":\{.*"code":"bad_gateway"\}\}\n\z/,
+         "all refused: the gateway's error object ($round)");
     is($r->{headers}{'x-should-retry'}, 'false',
        "all refused: x-should-retry ($round)");
 
@@ -360,8 +360,8 @@ for my $round (1, 2) {
     my $r = post("/timeout/v1/chat/completions?id=$id",
                  'X-Case' => '*:stall+stall=1');
     is($r->{status}, 504, 'all timed out: 504');
-    like($r->{body}, qr/504 Gateway Time-out.*nginx/s,
-         "all timed out: nginx's page");
+    like($r->{body}, qr/^\{"error":\{.*"code":"gateway_timeout"\}\}\n\z/,
+         "all timed out: the gateway's error object");
     is($r->{headers}{'x-should-retry'}, 'false', 'all timed out: x-should-retry');
     is(seen($id), 'slow, slow', 'all timed out: two requests');
     ok($r->{elapsed} >= 0.55 && $r->{elapsed} < 1.5,

@@ -423,13 +423,14 @@ for my $round (1, 2) {
 }
 
 ###############################################################################
-# no answer from the target: nginx's own 502 and 504
+# no answer from the target: the gateway's 502 and 504 error objects
 
 for my $round (1, 2) {
     my $r = post("/refused/v1/chat/completions?refused=$round", $REQ);
 
     is($r->{status}, 502, "connect refused: 502 ($round)");
-    like($r->{body}, qr/502 Bad Gateway/, "connect refused: page ($round)");
+    like($r->{body}, qr/"code":"bad_gateway"/,
+         "connect refused: error object ($round)");
     my $want = " route=refused target=/_llm/refused attempts=1 status=502"
         . " us=502 ua=127.0.0.1:" . $t->port(8082);
     like(log_line("/refused/v1/chat/completions?refused=$round"),
@@ -444,7 +445,8 @@ for my $round (1, 2) {
     my $took = time - $start;
 
     is($r->{status}, 504, 'read timeout: 504');
-    like($r->{body}, qr/504 Gateway Time-out/, 'read timeout: page');
+    like($r->{body}, qr/"code":"gateway_timeout"/,
+         'read timeout: error object');
     ok($took >= 0.9 && $took < 2.9, 'read timeout: after proxy_read_timeout')
         or diag("took $took s");
     is($t->mock_count('provider'), $before + 1, 'read timeout: one attempt');
