@@ -29,7 +29,7 @@
  *           PX a week
  *   MGET {prefix:canary}:ROUTE:TARGET for every canary
  *   once a second, EVAL: this node is alive in the sorted set
- *       {prefix:nodes}, how many are
+ *       {prefix:nodes} (and {prefix:nodes}:ids), how many are, its rank
  *
  * and writes the sums into the zone: the budget then judges on the
  * cluster's counts plus what this node counted since (ngx_http_llm_zone.c).
@@ -122,7 +122,8 @@ typedef struct {
     ngx_http_llm_batch_t        *batch;
     ngx_uint_t                   link;      /* NGX_HTTP_LLM_LINK_* */
     ngx_str_t                    nodes_key; /* "{prefix:nodes}" */
-    ngx_str_t                    node_id;   /* "hostname:master pid" */
+    ngx_str_t                    names_key; /* "{prefix:nodes}:ids" */
+    ngx_str_t                    node_id;   /* "hostname:random id" */
     time_t                       alive;     /* when it last said so */
 } ngx_http_llm_syncer_t;
 
@@ -178,20 +179,30 @@ static const char  ngx_http_llm_cooldown_script[] =
 
 
 /*
- * The one that counts the nodes: this node's heartbeat (score: now, ms),
- * the nodes not heard of for ARGV[3] ms dropped, how many are left.
+ * The one that counts the nodes: this node's heartbeat (KEYS[1], score:
+ * now, ms), the nodes not heard of for ARGV[3] ms dropped, how many are
+ * left, and this node's rank among them by id (KEYS[2], all scores 0):
+ * nodes split a budget's floor by rank while Redis is away.
  */
 
 static const char  ngx_http_llm_nodes_script[] =
+    "local old = ARGV[1] - ARGV[3] "
+    "local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', old, "
+    "'LIMIT', 0, 1000) "
+    "for _, m in ipairs(dead) do redis.call('ZREM', KEYS[1], m) "
+    "redis.call('ZREM', KEYS[2], m) end "
     "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) "
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[3]) "
+    "redis.call('ZADD', KEYS[2], 0, ARGV[2]) "
     "redis.call('PEXPIRE', KEYS[1], ARGV[3]) "
-    "return redis.call('ZCARD', KEYS[1])";
+    "redis.call('PEXPIRE', KEYS[2], ARGV[3]) "
+    "return {redis.call('ZCARD', KEYS[1]), "
+    "redis.call('ZLEXCOUNT', KEYS[2], '-', '(' .. ARGV[2])}";
 
 
 ngx_int_t
 ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
 {
+    ngx_http_llm_shctx_t      *sh;
     ngx_http_llm_syncer_t     *sy;
     ngx_http_llm_main_conf_t  *lmcf;
 
@@ -222,22 +233,36 @@ ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
         return NGX_ERROR;
     }
 
-    /* a node is its master process: worker 0 changes with reloads */
+    /*
+     * A node is its zone: worker 0 changes with reloads, the id made
+     * with the (first) zone stays; the hostname only helps people.
+     */
+
+    sh = ((ngx_http_llm_zone_t *)
+          ((ngx_shm_zone_t **) lmcf->zones.elts)[0]->data)->sh;
 
     sy->nodes_key.len = sizeof("{:nodes}") - 1 + conf->prefix.len;
     sy->nodes_key.data = ngx_pnalloc(cycle->pool, sy->nodes_key.len);
 
-    sy->node_id.data = ngx_pnalloc(cycle->pool,
-                                   cycle->hostname.len + 1 + NGX_INT_T_LEN);
+    sy->names_key.len = sy->nodes_key.len + sizeof(":ids") - 1;
+    sy->names_key.data = ngx_pnalloc(cycle->pool, sy->names_key.len);
 
-    if (sy->nodes_key.data == NULL || sy->node_id.data == NULL) {
+    sy->node_id.data = ngx_pnalloc(cycle->pool, cycle->hostname.len + 1
+                                                + NGX_HTTP_LLM_NODE_ID_LEN);
+
+    if (sy->nodes_key.data == NULL || sy->names_key.data == NULL
+        || sy->node_id.data == NULL)
+    {
         return NGX_ERROR;
     }
 
     (void) ngx_sprintf(sy->nodes_key.data, "{%V:nodes}", &conf->prefix);
+    (void) ngx_sprintf(sy->names_key.data, "{%V:nodes}:ids", &conf->prefix);
 
-    sy->node_id.len = ngx_sprintf(sy->node_id.data, "%V:%P",
-                                  &cycle->hostname, (ngx_pid_t) getppid())
+    sy->node_id.len = ngx_sprintf(sy->node_id.data, "%V:%*s",
+                                  &cycle->hostname,
+                                  (size_t) NGX_HTTP_LLM_NODE_ID_LEN,
+                                  sh->node_id)
                       - sy->node_id.data;
 
     sy->dummy.fd = (ngx_socket_t) -1;
@@ -947,8 +972,8 @@ static ngx_int_t
 ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch)
 {
     u_char                 *now, *last;
-    const char             *argv[7];
-    size_t                  argvlen[7];
+    const char             *argv[8];
+    size_t                  argvlen[8];
     ngx_http_llm_syncer_t  *sy;
 
     sy = &ngx_http_llm_syncer;
@@ -969,19 +994,21 @@ ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch)
     argvlen[0] = sizeof("EVAL") - 1;
     argv[1] = ngx_http_llm_nodes_script;
     argvlen[1] = sizeof(ngx_http_llm_nodes_script) - 1;
-    argv[2] = "1";
+    argv[2] = "2";
     argvlen[2] = 1;
     argv[3] = (char *) sy->nodes_key.data;
     argvlen[3] = sy->nodes_key.len;
-    argv[4] = (char *) now;
-    argvlen[4] = last - now;
-    argv[5] = (char *) sy->node_id.data;
-    argvlen[5] = sy->node_id.len;
-    argv[6] = (char *) last;
-    argvlen[6] = ngx_sprintf(last, "%d", NGX_HTTP_LLM_SYNC_NODE_TTL) - last;
+    argv[4] = (char *) sy->names_key.data;
+    argvlen[4] = sy->names_key.len;
+    argv[5] = (char *) now;
+    argvlen[5] = last - now;
+    argv[6] = (char *) sy->node_id.data;
+    argvlen[6] = sy->node_id.len;
+    argv[7] = (char *) last;
+    argvlen[7] = ngx_sprintf(last, "%d", NGX_HTTP_LLM_SYNC_NODE_TTL) - last;
 
     return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_NODES, NULL,
-                                     7, argv, argvlen);
+                                     8, argv, argvlen);
 }
 
 
@@ -1274,18 +1301,34 @@ ngx_http_llm_sync_canaries_got(ngx_http_llm_batch_t *batch,
 }
 
 
-/* the number of live nodes, kept in every zone for when Redis is away */
+/*
+ * The number of live nodes and this node's rank among them, kept in
+ * every zone for when Redis is away
+ */
 
 static void
 ngx_http_llm_sync_nodes(ngx_http_llm_batch_t *batch, redisReply *reply)
 {
-    ngx_uint_t              i;
+    ngx_uint_t              i, nodes, rank;
     ngx_shm_zone_t        **zones;
     ngx_http_llm_zone_t    *zone;
     ngx_http_llm_syncer_t  *sy;
 
-    if (reply->type != REDIS_REPLY_INTEGER || reply->integer < 1) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[1]->type != REDIS_REPLY_INTEGER
+        || reply->element[0]->integer < 1
+        || reply->element[1]->integer < 0)
+    {
         return;
+    }
+
+    nodes = (ngx_uint_t) reply->element[0]->integer;
+    rank = (ngx_uint_t) reply->element[1]->integer;
+
+    /* the two sets disagree for a moment after one was lost */
+    if (rank >= nodes) {
+        rank = nodes - 1;
     }
 
     sy = &ngx_http_llm_syncer;
@@ -1295,7 +1338,8 @@ ngx_http_llm_sync_nodes(ngx_http_llm_batch_t *batch, redisReply *reply)
 
     for (i = 0; i < sy->zones->nelts; i++) {
         zone = zones[i]->data;
-        zone->sh->nodes = (ngx_atomic_uint_t) reply->integer;
+        zone->sh->rank = rank;
+        zone->sh->nodes = nodes;
     }
 }
 

@@ -9,6 +9,10 @@
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
 
+#if (NGX_LINUX)
+#include <sys/random.h>
+#endif
+
 
 /*
  * The shared zone of llm_zone: a node per route and per target, found by
@@ -24,6 +28,7 @@
 static ngx_int_t ngx_http_llm_zone_init(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone);
+static void ngx_http_llm_zone_id(u_char *id);
 static void ngx_http_llm_zone_reclaim(ngx_shm_zone_t *shm_zone);
 static void ngx_http_llm_zone_cap(ngx_shm_zone_t *shm_zone,
     ngx_http_llm_node_t *n, ngx_msec_t now);
@@ -185,6 +190,8 @@ ngx_http_llm_zone_init(ngx_shm_zone_t *shm_zone, void *data)
                     ngx_http_llm_zone_insert);
     ngx_queue_init(&zone->sh->queue);
 
+    ngx_http_llm_zone_id(zone->sh->node_id);
+
     len = sizeof(" in llm zone \"\"") + shm_zone->shm.name.len;
 
     zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
@@ -199,6 +206,37 @@ ngx_http_llm_zone_init(ngx_shm_zone_t *shm_zone, void *data)
     zone->shpool->log_nomem = 0;
 
     return ngx_http_llm_zone_nodes(shm_zone);
+}
+
+
+/*
+ * A node's id among the nodes of llm_redis, made once with the zone:
+ * random, because what else tells nodes apart repeats (containers with
+ * one hostname, nginx as PID 1 in each).
+ */
+
+static void
+ngx_http_llm_zone_id(u_char *id)
+{
+    u_char           raw[NGX_HTTP_LLM_NODE_ID_LEN / 2];
+    ngx_uint_t       i;
+    struct timeval   tv;
+
+#if (NGX_LINUX)
+    if (getrandom(raw, sizeof(raw), 0) == (ssize_t) sizeof(raw)) {
+        (void) ngx_hex_dump(id, raw, sizeof(raw));
+        return;
+    }
+#endif
+
+    ngx_gettimeofday(&tv);
+
+    for (i = 0; i < sizeof(raw); i++) {
+        raw[i] = (u_char) (ngx_random() ^ (tv.tv_usec >> (i % 3) * 8)
+                           ^ ngx_pid);
+    }
+
+    (void) ngx_hex_dump(id, raw, sizeof(raw));
 }
 
 

@@ -24,6 +24,9 @@
 /* a node the configuration dropped is freed once idle this long, s */
 #define NGX_HTTP_LLM_NODE_IDLE      60
 
+/* hex digits of a node's random id in {prefix:nodes} */
+#define NGX_HTTP_LLM_NODE_ID_LEN    16
+
 /* decisions counted per route, indexes of ngx_http_llm_decision_names */
 #define NGX_HTTP_LLM_DECISIONS      8
 
@@ -147,6 +150,13 @@ typedef struct {
     ngx_atomic_t                 sync_errors;   /* batches lost */
     ngx_atomic_t                 link_downs;    /* times the link fell */
     ngx_atomic_t                 nodes;     /* last known, 0: unknown */
+    ngx_atomic_t                 rank;      /* this node's, by id */
+
+    /*
+     * this node's id in Redis, random hex made with the zone: a reload
+     * keeps it, a restart makes another (pids and hostnames repeat)
+     */
+    u_char                       node_id[NGX_HTTP_LLM_NODE_ID_LEN];
 } ngx_http_llm_shctx_t;
 
 

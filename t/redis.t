@@ -207,16 +207,23 @@ is(scalar(grep { defined redis('GET', "{llm:ok}:x:$_") } $start .. $end), 0,
    'no retry key for a route without retries');
 
 my @keys = @{ redis('KEYS', '*') };
-ok(!(grep { !/^\{llm:(ok|fail|cool|long|cd)\}:|^\{llm:nodes\}$/ } @keys),
+ok(!(grep { !/^\{llm:(ok|fail|cool|long|cd|nodes)\}:|^\{llm:nodes\}$/ }
+    @keys),
    'every key carries the {prefix:route} or {prefix:cd} hash tag')
     or diag "@keys";
 
-# this node says it is alive: a member per master process
+# this node says it is alive: a member per zone, kept across reloads
+my $member;
 {
     my $members = redis('ZRANGE', '{llm:nodes}', 0, -1, 'WITHSCORES');
     is(scalar @$members, 2, 'nodes: one member');
-    is($members->[0], hostname_of() . ':' . $t->nginx_pid,
-       'nodes: the member is hostname:master pid');
+    like($members->[0], qr/^\Q${\hostname_of()}\E:[0-9a-f]{16}$/,
+         'nodes: the member is hostname:random id');
+    unlike($members->[0], qr/:${\$t->nginx_pid}$/,
+           'nodes: the member is not the master pid');
+    $member = $members->[0];
+    is_deeply(redis('ZRANGE', '{llm:nodes}:ids', 0, -1), [ $member ],
+              'nodes: the id set holds it');
     my $age = time * 1000 - $members->[1];
     ok($age >= -100 && $age < 2000, "nodes: heard of lately ($age ms ago)");
     my $ttl = redis('PTTL', '{llm:nodes}');
@@ -378,6 +385,8 @@ ok(cluster_up(), 'restart: the link comes up');
         POSIX::_exit(0);
     }
 
+    $member = redis('ZRANGE', '{llm:nodes}', 0, -1)->[-1];
+
     # Redis pauses first: the old worker 0 quits with a batch in flight,
     # which it waits for (timeout=500ms) rather than lose its counts
     my $start = int(time) - 1;
@@ -403,6 +412,8 @@ ok(cluster_up(), 'restart: the link comes up');
     is($sum, $ok, 'reloads under load: Redis counted each request once');
     is(status()->{routes}{long}{requests}, $ok,
        'reloads under load: so did the zone');
+    is_deeply(redis('ZRANGE', '{llm:nodes}', 0, -1), [ $member ],
+              'reloads under load: the node kept its id');
 }
 
 $t->stop;
