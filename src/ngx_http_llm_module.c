@@ -12,6 +12,7 @@
 
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_postconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_llm_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_llm_init_process(ngx_cycle_t *cycle);
 static void ngx_http_llm_exit_process(ngx_cycle_t *cycle);
 static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
@@ -216,7 +217,7 @@ ngx_module_t  ngx_http_llm_module = {
     ngx_http_llm_commands,                 /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_llm_init_module,              /* init module */
     ngx_http_llm_init_process,             /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -261,6 +262,25 @@ ngx_http_llm_postconfiguration(ngx_conf_t *cf)
     }
 
     return ngx_http_llm_filter_init(cf);
+}
+
+
+/*
+ * The version of the code that is loaded, once per start and reload: a
+ * reload keeps the module's code loaded at start, so this line tells an
+ * operator which code runs after an upgrade of the file.
+ */
+
+static ngx_int_t
+ngx_http_llm_init_module(ngx_cycle_t *cycle)
+{
+    if (!ngx_test_config) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "llm module " NGX_HTTP_LLM_VERSION " (nginx "
+                      NGINX_VERSION ")");
+    }
+
+    return NGX_OK;
 }
 
 

@@ -19,6 +19,10 @@
 #include "ngx_http_llm_catalog.h"
 
 
+/* the module's version: logged at start, on the status page, in CHANGES */
+#define NGX_HTTP_LLM_VERSION             "0.2.0"
+
+
 /* endpoint families, SPEC 3.1 */
 #define NGX_HTTP_LLM_FAMILY_UNSET        0
 #define NGX_HTTP_LLM_FAMILY_CHAT         1

@@ -137,6 +137,13 @@ ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
 {
     ngx_http_llm_metric_t  *m;
 
+    ngx_http_llm_status_literal(st,
+        "# HELP nginx_llm_build_info The llm module's version and the "
+        "nginx it was built for.\n"
+        "# TYPE nginx_llm_build_info gauge\n"
+        "nginx_llm_build_info{version=\"" NGX_HTTP_LLM_VERSION "\","
+        "nginx=\"" NGINX_VERSION "\"} 1\n");
+
     for (m = ngx_http_llm_metrics; m->name.len; m++) {
 
         ngx_http_llm_status_literal(st, "# HELP ");

@@ -453,7 +453,10 @@ ngx_http_llm_status_json(ngx_http_llm_status_t *st)
     ngx_http_llm_status_route_t   *route;
     ngx_http_llm_status_target_t  *t;
 
-    ngx_http_llm_status_literal(st, "{\"version\":1,\"time_ms\":");
+    ngx_http_llm_status_literal(st, "{\"version\":1,\"module\":{"
+                                "\"version\":\"" NGX_HTTP_LLM_VERSION "\","
+                                "\"nginx\":\"" NGINX_VERSION "\"},"
+                                "\"time_ms\":");
     ngx_http_llm_status_number(st, st->now);
 
     ngx_http_llm_status_literal(st, ",\"zones\":[");

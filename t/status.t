@@ -37,6 +37,7 @@ my @ERRORS = qw(connect_error timeout rate_limited quota_exhausted
                 invalid_response);
 
 my @FAMILIES = (
+    [ nginx_llm_build_info => 'gauge' ],
     [ nginx_llm_route_requests_total => 'counter' ],
     [ nginx_llm_route_attempts_total => 'counter' ],
     [ nginx_llm_route_retries_total => 'counter' ],
@@ -284,7 +285,9 @@ sub promtool {
     my $text = prometheus();
     is(scalar(() = $text =~ /^# TYPE /mg), scalar @FAMILIES,
        'no zone: every family has a TYPE line');
-    is(scalar(grep { !/^#/ } split /\n/, $text), 0, 'no zone: no sample');
+    is_deeply([ grep { !/^#/ } split /\n/, $text ],
+              [ 'nginx_llm_build_info{version="0.2.0",nginx="1.22.1"} 1' ],
+              'no zone: no sample but the build info');
 
     SKIP: {
         skip 'promtool not found: apt-get install prometheus', 2
