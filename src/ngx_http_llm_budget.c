@@ -484,25 +484,32 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
  * Retries the budget allows in the window, in thousandths.  The ratio
  * part adds up across nodes whatever they know of each other; the floor
  * does not: a node that judges on its own counters while Redis is away
- * takes its share of it, among the nodes Redis last counted.
+ * takes its part of it, among the nodes Redis last counted.  The parts
+ * are whole retries, split by the nodes' ranks so that they add up to
+ * the floor: an equal share in thousandths would allow no retry at all
+ * on any node of a fleet larger than the floor (docs/directives.md).
  */
 
 static ngx_atomic_uint_t
 ngx_http_llm_budget_allowance(ngx_http_llm_loc_conf_t *llcf,
     ngx_uint_t cluster)
 {
+    ngx_uint_t         nodes, rank;
     ngx_atomic_uint_t  requests, floor;
 
     requests = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_REQUESTS,
                                      llcf->budget_window, cluster);
 
-    floor = (ngx_atomic_uint_t) llcf->budget_min * llcf->budget_window * 1000;
+    floor = (ngx_atomic_uint_t) llcf->budget_min * llcf->budget_window;
 
     if (!cluster) {
-        floor /= ngx_http_llm_cluster_nodes(llcf->zone);
+        nodes = ngx_http_llm_cluster_nodes(llcf->zone, &rank);
+
+        /* node k of n: floor * (k + 1) / n - floor * k / n */
+        floor = floor * (rank + 1) / nodes - floor * rank / nodes;
     }
 
-    return floor + (ngx_atomic_uint_t) llcf->budget_ratio * requests;
+    return floor * 1000 + (ngx_atomic_uint_t) llcf->budget_ratio * requests;
 }
 
 

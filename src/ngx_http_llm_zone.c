@@ -750,26 +750,35 @@ ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone)
 
 
 /*
- * The number of nodes Redis last counted, for a zone judged on its own
- * counters while Redis is away: 1 without llm_redis, or before Redis
- * ever answered.
+ * The number of nodes Redis last counted, and this node's rank among
+ * them, for a zone judged on its own counters while Redis is away: 1
+ * and 0 without llm_redis, or before Redis ever answered.
  */
 
 ngx_uint_t
-ngx_http_llm_cluster_nodes(ngx_shm_zone_t *shm_zone)
+ngx_http_llm_cluster_nodes(ngx_shm_zone_t *shm_zone, ngx_uint_t *rank)
 {
-    ngx_uint_t            nodes;
+    ngx_uint_t            nodes, r;
     ngx_http_llm_zone_t  *zone;
 
     zone = shm_zone->data;
+    *rank = 0;
 
     if (zone->stale == 0) {
         return 1;
     }
 
+    /* rank first: the syncer writes nodes last */
+    r = zone->sh->rank;
     nodes = zone->sh->nodes;
 
-    return nodes ? nodes : 1;
+    if (nodes == 0) {
+        return 1;
+    }
+
+    *rank = r < nodes ? r : nodes - 1;
+
+    return nodes;
 }
 
 
