@@ -118,6 +118,13 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
     ctx = ngx_http_llm_attempt_ctx(r);
 
     if (ctx == NULL) {
+
+        /* the client request's own headers, whoever sends them */
+
+        if (r == r->main && ngx_http_llm_response_headers(r) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         return ngx_http_next_header_filter(r);
     }
 
@@ -829,6 +836,81 @@ ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     return ngx_http_llm_add_header(r, "x-should-retry", (u_char *) "false",
                                    sizeof("false") - 1);
+}
+
+
+/*
+ * llm_response_headers: the attempts made and whether the latest went to
+ * a fallback, on any answer of the route (a provider's, replayed or
+ * streamed, or the gateway's own), as they stand when its headers go
+ * out; for a committed answer that is final.  nginx's own answers
+ * before the route's handler ran (413 for a body too large) have none
+ * made.  A provider's (or another gateway's) headers of these names are
+ * dropped: the caller is told about this gateway's attempts only.
+ */
+
+ngx_int_t
+ngx_http_llm_response_headers(ngx_http_request_t *r)
+{
+    u_char                   *p;
+    ngx_uint_t                i, attempts, fallback;
+    ngx_list_part_t          *part;
+    ngx_table_elt_t          *h;
+    ngx_http_llm_ctx_t       *ctx;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+    llcf = ctx ? ctx->conf
+               : ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (llcf->route.len == 0 || !llcf->response_headers) {
+        return NGX_OK;
+    }
+
+    attempts = ctx ? ctx->attempts : 0;
+    fallback = ctx && ctx->target && ctx->target->fallback;
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if ((h[i].key.len == sizeof("x-llm-attempts") - 1
+             && ngx_strncasecmp(h[i].key.data, (u_char *) "x-llm-attempts",
+                                h[i].key.len) == 0)
+            || (h[i].key.len == sizeof("x-llm-fallback") - 1
+                && ngx_strncasecmp(h[i].key.data,
+                                   (u_char *) "x-llm-fallback",
+                                   h[i].key.len) == 0))
+        {
+            h[i].hash = 0;
+        }
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_llm_add_header(r, "x-llm-attempts", p,
+                                ngx_sprintf(p, "%ui", attempts) - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_llm_add_header(r, "x-llm-fallback",
+                                   (u_char *) (fallback ? "1" : "0"), 1);
 }
 
 

@@ -85,6 +85,7 @@ typedef struct {
     ngx_msec_t                   backoff_base;
     ngx_msec_t                   backoff_max;
     ngx_msec_t                   deadline;
+    ngx_flag_t                   response_headers;  /* x-llm-* on answers */
 
     /* llm_retry_budget; ratio in thousandths, 0 .. 1000 */
     ngx_uint_t                   budget;    /* 1: on; 0: off; unset */
@@ -282,6 +283,7 @@ ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
 ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_response_headers(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_stream_error(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
