@@ -48,7 +48,7 @@ static size_t utf8(const u_char *p, size_t len);
 static ngx_uint_t surrogate_escape(const uint8_t *data, size_t size);
 
 
-static void       *allocs[4];
+static void       *allocs[16];
 static ngx_uint_t  nallocs;
 
 
@@ -59,7 +59,7 @@ ngx_palloc(ngx_pool_t *pool, size_t size)
 {
     void  *p;
 
-    if (nallocs == 4) {
+    if (nallocs == sizeof(allocs) / sizeof(allocs[0])) {
         __builtin_trap();
     }
 

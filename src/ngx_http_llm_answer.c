@@ -31,7 +31,9 @@
  *
  * SSE framing follows the WHATWG rules; data lines are not buffered but
  * streamed through the scan as they pass, so a huge data line costs no
- * memory.  All the state is one allocation of a few kilobytes.
+ * memory.  The state is one allocation of under a kilobyte; a value
+ * longer than kept there (a usage object, a long first event) grows a
+ * buffer of its own from the pool, once per answer, up to its bound.
  *
  * This file holds the interface, the SSE framing and the judging of each
  * document; ngx_http_llm_answer_json.c the scan of a document, and
@@ -105,33 +107,41 @@ ngx_http_llm_answer_init(ngx_http_llm_answer_t *a, ngx_pool_t *pool,
 
     st->family = family;
     st->log = pool->log;
+    st->pool = pool;
     st->sse_state = sw_sse_bom;
 
     ngx_http_llm_answer_cap_init(&st->key, st->key_buf,
-                                 sizeof(st->key_buf));
+                                 sizeof(st->key_buf), sizeof(st->key_buf));
     ngx_http_llm_answer_cap_init(&st->event, st->event_buf,
+                                 sizeof(st->event_buf),
                                  sizeof(st->event_buf));
     ngx_http_llm_answer_cap_init(&st->prefix, st->prefix_buf,
-                                 sizeof(st->prefix_buf));
+                                 sizeof(st->prefix_buf),
+                                 NGX_HTTP_LLM_ANSWER_PREFIX_MAX);
     ngx_http_llm_answer_cap_init(&st->model, st->model_buf,
-                                 sizeof(st->model_buf) - 1);
-    ngx_http_llm_answer_cap_init(&st->usage, st->usage_buf,
-                                 sizeof(st->usage_buf));
+                                 sizeof(st->model_buf) - 1,
+                                 NGX_HTTP_LLM_ANSWER_MODEL_RAW);
+    ngx_http_llm_answer_cap_init(&st->usage, NULL, 0,
+                                 NGX_HTTP_LLM_ANSWER_USAGE_MAX);
     ngx_http_llm_answer_cap_init(&st->object, st->object_buf,
+                                 sizeof(st->object_buf),
                                  sizeof(st->object_buf));
     ngx_http_llm_answer_cap_init(&st->type, st->type_buf,
-                                 sizeof(st->type_buf));
+                                 sizeof(st->type_buf), sizeof(st->type_buf));
     ngx_http_llm_answer_cap_init(&st->nested_object, st->nested_object_buf,
+                                 sizeof(st->nested_object_buf),
                                  sizeof(st->nested_object_buf));
     ngx_http_llm_answer_cap_init(&st->nested_type, st->nested_type_buf,
+                                 sizeof(st->nested_type_buf),
                                  sizeof(st->nested_type_buf));
 
-    ngx_memcpy(st->error_buf, NGX_HTTP_LLM_ANSWER_WRAP,
-               sizeof(NGX_HTTP_LLM_ANSWER_WRAP) - 1);
+    /* response.error is kept after {"error": and classified so */
+
     ngx_http_llm_answer_cap_init(&st->nested_error,
-                                 st->error_buf
+                                 (u_char *) NGX_HTTP_LLM_ANSWER_WRAP
                                  + sizeof(NGX_HTTP_LLM_ANSWER_WRAP) - 1,
-                                 NGX_HTTP_LLM_ANSWER_ERROR_MAX);
+                                 0, NGX_HTTP_LLM_ANSWER_ERROR_MAX);
+    st->nested_error.head = sizeof(NGX_HTTP_LLM_ANSWER_WRAP) - 1;
 
     ngx_http_llm_answer_reset(st);
 
@@ -285,7 +295,7 @@ ngx_http_llm_answer_feed(ngx_http_llm_answer_t *a, u_char *p, u_char *last)
                     ngx_http_llm_answer_data(a, st, p, q);
 
                 } else if (st->field == ngx_http_llm_field_event) {
-                    ngx_http_llm_answer_keep(&st->event, p, q);
+                    ngx_http_llm_answer_keep(st, &st->event, p, q);
                 }
             }
 
@@ -344,7 +354,7 @@ static void
 ngx_http_llm_answer_data(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st, u_char *p, u_char *last)
 {
-    ngx_http_llm_answer_keep(&st->prefix, p, last);
+    ngx_http_llm_answer_keep(st, &st->prefix, p, last);
     ngx_http_llm_answer_json(a, st, p, last);
 }
 
@@ -639,14 +649,15 @@ ngx_http_llm_answer_error(ngx_http_llm_answer_t *a,
         return;
     }
 
-    if (failed && st->nested_error.len) {
+    /* no buffer: the pool had no memory for one */
+
+    if (failed && st->nested_error.len && st->nested_error.size) {
         cap = &st->nested_error;
         n = ngx_min(cap->len, cap->size);
         cap->data[n] = '}';
 
-        err = ngx_http_llm_classify_response(0, st->error_buf,
-                                             cap->data + n + 1
-                                             - st->error_buf);
+        err = ngx_http_llm_classify_response(0, cap->data - cap->head,
+                                             cap->head + n + 1);
 
     } else {
         err = ngx_http_llm_classify_response(0, st->prefix.data,

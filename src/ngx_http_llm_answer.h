@@ -74,7 +74,8 @@ typedef struct {
 
 /*
  * family: NGX_HTTP_LLM_FAMILY_* of ngx_http_llm_module.h; sse: the answer
- * is text/event-stream.  The state is allocated from pool, once.  No yajl
+ * is text/event-stream.  The state is allocated from pool, under a
+ * kilobyte, and the buffers of longer values when they come.  No yajl
  * handle outlives a call (each located value is parsed whole when its
  * document ends), so an answer abandoned before ngx_http_llm_answer_end()
  * leaves nothing to free.  NGX_ERROR: out of memory.

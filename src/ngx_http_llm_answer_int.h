@@ -31,6 +31,16 @@
 #define NGX_HTTP_LLM_ANSWER_EVENT_MAX   48      /* the event field */
 #define NGX_HTTP_LLM_ANSWER_FIELD_MAX   8       /* an SSE field name */
 
+/*
+ * What the state holds in itself of the values that may be long; a
+ * longer one grows its buffer from the pool, once per answer (and kept
+ * for the next documents), so an idle stream of short events costs no
+ * more than these
+ */
+#define NGX_HTTP_LLM_ANSWER_PREFIX_INLINE  384
+#define NGX_HTTP_LLM_ANSWER_MODEL_INLINE   64
+#define NGX_HTTP_LLM_ANSWER_GROW_MIN       256
+
 /* a \u00XX escape is 6 raw bytes for one decoded: room for MODEL_MAX */
 #define NGX_HTTP_LLM_ANSWER_MODEL_RAW                                        \
     (6 * NGX_HTTP_LLM_ANSWER_MODEL_MAX + 2)
@@ -118,8 +128,10 @@ enum {
 
 typedef struct {
     u_char                      *data;
-    size_t                       size;
+    size_t                       size;      /* kept at most now */
+    size_t                       max;       /* kept at most ever */
     size_t                       len;       /* of the value, kept or not */
+    u_char                       head;      /* bytes before data: a wrap */
     unsigned                     complete:1;    /* the value ended */
 } ngx_http_llm_answer_cap_t;
 
@@ -142,6 +154,7 @@ typedef struct {
 
     ngx_uint_t                   family;
     ngx_log_t                   *log;
+    ngx_pool_t                  *pool;      /* for buffers that grow */
 
     unsigned                     error:1;   /* a top-level "error" */
     unsigned                     judged:1;  /* a plain answer, once */
@@ -164,18 +177,19 @@ typedef struct {
     u_char                       key_buf[NGX_HTTP_LLM_ANSWER_KEY_MAX];
     u_char                       name_buf[NGX_HTTP_LLM_ANSWER_FIELD_MAX];
     u_char                       event_buf[NGX_HTTP_LLM_ANSWER_EVENT_MAX];
-    u_char                       prefix_buf[NGX_HTTP_LLM_ANSWER_PREFIX_MAX];
-    u_char                       usage_buf[NGX_HTTP_LLM_ANSWER_USAGE_MAX];
     u_char                       object_buf[NGX_HTTP_LLM_ANSWER_NAME_MAX];
     u_char                       type_buf[NGX_HTTP_LLM_ANSWER_NAME_MAX];
     u_char                       nested_object_buf[
                                      NGX_HTTP_LLM_ANSWER_NAME_MAX];
     u_char                       nested_type_buf[NGX_HTTP_LLM_ANSWER_NAME_MAX];
+    u_char                       prefix_buf[
+                                     NGX_HTTP_LLM_ANSWER_PREFIX_INLINE];
 
-    /* one spare byte each: a closing quote, a closing brace */
-    u_char                       model_buf[NGX_HTTP_LLM_ANSWER_MODEL_RAW + 1];
-    u_char                       error_buf[sizeof(NGX_HTTP_LLM_ANSWER_WRAP)
-                                     - 1 + NGX_HTTP_LLM_ANSWER_ERROR_MAX + 1];
+    /* one spare byte: a closing quote */
+    u_char                       model_buf[
+                                     NGX_HTTP_LLM_ANSWER_MODEL_INLINE + 1];
+
+    /* usage and response.error have no buffer until one comes */
 } ngx_http_llm_answer_state_t;
 
 
@@ -194,11 +208,11 @@ void ngx_http_llm_answer_body(ngx_http_llm_answer_t *a,
 ngx_uint_t ngx_http_llm_answer_lookup(ngx_http_llm_answer_name_t *names,
     u_char *s, size_t len);
 void ngx_http_llm_answer_cap_init(ngx_http_llm_answer_cap_t *cap,
-    u_char *buf, size_t size);
+    u_char *buf, size_t size, size_t max);
 void ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st, u_char *p, u_char *last);
-void ngx_http_llm_answer_keep(ngx_http_llm_answer_cap_t *cap,
-    u_char *p, u_char *last);
+void ngx_http_llm_answer_keep(ngx_http_llm_answer_state_t *st,
+    ngx_http_llm_answer_cap_t *cap, u_char *p, u_char *last);
 void ngx_http_llm_answer_reset(ngx_http_llm_answer_state_t *st);
 void ngx_http_llm_answer_model(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st);

@@ -89,7 +89,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
                 st->key.len = 0;
                 st->backslashes = 0;
                 st->state = sw_key_string;
-                ngx_http_llm_answer_keep(&st->key, p, p + 1);
+                ngx_http_llm_answer_keep(st, &st->key, p, p + 1);
                 p++;
                 break;
             }
@@ -106,7 +106,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
         case sw_key_string:
             q = ngx_http_llm_json_string_end(&st->backslashes, p, last);
 
-            ngx_http_llm_answer_keep(&st->key, p, q ? q : last);
+            ngx_http_llm_answer_keep(st, &st->key, p, q ? q : last);
 
             if (q == NULL) {
                 return;
@@ -150,7 +150,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
             if (c == '"') {
                 if (st->cap) {
-                    ngx_http_llm_answer_keep(st->cap, p, p + 1);
+                    ngx_http_llm_answer_keep(st, st->cap, p, p + 1);
                 }
 
                 st->backslashes = 0;
@@ -161,7 +161,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
             if (c == '{' || c == '[') {
                 if (st->cap) {
-                    ngx_http_llm_answer_keep(st->cap, p, p + 1);
+                    ngx_http_llm_answer_keep(st, st->cap, p, p + 1);
                 }
 
                 st->depth++;
@@ -182,7 +182,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             q = ngx_http_llm_json_string_end(&st->backslashes, p, last);
 
             if (st->cap) {
-                ngx_http_llm_answer_keep(st->cap, p, q ? q : last);
+                ngx_http_llm_answer_keep(st, st->cap, p, q ? q : last);
             }
 
             if (q == NULL) {
@@ -257,7 +257,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             }
 
             if (st->cap) {
-                ngx_http_llm_answer_keep(st->cap, start, p);
+                ngx_http_llm_answer_keep(st, st->cap, start, p);
 
                 if (st->state == sw_after_value) {
                     st->cap->complete = 1;
@@ -271,7 +271,7 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             q = ngx_http_llm_json_string_end(&st->backslashes, p, last);
 
             if (st->cap) {
-                ngx_http_llm_answer_keep(st->cap, p, q ? q : last);
+                ngx_http_llm_answer_keep(st, st->cap, p, q ? q : last);
             }
 
             if (q == NULL) {
@@ -494,30 +494,61 @@ ngx_http_llm_answer_member(ngx_http_llm_answer_state_t *st)
 }
 
 
-/* keeps up to size bytes of a value; len counts all of them */
+/*
+ * Keeps up to max bytes of a value; len counts all of them.  A buffer
+ * too small for more grows from the pool, at least fourfold, up to max;
+ * when the pool has no memory the value is kept cut, as one longer than
+ * max would be.
+ */
 
 void
-ngx_http_llm_answer_keep(ngx_http_llm_answer_cap_t *cap, u_char *p,
-    u_char *last)
+ngx_http_llm_answer_keep(ngx_http_llm_answer_state_t *st,
+    ngx_http_llm_answer_cap_t *cap, u_char *p, u_char *last)
 {
-    size_t  n;
+    u_char  *buf;
+    size_t   n, size;
 
-    if (cap->len < cap->size) {
-        n = ngx_min((size_t) (last - p), cap->size - cap->len);
-        ngx_memcpy(cap->data + cap->len, p, n);
+    n = last - p;
+
+    if (cap->len + n > cap->size && cap->size < cap->max) {
+
+        size = ngx_max(cap->len + n,
+                       ngx_max(cap->size * 4, NGX_HTTP_LLM_ANSWER_GROW_MIN));
+        size = ngx_min(size, cap->max);
+
+        /* a spare byte after the value, and the wrap before it */
+
+        buf = ngx_palloc(st->pool, cap->head + size + 1);
+
+        if (buf != NULL) {
+            if (cap->data) {
+                ngx_memcpy(buf, cap->data - cap->head,
+                           cap->head + ngx_min(cap->len, cap->size));
+            }
+
+            cap->data = buf + cap->head;
+            cap->size = size;
+        }
     }
 
-    cap->len += last - p;
+    if (cap->len < cap->size) {
+        ngx_memcpy(cap->data + cap->len, p,
+                   ngx_min(n, cap->size - cap->len));
+    }
+
+    cap->len += n;
 }
 
 
 void
 ngx_http_llm_answer_cap_init(ngx_http_llm_answer_cap_t *cap, u_char *buf,
-    size_t size)
+    size_t size, size_t max)
 {
     cap->data = buf;
     cap->size = size;
+    cap->max = max;
     cap->len = 0;
+    cap->head = 0;
     cap->complete = 0;
 }
 
