@@ -32,6 +32,8 @@ static ngx_int_t ngx_http_llm_budget_targets(ngx_conf_t *cf,
     ngx_array_t *targets);
 static ngx_atomic_uint_t ngx_http_llm_budget_allowance(
     ngx_http_llm_loc_conf_t *llcf, ngx_uint_t cluster);
+static ngx_int_t ngx_http_llm_budget_share(ngx_http_llm_loc_conf_t *llcf,
+    ngx_atomic_uint_t allowance, ngx_atomic_uint_t retries);
 
 
 /* llm_retry_budget [ratio=R] [min=N/s] [window=TIME] [zone=NAME] | off */
@@ -459,6 +461,7 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
     }
 
     ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_RETRIES, 1);
+    (void) ngx_atomic_fetch_add(&n->retries, 1);
 
     if (llcf->budget) {
         cluster = ngx_http_llm_cluster_fresh(llcf->zone);
@@ -468,15 +471,73 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
         retries = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_RETRIES,
                                         llcf->budget_window, cluster);
 
-        if (retries * 1000 > allowance) {
+        if (retries * 1000 > allowance
+            || (cluster && ngx_http_llm_budget_share(llcf, allowance, retries)
+                           != NGX_OK))
+        {
             ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_RETRIES, -1);
+            (void) ngx_atomic_fetch_add(&n->retries, -1);
             return NGX_DECLINED;
         }
     }
 
-    (void) ngx_atomic_fetch_add(&n->retries, 1);
-
     return NGX_OK;
+}
+
+
+/*
+ * Every node judges on the same view of the cluster between two syncs:
+ * were each to spend all the room it shows, N nodes would spend it N
+ * times.  So since the view a node spends at most its share of the
+ * room the view left, by its share of the window's requests (the
+ * fleet's requests all count on some node), plus what its own requests
+ * deposited since.  The retry being judged is counted already in
+ * retries and in n->retries.  docs/directives.md derives the overshoot.
+ */
+
+static ngx_int_t
+ngx_http_llm_budget_share(ngx_http_llm_loc_conf_t *llcf,
+    ngx_atomic_uint_t allowance, ngx_atomic_uint_t retries)
+{
+    int64_t               room, spent, deposit, own, all, share;
+    ngx_uint_t            rank;
+    ngx_http_llm_node_t  *n;
+
+    n = llcf->node;
+
+    spent = (int64_t) (n->retries - n->view_retries) * 1000;
+    deposit = (int64_t) (n->requests - n->view_requests)
+              * (int64_t) llcf->budget_ratio;
+
+    /* the room as the view left it: what this node took since is back */
+    room = (int64_t) allowance - (int64_t) retries * 1000 + spent - deposit;
+
+    if (room < 0) {
+        room = 0;
+    }
+
+    own = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_REQUESTS,
+                                llcf->budget_window, 0);
+    all = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_REQUESTS,
+                                llcf->budget_window, 1);
+
+    if (all > 0 && own <= all) {
+        share = room * own / all;
+
+    } else {
+        share = room / ngx_http_llm_cluster_nodes(llcf->zone, &rank);
+    }
+
+    /*
+     * Shares in whole retries would leave the last retries of a room
+     * unspent (a room of 10 over 3 nodes: 3 each); the dither rounds a
+     * share up with the odds of its fraction, so they add up to the
+     * room on average.
+     */
+
+    share += (int64_t) n->view_dither;
+
+    return spent <= share + deposit ? NGX_OK : NGX_DECLINED;
 }
 
 

@@ -1144,6 +1144,11 @@ ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
                               ngx_http_llm_sync_number(reply->element[w + i]);
     }
 
+    /* what this node spends from now on is measured from here */
+    route->node->view_requests = route->node->requests;
+    route->node->view_retries = route->node->retries;
+    route->node->view_dither = ngx_random() % 1000;
+
     ngx_shmtx_unlock(&shpool->mutex);
 }
 

@@ -121,6 +121,17 @@ typedef struct {
     ngx_atomic_t                 hold_shared;
     ngx_atomic_t                 hold_remote;
 
+    /*
+     * route, with llm_redis: requests and retries (the totals above)
+     * when the syncer last wrote the cluster's view; between two views
+     * the node spends only its share of the room the view left, the
+     * share's fraction of a retry rounded up or down at random for
+     * each view by the dither (ngx_http_llm_budget.c)
+     */
+    ngx_atomic_t                 view_requests;
+    ngx_atomic_t                 view_retries;
+    ngx_atomic_t                 view_dither;   /* 0-999, thousandths */
+
     ngx_http_llm_slot_t          slots[NGX_HTTP_LLM_SLOTS];
 
     size_t                       len;
