@@ -32,6 +32,10 @@ static char *ngx_http_llm_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_split_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_llm_attempts_check(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_llm_redis_where(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_llm_conf_return(ngx_conf_t *cf);
 static void ngx_http_llm_conf_where(ngx_conf_t *cf,
     ngx_http_llm_loc_conf_t *llcf);
@@ -72,8 +76,8 @@ static ngx_conf_bitmask_t  ngx_http_llm_retry_on_masks[] = {
 };
 
 
-static ngx_conf_num_bounds_t  ngx_http_llm_attempts_bounds = {
-    ngx_conf_check_num_bounds, 1, 100
+static ngx_conf_post_t  ngx_http_llm_attempts_post = {
+    ngx_http_llm_attempts_check
 };
 
 
@@ -87,14 +91,14 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       NULL },
 
     { ngx_string("llm_target"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1234|NGX_CONF_TAKE5,
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1234|NGX_CONF_TAKE5|NGX_CONF_TAKE6,
       ngx_http_llm_target,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
     { ngx_string("llm_fallback"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1234,
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1234|NGX_CONF_TAKE5,
       ngx_http_llm_target,
       NGX_HTTP_LOC_CONF_OFFSET,
       1,
@@ -126,7 +130,7 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       ngx_conf_set_num_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_llm_loc_conf_t, attempts),
-      &ngx_http_llm_attempts_bounds },
+      &ngx_http_llm_attempts_post },
 
     { ngx_string("llm_backoff"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
@@ -172,7 +176,7 @@ static ngx_command_t  ngx_http_llm_commands[] = {
 
     { ngx_string("llm_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
-      ngx_http_llm_redis,
+      ngx_http_llm_redis_where,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -261,9 +265,17 @@ ngx_http_llm_postconfiguration(ngx_conf_t *cf)
     lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
     lmcf->read_answers = ngx_http_llm_answer_variables_used(cf);
 
+    if (lmcf->redis && lmcf->zones.nelts == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"llm_redis\" requires \"llm_zone\" in %V:%ui",
+                      &lmcf->redis_file, lmcf->redis_line);
+        return NGX_ERROR;
+    }
+
     if (ngx_http_llm_request_init(cf) != NGX_OK
         || ngx_http_llm_catalog_init(cf) != NGX_OK
-        || ngx_http_llm_budget_init(cf) != NGX_OK)
+        || ngx_http_llm_budget_init(cf) != NGX_OK
+        || ngx_http_llm_wiring_check(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -516,8 +528,8 @@ ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
+    ngx_int_t                  f;
     ngx_str_t                 *value, s;
-    ngx_uint_t                 f;
     ngx_http_core_loc_conf_t  *clcf;
 
     if (llcf->route.len) {
@@ -541,19 +553,9 @@ ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         s.data = value[2].data + 7;
         s.len = value[2].len - 7;
 
-        for (f = NGX_HTTP_LLM_FAMILY_CHAT;
-             f < NGX_HTTP_LLM_FAMILY_OTHER;
-             f++)
-        {
-            if (s.len == ngx_http_llm_family_names[f].len
-                && ngx_strncmp(s.data, ngx_http_llm_family_names[f].data,
-                               s.len) == 0)
-            {
-                break;
-            }
-        }
+        f = ngx_http_llm_family_value(&s);
 
-        if (f == NGX_HTTP_LLM_FAMILY_OTHER) {
+        if (f == NGX_ERROR) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid family \"%V\"", &s);
             return NGX_CONF_ERROR;
@@ -633,6 +635,8 @@ ngx_http_llm_route_name(ngx_conf_t *cf, ngx_str_t *name)
     rn->name = *name;
     rn->server = server;
     rn->conf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_llm_module);
+    rn->location = ngx_http_conf_get_module_loc_conf(cf,
+                                                     ngx_http_core_module);
     rn->file = cf->conf_file->file.name;
     rn->line = cf->conf_file->line;
 
@@ -647,7 +651,7 @@ invalid:
 
 
 /*
- * llm_target URI [model=] [weight=] [tries=] [catalog=],
+ * llm_target URI [model=] [weight=] [tries=] [catalog=] [family=],
  * llm_fallback: no weight
  */
 
@@ -693,6 +697,8 @@ ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     target->weight = 1;
     target->tries = 1;
     target->fallback = fallback;
+    target->conf_file = cf->conf_file->file.name;
+    target->conf_line = cf->conf_file->line;
 
     for (i = 2; i < cf->args->nelts; i++) {
 
@@ -765,6 +771,25 @@ ngx_http_llm_target(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 return NGX_CONF_ERROR;
             }
 
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "family=", 7) == 0) {
+
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            /* checked against its route's once the locations are known */
+
+            n = ngx_http_llm_family_value(&s);
+
+            if (n == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid family \"%V\"", &s);
+                return NGX_CONF_ERROR;
+            }
+
+            target->family = n;
             continue;
         }
 
@@ -888,7 +913,38 @@ ngx_http_llm_retry_on(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
-    char  *rv;
+    char                *rv;
+    ngx_str_t           *value;
+    ngx_uint_t           i, m;
+    ngx_conf_bitmask_t  *mask;
+
+    /* nginx's own message names neither the directive nor the values */
+
+    value = cf->args->elts;
+    mask = cmd->post;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        for (m = 0; mask[m].name.len; m++) {
+            if (mask[m].name.len == value[i].len
+                && ngx_strcmp(mask[m].name.data, value[i].data) == 0)
+            {
+                break;
+            }
+        }
+
+        if (mask[m].name.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"llm_retry_on\", "
+                               "valid values are "
+                               "connect_error, timeout, rate_limited, "
+                               "quota_exhausted, overloaded, server_error, "
+                               "auth_error, invalid_request, "
+                               "context_length, content_filter, "
+                               "invalid_response and off", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
 
     rv = ngx_conf_set_bitmask_slot(cf, cmd, conf);
 
@@ -995,6 +1051,17 @@ ngx_http_llm_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             field = &llcf->backoff_max;
 
         } else {
+
+            if (i < 3 && value[i].len && value[i].data[0] >= '0'
+                && value[i].data[0] <= '9')
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid parameter \"%V\", "
+                                   "use \"%s%V\"", &value[i],
+                                   i == 1 ? "base=" : "max=", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
             goto invalid;
         }
 
@@ -1020,6 +1087,41 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
+}
+
+
+/* llm_attempts N: 1 .. 100, the directive named when it is not */
+
+static char *
+ngx_http_llm_attempts_check(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_int_t  *np = data;
+
+    if (*np < 1 || *np > 100) {
+        return "must be between 1 and 100";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* llm_redis, its place kept for the checks made once all is read */
+
+static char *
+ngx_http_llm_redis_where(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_main_conf_t *lmcf = conf;
+
+    char  *rv;
+
+    rv = ngx_http_llm_redis(cf, cmd, conf);
+
+    if (rv == NGX_CONF_OK) {
+        lmcf->redis_file = cf->conf_file->file.name;
+        lmcf->redis_line = cf->conf_file->line;
+    }
+
+    return rv;
 }
 
 

@@ -66,6 +66,9 @@ typedef struct {
     ngx_http_llm_node_t         *node;      /* counters and cooldown */
     ngx_http_llm_node_t         *canary;    /* of its route; NULL: none */
     ngx_http_llm_catalog_t      *catalog;   /* catalog=; NULL: none */
+    ngx_uint_t                   family;    /* family=; UNSET: the route's */
+    ngx_str_t                    conf_file; /* of its directive */
+    ngx_uint_t                   conf_line;
     unsigned                     fallback:1;
 } ngx_http_llm_target_t;
 
@@ -122,6 +125,7 @@ typedef struct {
 typedef struct {
     ngx_str_t                    name;
     void                        *server;    /* its core srv conf */
+    void                        *location;  /* its core loc conf */
     ngx_str_t                    file;
     ngx_uint_t                   line;
     ngx_http_llm_loc_conf_t     *conf;
@@ -132,6 +136,8 @@ typedef struct {
     ngx_array_t                  routes;    /* of ngx_http_llm_route_name_t */
     ngx_array_t                  zones;     /* of ngx_shm_zone_t * */
     ngx_http_llm_redis_conf_t   *redis;     /* llm_redis; NULL: none */
+    ngx_str_t                    redis_file;    /* of llm_redis */
+    ngx_uint_t                   redis_line;
     ngx_flag_t                   read_answers;  /* usage variables used */
     ngx_http_llm_catalog_conf_t *catalog;   /* NULL: no catalog in use */
 } ngx_http_llm_main_conf_t;
@@ -297,6 +303,9 @@ void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_target_t *target);
 void ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_family(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_family_of(ngx_str_t *uri);
+ngx_int_t ngx_http_llm_family_value(ngx_str_t *name);
+ngx_int_t ngx_http_llm_wiring_check(ngx_conf_t *cf);
 
 
 extern ngx_str_t     ngx_http_llm_family_names[];

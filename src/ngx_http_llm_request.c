@@ -642,8 +642,14 @@ ngx_http_llm_gateway_error(ngx_http_request_t *r, ngx_int_t status)
 ngx_uint_t
 ngx_http_llm_family(ngx_http_request_t *r)
 {
-    ngx_uint_t   i;
-    ngx_str_t   *uri;
+    return ngx_http_llm_family_of(&r->uri);
+}
+
+
+ngx_uint_t
+ngx_http_llm_family_of(ngx_str_t *uri)
+{
+    ngx_uint_t  i;
 
     static struct {
         ngx_str_t   suffix;
@@ -657,8 +663,6 @@ ngx_http_llm_family(ngx_http_request_t *r)
         { ngx_null_string, 0 }
     };
 
-    uri = &r->uri;
-
     for (i = 0; suffixes[i].suffix.len; i++) {
         if (uri->len >= suffixes[i].suffix.len
             && ngx_strncmp(uri->data + uri->len - suffixes[i].suffix.len,
@@ -670,4 +674,24 @@ ngx_http_llm_family(ngx_http_request_t *r)
     }
 
     return NGX_HTTP_LLM_FAMILY_OTHER;
+}
+
+
+/* a family= value: NGX_ERROR when it names none */
+
+ngx_int_t
+ngx_http_llm_family_value(ngx_str_t *name)
+{
+    ngx_uint_t  f;
+
+    for (f = NGX_HTTP_LLM_FAMILY_CHAT; f < NGX_HTTP_LLM_FAMILY_OTHER; f++) {
+        if (name->len == ngx_http_llm_family_names[f].len
+            && ngx_strncmp(name->data, ngx_http_llm_family_names[f].data,
+                           name->len) == 0)
+        {
+            return f;
+        }
+    }
+
+    return NGX_ERROR;
 }

@@ -84,7 +84,8 @@ ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (size < (ssize_t) (8 * ngx_pagesize)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "zone \"%V\" is too small", &value[1]);
+                           "zone \"%V\" is too small, it must be at "
+                           "least %uzk", &value[1], 8 * ngx_pagesize / 1024);
         return NGX_CONF_ERROR;
     }
 

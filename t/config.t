@@ -136,7 +136,8 @@ fails('duplicate llm_route', '"llm_route" directive is duplicate',
 
 conf('llm_route chat;
             llm_target /_llm/a;
-            llm_target /_llm/b;');
+            llm_target /_llm/b;',
+     'location /_llm/b { internal; proxy_pass http://127.0.0.1:1; }');
 passes('two llm_target');
 
 ###############################################################################
@@ -287,6 +288,10 @@ conf('llm_route chat; llm_target /_llm/a;',
         llm_deadline 10s;');
 passes('policy at server level');
 
+my $RETRY_VALUES = 'connect_error, timeout, rate_limited, quota_exhausted, '
+    . 'overloaded, server_error, auth_error, invalid_request, context_length, '
+    . 'content_filter, invalid_response and off';
+
 my @engine = (
     [ 'llm_route chat family=chats; llm_target /_llm/a;',
       'invalid family "chats"', qr/llm_route chat family/ ],
@@ -306,9 +311,11 @@ my @engine = (
       'llm target "_llm/b" must be a location URI starting with "/"',
       qr/llm_fallback/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_retry_on timeout flaky;',
-      'invalid value "flaky"', qr/llm_retry_on/ ],
+      'invalid value "flaky" in "llm_retry_on", valid values are '
+      . $RETRY_VALUES, qr/llm_retry_on/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_retry_on stream_interrupted;',
-      'invalid value "stream_interrupted"', qr/llm_retry_on/ ],
+      'invalid value "stream_interrupted" in "llm_retry_on", valid values '
+      . 'are ' . $RETRY_VALUES, qr/llm_retry_on/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_retry_on off timeout;',
       '"llm_retry_on" directive "off" cannot be combined with other values',
       qr/llm_retry_on/ ],
@@ -316,7 +323,8 @@ my @engine = (
       '"llm_retry_on" directive "off" cannot be combined with other values',
       qr/llm_retry_on/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_attempts 0;',
-      'value must be between 1 and 100', qr/llm_attempts/ ],
+      '"llm_attempts" directive must be between 1 and 100',
+      qr/llm_attempts/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_attempts many;',
       '"llm_attempts" directive invalid number', qr/llm_attempts/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_backoff max=1s;',
@@ -328,6 +336,10 @@ my @engine = (
     [ 'llm_route chat; llm_target /_llm/a;
             llm_backoff base=1s; llm_backoff base=2s;',
       '"llm_backoff" directive is duplicate', qr/llm_backoff base=2s/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_backoff 100ms 2s;',
+      'invalid parameter "100ms", use "base=100ms"', qr/llm_backoff/ ],
+    [ 'llm_route chat; llm_target /_llm/a; llm_backoff base=100ms 2s;',
+      'invalid parameter "2s", use "max=2s"', qr/llm_backoff/ ],
     [ 'llm_route chat; llm_target /_llm/a; llm_deadline soon;',
       '"llm_deadline" directive invalid value', qr/llm_deadline/ ],
 );
@@ -433,7 +445,8 @@ my @budget = (
     [ 'llm_zone llm;', '', 'invalid zone "llm"', qr/llm_zone/ ],
     [ 'llm_zone :1m;', '', 'invalid zone ":1m"', qr/llm_zone/ ],
     [ 'llm_zone llm:big;', '', 'invalid zone size "llm:big"', qr/llm_zone/ ],
-    [ 'llm_zone llm:8k;', '', 'zone "llm:8k" is too small', qr/llm_zone/ ],
+    [ 'llm_zone llm:8k;', '',
+      'zone "llm:8k" is too small, it must be at least 32k', qr/llm_zone/ ],
     [ 'llm_zone llm:1m; llm_zone llm:1m;', '', 'duplicate llm zone "llm"',
       qr/llm_zone llm:1m; llm_zone/ ],
     [ 'llm_zone llm:1m;', 'llm_retry_budget ratio=1.5;',

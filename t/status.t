@@ -354,6 +354,12 @@ http {
             llm_retry_budget ratio=0.05 min=1/s window=2s;
         }
 
+        # the escaped target's location (never requested)
+        location /_llm/q {
+            internal;
+            return 503;
+        }
+
         location ~ ^/_llm/(\w+)$ {
             internal;
             proxy_pass http://prov/$1/v1/chat/completions$is_args$args;

@@ -104,11 +104,13 @@ http {
 
         # an overloaded provider: one retry after a backoff, then a
         # fallback with the model rewritten, within a retry budget that
-        # every node sharing the Redis spends together
+        # every node sharing the Redis spends together; a messages route
+        # falls back to another Anthropic-shaped provider, never to a
+        # chat completions one (nginx -t refuses family=chat here)
         location = /v1/messages {
             llm_route        messages;
             llm_target       /_llm/overloaded tries=2;
-            llm_fallback     /_llm/openai model=gpt-4o-mini;
+            llm_fallback     /_llm/anthropic model=claude-3-5-haiku;
             llm_backoff      base=50ms max=500ms;
             llm_retry_budget ratio=0.2 min=10/s window=10s;
         }
@@ -131,6 +133,15 @@ http {
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer sk-demo-never-logged";
             proxy_set_header x-api-key "";
+        }
+
+        location /_llm/anthropic {
+            internal;
+            proxy_pass http://mock_openai/v1/messages;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header x-api-key "sk-ant-demo-never-logged";
+            proxy_set_header Authorization "";
         }
 
         location /_llm/canary {
@@ -164,6 +175,11 @@ http {
         location = /v1/chat/completions {
             add_header x-request-id req_demo_0001 always;
             return 200 '{"id":"chatcmpl-demo","object":"chat.completion","created":1763700000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock provider."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}\n';
+        }
+
+        location = /v1/messages {
+            add_header request-id req_demo_0002 always;
+            return 200 '{"id":"msg_demo","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[{"type":"text","text":"Hello from the mock Anthropic provider."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":9}}\n';
         }
 
         # the newer model's deployment is failing
