@@ -14,6 +14,10 @@
 #                 it for 20 s), its figures printed
 #   make fuzz     the body scan, error classifier, answer reader and JSON
 #                 string decoder under libFuzzer
+#   make deb      build/libnginx-mod-http-llm_<version>_<arch>.deb, as
+#                 Debian builds its libnginx-mod-* (debhelper, dh_nginx)
+#   make test-deb build the package, install it into Debian's nginx, get a
+#                 completion through it, purge it (root, ~1 min; t/deb.t)
 
 SHELL      := /bin/bash
 NGX_SRC    ?= /usr/share/nginx/src
@@ -31,7 +35,7 @@ LD_OPT     ?= -Wl,-z,relro -Wl,-z,now -fPIC
 SOURCES    := $(wildcard src/*.c src/*.h)
 
 .PHONY: all deps test test-asan soak fuzz demo bench bench-sse bench-pick lint \
-        clean
+        clean deb test-deb
 
 all: $(MODULE)
 
@@ -110,6 +114,33 @@ bench-pick:
 	@tools/deps.sh bench
 	@$(MAKE) -s all
 	@MODULE=$(CURDIR)/$(MODULE) bench/pick.sh
+
+# The package is built in a copy of the tree under $(BUILD)/deb, with
+# debian/changelog written for the version in the module's header.
+DEB_VERSION = $(shell sed -n \
+    's/^\#define NGX_HTTP_LLM_VERSION *"\(.*\)"$$/\1/p' \
+    src/ngx_http_llm_module.h)
+DEB_TREE    = $(BUILD)/deb/libnginx-mod-http-llm-$(DEB_VERSION)
+
+deb:
+	@tools/deps.sh deb
+	rm -rf $(BUILD)/deb
+	mkdir -p $(DEB_TREE)/build
+	cp -a config src debian docs README.md CHANGES LICENSE conf.example \
+	    Makefile tools $(DEB_TREE)/
+	@# llm-preflight built beforehand, for a tree whose Makefile in the
+	@# copy does not build it
+	if [ -x $(BUILD)/llm-preflight ]; then \
+	    cp -a $(BUILD)/llm-preflight $(DEB_TREE)/build/; fi
+	cd $(DEB_TREE) && debian/changelog.sh > debian/changelog
+	cd $(DEB_TREE) && dpkg-buildpackage -b -us -uc > ../build.log 2>&1 || \
+	    { tail -30 $(BUILD)/deb/build.log; exit 1; }
+	cp $(BUILD)/deb/libnginx-mod-http-llm_$(DEB_VERSION)_*.deb $(BUILD)/
+	@ls $(BUILD)/libnginx-mod-http-llm_$(DEB_VERSION)_*.deb
+
+test-deb:
+	@tools/deps.sh test deb
+	TEST_LLM_DEB=1 prove -v t/deb.t
 
 lint:
 	@tools/lint.sh

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Install the Debian packages a make target needs; a no-op when they are
-# all present.  Usage: tools/deps.sh build|test|demo|bench|asan|fuzz ...
+# all present.  Usage: tools/deps.sh build|test|demo|bench|asan|fuzz|deb ...
 
 set -eu
 
@@ -18,6 +18,7 @@ pkgs_demo="curl redis-server"
 pkgs_bench="wrk valgrind curl util-linux redis-server"
 pkgs_asan="clang libclang-rt-14-dev"
 pkgs_fuzz="clang libclang-rt-14-dev libfuzzer-14-dev"
+pkgs_deb="debhelper dpkg-dev fakeroot lintian"
 
 want=""
 for target in "$@"; do
@@ -28,6 +29,7 @@ for target in "$@"; do
         bench) want="$want $pkgs_build $pkgs_bench" ;;
         asan)  want="$want $pkgs_build $pkgs_test $pkgs_asan" ;;
         fuzz)  want="$want $pkgs_build $pkgs_fuzz" ;;
+        deb)   want="$want $pkgs_build $pkgs_deb" ;;
         *)     echo "deps: unknown target \"$target\"" >&2; exit 2 ;;
     esac
 done
