@@ -8,6 +8,11 @@
 #include <ngx_core.h>
 #include "ngx_http_llm_scan.h"
 
+#if (defined __x86_64__ && defined __GNUC__)
+#define NGX_HTTP_LLM_HAVE_SIMD  1
+#include <immintrin.h>
+#endif
+
 
 /*
  * A full JSON parse (yajl) runs at ~450 MB/s here; this scan, which
@@ -15,6 +20,16 @@
  * nested values, runs several times faster.  Grammar inside values (a bad
  * number, invalid UTF-8 in a string) is left to the provider, whose own
  * 400 then reaches the client.
+ *
+ * Nested values, nearly all of a long body (the messages), are skipped 64
+ * bytes at a time where the CPU has SSE2 or AVX2, as simdjson does: masks
+ * of the quotes, backslashes and brackets of a block; the escaped quotes
+ * found from the runs of backslashes; the inside of strings from a prefix
+ * XOR of the other quotes; then only the brackets outside strings are
+ * looked at, one by one.  A block with a backslash outside a string
+ * (invalid JSON, which the run rule reads differently from the scalar
+ * scan) is left to the scalar scan, so that both give the same result on
+ * any input, whole or in pieces (fuzz/scan_fuzz.c checks it for each).
  */
 
 
@@ -50,6 +65,19 @@ static ngx_inline ngx_int_t ngx_http_llm_scan_push(ngx_http_llm_scan_t *s,
 static ngx_inline ngx_int_t ngx_http_llm_scan_pop(ngx_http_llm_scan_t *s,
     u_char c);
 static uint32_t ngx_http_llm_json_hex4(u_char *p, u_char *last);
+#if (NGX_HTTP_LLM_HAVE_SIMD)
+static u_char *ngx_http_llm_scan_blocks(ngx_http_llm_scan_t *s, u_char *p,
+    u_char *last, ngx_uint_t *fallback);
+#endif
+
+
+static const char  ngx_http_llm_scan_too_deep[] =
+    "the JSON request is nested too deeply";
+static const char  ngx_http_llm_scan_unbalanced[] =
+    "unbalanced brackets in the JSON request";
+
+
+ngx_uint_t  ngx_http_llm_json_simd = NGX_HTTP_LLM_SIMD_UNSET;
 
 
 u_char  ngx_http_llm_json_stop[256] = {
@@ -64,9 +92,34 @@ static const ngx_uint_t  ngx_http_llm_scan_ws_states =
     | (1 << sw_value) | (1 << sw_after_value) | (1 << sw_done);
 
 
+ngx_uint_t
+ngx_http_llm_json_simd_best(void)
+{
+#if (NGX_HTTP_LLM_HAVE_SIMD)
+
+    __builtin_cpu_init();
+
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("pclmul")) {
+        return NGX_HTTP_LLM_SIMD_AVX2;
+    }
+
+    return NGX_HTTP_LLM_SIMD_SSE2;
+
+#else
+
+    return NGX_HTTP_LLM_SIMD_SCALAR;
+
+#endif
+}
+
+
 void
 ngx_http_llm_scan_init(ngx_http_llm_scan_t *s)
 {
+    if (ngx_http_llm_json_simd == NGX_HTTP_LLM_SIMD_UNSET) {
+        ngx_http_llm_json_simd = ngx_http_llm_json_simd_best();
+    }
+
     ngx_memzero(s, offsetof(ngx_http_llm_scan_t, key));
 
     s->model_start = -1;
@@ -79,7 +132,8 @@ ngx_http_llm_scan_init(ngx_http_llm_scan_t *s)
 void
 ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 {
-    u_char  c, *start, *q;
+    u_char      c, *start, *q, *end;
+    ngx_uint_t  fallback;
 
     start = p;
 
@@ -257,15 +311,54 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
             break;
 
         case sw_nested:
+        case sw_nested_string:
+
+            end = last;
+
+#if (NGX_HTTP_LLM_HAVE_SIMD)
+
+            if (ngx_http_llm_json_simd != NGX_HTTP_LLM_SIMD_SCALAR
+                && last - p >= 64)
+            {
+                p = ngx_http_llm_scan_blocks(s, p, last, &fallback);
+
+                if (s->error) {
+                    goto failed;
+                }
+
+                if (s->state == sw_after_value) {
+                    break;
+                }
+
+                /* a block the scalar scan reads, then blocks again */
+
+                if (fallback) {
+                    end = p + 64;
+                }
+            }
+
+#endif
+
+            if (s->state == sw_nested_string) {
+                q = ngx_http_llm_json_string_end(&s->backslashes, p, end);
+
+                if (q == NULL) {
+                    p = end;
+                    break;
+                }
+
+                s->state = sw_nested;
+                p = q;
+            }
 
             /* a value's insides, token after token in one loop */
 
             for ( ;; ) {
-                while (p < last && !ngx_http_llm_json_stop[*p]) {
+                while (p < end && !ngx_http_llm_json_stop[*p]) {
                     p++;
                 }
 
-                if (p == last) {
+                if (p == end) {
                     break;
                 }
 
@@ -273,11 +366,11 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 
                 if (c == '"') {
                     s->backslashes = 0;
-                    q = ngx_http_llm_json_string_end(&s->backslashes, p, last);
+                    q = ngx_http_llm_json_string_end(&s->backslashes, p, end);
 
                     if (q == NULL) {
                         s->state = sw_nested_string;
-                        p = last;
+                        p = end;
                         break;
                     }
 
@@ -287,7 +380,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 
                 if (c == '{' || c == '[') {
                     if (ngx_http_llm_scan_push(s, c) != NGX_OK) {
-                        s->error = "the JSON request is nested too deeply";
+                        s->error = ngx_http_llm_scan_too_deep;
                         goto failed;
                     }
 
@@ -295,7 +388,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
                 }
 
                 if (ngx_http_llm_scan_pop(s, c) != NGX_OK) {
-                    s->error = "unbalanced brackets in the JSON request";
+                    s->error = ngx_http_llm_scan_unbalanced;
                     goto failed;
                 }
 
@@ -305,18 +398,6 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
                 }
             }
 
-            break;
-
-        case sw_nested_string:
-            q = ngx_http_llm_json_string_end(&s->backslashes, p, last);
-
-            if (q == NULL) {
-                p = last;
-                break;
-            }
-
-            s->state = sw_nested;
-            p = q;
             break;
 
         case sw_after_value:
@@ -488,6 +569,259 @@ ngx_http_llm_scan_pop(ngx_http_llm_scan_t *s, u_char c)
 
     return NGX_OK;
 }
+
+
+#if (NGX_HTTP_LLM_HAVE_SIMD)
+
+/* the quotes, backslashes and brackets of 64 bytes, a bit per byte */
+
+typedef struct {
+    uint64_t  quote;
+    uint64_t  backslash;
+
+    /* [ ] { } and, rarely outside strings, Y _ y DEL: looked at again */
+    uint64_t  bracket;
+} ngx_http_llm_scan_masks_t;
+
+
+static ngx_inline void
+ngx_http_llm_scan_masks_sse2(u_char *p, ngx_http_llm_scan_masks_t *m)
+{
+    __m128i     v, quote, backslash, or, bracket;
+    ngx_uint_t  i;
+
+    quote = _mm_set1_epi8('"');
+    backslash = _mm_set1_epi8('\\');
+    or = _mm_set1_epi8(0x26);
+    bracket = _mm_set1_epi8(0x7f);
+
+    m->quote = 0;
+    m->backslash = 0;
+    m->bracket = 0;
+
+    for (i = 0; i < 64; i += 16) {
+        v = _mm_loadu_si128((__m128i *) (p + i));
+
+        m->quote |= (uint64_t) (uint16_t)
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)) << i;
+        m->backslash |= (uint64_t) (uint16_t)
+                        _mm_movemask_epi8(_mm_cmpeq_epi8(v, backslash)) << i;
+        m->bracket |= (uint64_t) (uint16_t)
+                      _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_or_si128(v, or),
+                                                       bracket)) << i;
+    }
+}
+
+
+__attribute__((target("avx2"))) static ngx_inline void
+ngx_http_llm_scan_masks_avx2(u_char *p, ngx_http_llm_scan_masks_t *m)
+{
+    __m256i  v, w, quote, backslash, or, bracket;
+
+    quote = _mm256_set1_epi8('"');
+    backslash = _mm256_set1_epi8('\\');
+    or = _mm256_set1_epi8(0x26);
+    bracket = _mm256_set1_epi8(0x7f);
+
+    v = _mm256_loadu_si256((__m256i *) p);
+    w = _mm256_loadu_si256((__m256i *) (p + 32));
+
+    m->quote = (uint32_t) _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, quote))
+               | (uint64_t) (uint32_t)
+                 _mm256_movemask_epi8(_mm256_cmpeq_epi8(w, quote)) << 32;
+
+    m->backslash = (uint32_t)
+                   _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, backslash))
+                   | (uint64_t) (uint32_t)
+                     _mm256_movemask_epi8(_mm256_cmpeq_epi8(w, backslash))
+                     << 32;
+
+    m->bracket = (uint32_t)
+                 _mm256_movemask_epi8(_mm256_cmpeq_epi8(
+                                          _mm256_or_si256(v, or), bracket))
+                 | (uint64_t) (uint32_t)
+                   _mm256_movemask_epi8(_mm256_cmpeq_epi8(
+                                            _mm256_or_si256(w, or), bracket))
+                   << 32;
+}
+
+
+/* the bits of x XORed from bit 0 up to each: 1 inside quotes */
+
+static ngx_inline uint64_t
+ngx_http_llm_scan_prefix_xor(uint64_t x)
+{
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+
+    return x;
+}
+
+
+__attribute__((target("pclmul,sse2"))) static ngx_inline uint64_t
+ngx_http_llm_scan_prefix_xor_clmul(uint64_t x)
+{
+    return (uint64_t) _mm_cvtsi128_si64(
+               _mm_clmulepi64_si128(_mm_set_epi64x(0, (long long) x),
+                                    _mm_set1_epi8((char) 0xff), 0));
+}
+
+
+/*
+ * The escaped bytes of a block: those after an odd run of backslashes
+ * (simdjson's find_escaped_branchless); *carry: the next block's first
+ * byte is escaped.
+ */
+
+static ngx_inline uint64_t
+ngx_http_llm_scan_escaped(uint64_t backslash, uint64_t *carry)
+{
+    uint64_t  even, follows, odd_starts, even_runs, escaped;
+
+    even = 0x5555555555555555ULL;
+
+    backslash &= ~*carry;
+    follows = (backslash << 1) | *carry;
+    odd_starts = backslash & ~even & ~follows;
+
+    even_runs = odd_starts + backslash;
+    *carry = (even_runs < odd_starts);
+
+    escaped = (even ^ (even_runs << 1)) & follows;
+
+    return escaped;
+}
+
+
+/*
+ * Blocks of a nested value from p while 64 bytes are left: returns where
+ * the scalar scan goes on, with s->state and s->backslashes as it would
+ * have them there; *fallback: the block at the result is its to read.
+ */
+
+static ngx_inline __attribute__((always_inline)) u_char *
+ngx_http_llm_scan_blocks_of(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
+    ngx_uint_t *fallback, ngx_uint_t avx2)
+{
+    u_char                     c;
+    uint64_t                   in_string, escaped, quotes, inside, brackets;
+    uint64_t                   carry, carry_in;
+    ngx_uint_t                 i;
+    ngx_http_llm_scan_masks_t  m;
+
+    *fallback = 0;
+
+    if (s->state == sw_nested_string) {
+        in_string = ~(uint64_t) 0;
+        carry = s->backslashes;
+
+    } else {
+        in_string = 0;
+        carry = 0;
+    }
+
+    while (last - p >= 64) {
+
+        if (avx2) {
+            ngx_http_llm_scan_masks_avx2(p, &m);
+
+        } else {
+            ngx_http_llm_scan_masks_sse2(p, &m);
+        }
+
+        carry_in = carry;
+
+        if ((m.backslash | carry) == 0) {
+            escaped = 0;
+
+        } else {
+            escaped = ngx_http_llm_scan_escaped(m.backslash, &carry);
+        }
+
+        quotes = m.quote & ~escaped;
+
+        inside = (avx2 ? ngx_http_llm_scan_prefix_xor_clmul(quotes)
+                       : ngx_http_llm_scan_prefix_xor(quotes))
+                 ^ in_string;
+
+        if (m.backslash & ~inside) {
+            /* a backslash outside strings: the block is the scalar's */
+            *fallback = 1;
+            carry = carry_in;
+            break;
+        }
+
+        brackets = m.bracket & ~inside;
+
+        while (brackets) {
+            i = __builtin_ctzll(brackets);
+            brackets &= brackets - 1;
+
+            c = p[i];
+
+            if (c == '{' || c == '[') {
+                if (ngx_http_llm_scan_push(s, c) != NGX_OK) {
+                    s->error = ngx_http_llm_scan_too_deep;
+                    return p + i + 1;
+                }
+
+                continue;
+            }
+
+            if (c != '}' && c != ']') {
+                continue;
+            }
+
+            if (ngx_http_llm_scan_pop(s, c) != NGX_OK) {
+                s->error = ngx_http_llm_scan_unbalanced;
+                return p + i + 1;
+            }
+
+            if (s->depth == 1) {
+                s->state = sw_after_value;
+                return p + i + 1;
+            }
+        }
+
+        /* all ones when the block ends inside a string */
+
+        in_string = (uint64_t) ((int64_t) inside >> 63);
+        p += 64;
+    }
+
+    /* carry is 1 only inside a string: outside, the block fell back */
+
+    s->state = in_string ? sw_nested_string : sw_nested;
+    s->backslashes = (ngx_uint_t) carry;
+
+    return p;
+}
+
+
+__attribute__((target("avx2,pclmul"))) static u_char *
+ngx_http_llm_scan_blocks_avx2(ngx_http_llm_scan_t *s, u_char *p,
+    u_char *last, ngx_uint_t *fallback)
+{
+    return ngx_http_llm_scan_blocks_of(s, p, last, fallback, 1);
+}
+
+
+static u_char *
+ngx_http_llm_scan_blocks(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
+    ngx_uint_t *fallback)
+{
+    if (ngx_http_llm_json_simd == NGX_HTTP_LLM_SIMD_AVX2) {
+        return ngx_http_llm_scan_blocks_avx2(s, p, last, fallback);
+    }
+
+    return ngx_http_llm_scan_blocks_of(s, p, last, fallback, 0);
+}
+
+#endif
 
 
 /*

@@ -32,7 +32,8 @@
  * object, balanced brackets, terminated strings, nothing after the
  * object) and locates the top-level "model" and "stream" members without
  * parsing anything else.  Strings are skipped with memchr(); nested
- * values only have their brackets counted.
+ * values only have their brackets counted, 64 bytes at a time with SIMD
+ * where the CPU has it.
  */
 
 typedef struct {
@@ -66,6 +67,21 @@ typedef struct {
     /* a bit per nesting level above the top: 1 for "[", 0 for "{" */
     u_char        brackets[NGX_HTTP_LLM_SCAN_MAX_DEPTH / 8];
 } ngx_http_llm_scan_t;
+
+
+/*
+ * The classifier that skips nested values 64 bytes at a time: scalar
+ * (memchr() per string, as before), SSE2 or AVX2.  UNSET until the first
+ * scan picks the best the CPU has; tests and the fuzzer may set it.
+ */
+#define NGX_HTTP_LLM_SIMD_SCALAR     0
+#define NGX_HTTP_LLM_SIMD_SSE2       1
+#define NGX_HTTP_LLM_SIMD_AVX2       2
+#define NGX_HTTP_LLM_SIMD_UNSET      3
+
+extern ngx_uint_t  ngx_http_llm_json_simd;
+
+ngx_uint_t ngx_http_llm_json_simd_best(void);
 
 
 /*

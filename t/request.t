@@ -102,6 +102,15 @@ my @good = (
     [ 'stream and other members',
       '{"stream":true,"stream_options":{"include_usage":true},'
       . '"temperature":0.5,"n":1,"stop":null,"model":"s"}', 's' ],
+
+    # nested values of more than 64 bytes, read 64 at a time by SIMD:
+    # escaped quotes, runs of backslashes and brackets in strings across
+    # the blocks' bounds
+    [ 'long nested values, escapes and brackets in strings',
+      '{"messages":[' . join(',', map {
+          '{"role":"user","content":"' . ('\\\\' x $_) . '\\"' . ('x' x $_)
+          . ' [{\\"model\\":\\"no\\"}] ' . ('\\\\\\\\' x ($_ % 7)) . '"}'
+      } 1 .. 70) . '],"model":"m-long"}', 'm-long' ],
 );
 
 for my $case (@good) {
@@ -158,6 +167,12 @@ my @bad = (
     [ 'top-level number', '42', 'the request body is not a JSON object' ],
     [ 'unbalanced', qq({"messages":[{"content":"$SECRET"}},"model":"a"}),
       'unbalanced brackets in the JSON request' ],
+    [ 'unbalanced after long nested values',
+      qq({"messages":[{"content":"$SECRET ) . ('\\"[{' x 40)
+      . qq("},{"content":") . ('x' x 100) . qq("}},"model":"a"}),
+      'unbalanced brackets in the JSON request' ],
+    [ 'nested too deeply', '{"a":' . ('[' x 300) . (']' x 300) . '}',
+      'the JSON request is nested too deeply' ],
     [ 'unterminated string', qq({"model":"a","messages":[{"content":"$SECRET),
       'unterminated string in the JSON request' ],
     [ 'truncated', qq({"model":"a","messages":[{"content":"$SECRET"}]),
