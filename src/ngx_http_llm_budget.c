@@ -464,7 +464,7 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
     (void) ngx_atomic_fetch_add(&n->retries, 1);
 
     if (llcf->budget) {
-        cluster = ngx_http_llm_cluster_fresh(llcf->zone);
+        cluster = ngx_http_llm_route_fresh(llcf->zone, llcf->node);
         ctx->budget_cluster = cluster;
 
         allowance = ngx_http_llm_budget_allowance(llcf, cluster);
@@ -586,7 +586,7 @@ ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf)
         return -1;
     }
 
-    cluster = ngx_http_llm_cluster_fresh(llcf->zone);
+    cluster = ngx_http_llm_route_fresh(llcf->zone, llcf->node);
 
     allowance = ngx_http_llm_budget_allowance(llcf, cluster) / 1000;
     retries = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_RETRIES,
@@ -750,5 +750,5 @@ ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx)
     (void) ngx_atomic_fetch_add(&n->requests, 1);
     ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_REQUESTS, 1);
 
-    ctx->budget_cluster = ngx_http_llm_cluster_fresh(llcf->zone);
+    ctx->budget_cluster = ngx_http_llm_route_fresh(llcf->zone, llcf->node);
 }

@@ -14,8 +14,9 @@
  * The syncer of llm_redis (SPEC 3.4), in the worker that holds the link.
  * Every sync= tick it sends one pipeline:
  *
- *   for each route with a retry budget, for each second of its window
- *   that this node counted more in since the last tick:
+ *   for each route with a retry budget this node counted in within its
+ *   window, for each second of the window that it counted more in since
+ *   the last tick:
  *       INCRBY  {prefix:route}:r:SEC  delta     (client requests)
  *       INCRBY  {prefix:route}:x:SEC  delta     (retries)
  *       PEXPIRE each of them (window + 2) seconds
@@ -643,7 +644,7 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
     u_char                *ttl, *delta;
     size_t                 len, ttl_len;
     time_t                 sec;
-    ngx_uint_t             i, k, n, nkeys;
+    ngx_uint_t             i, k, n, nkeys, counted;
     ngx_array_t            deltas;
     const char           **argv;
     ngx_slab_pool_t       *shpool;
@@ -664,6 +665,8 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
 
     ngx_shmtx_lock(&shpool->mutex);
 
+    counted = 0;
+
     for (i = 0; i < route->window; i++) {
         sec = batch->now - i;
         slot = &route->node->slots[sec % NGX_HTTP_LLM_SLOTS];
@@ -673,6 +676,10 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
         }
 
         for (k = 0; k < NGX_HTTP_LLM_SHARED; k++) {
+
+            if (slot->count[k]) {
+                counted = 1;
+            }
 
             /*
              * Read once: other workers add to count without the mutex,
@@ -701,6 +708,17 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+
+    /*
+     * A route this node counted nothing in for a window decides
+     * nothing on the cluster's view: it costs no command.  The first
+     * requests after that are judged on this node's counters until the
+     * next view (ngx_http_llm_route_fresh()).
+     */
+
+    if (!counted) {
+        return NGX_OK;
+    }
 
     ttl = ngx_pnalloc(batch->pool, NGX_INT_T_LEN);
     if (ttl == NULL) {
@@ -1143,6 +1161,8 @@ ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
         slot->cluster[NGX_HTTP_LLM_RETRIES] =
                               ngx_http_llm_sync_number(reply->element[w + i]);
     }
+
+    route->node->view_msec = ngx_http_llm_wall_msec();
 
     /* what this node spends from now on is measured from here */
     route->node->view_requests = route->node->requests;

@@ -751,6 +751,28 @@ ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone)
 
 
 /*
+ * whether a route's own view is: the syncer reads only the routes this
+ * node counted in lately (ngx_http_llm_sync.c)
+ */
+
+ngx_uint_t
+ngx_http_llm_route_fresh(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n)
+{
+    ngx_msec_t            at;
+    ngx_http_llm_zone_t  *zone;
+
+    if (!ngx_http_llm_cluster_fresh(shm_zone)) {
+        return 0;
+    }
+
+    zone = shm_zone->data;
+    at = n->view_msec;
+
+    return at && ngx_http_llm_wall_msec() - at <= zone->stale;
+}
+
+
+/*
  * The number of nodes Redis last counted, and this node's rank among
  * them, for a zone judged on its own counters while Redis is away: 1
  * and 0 without llm_redis, or before Redis ever answered.

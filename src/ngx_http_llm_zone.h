@@ -131,6 +131,7 @@ typedef struct {
     ngx_atomic_t                 view_requests;
     ngx_atomic_t                 view_retries;
     ngx_atomic_t                 view_dither;   /* 0-999, thousandths */
+    ngx_atomic_t                 view_msec;     /* written, wall ms */
 
     ngx_http_llm_slot_t          slots[NGX_HTTP_LLM_SLOTS];
 
@@ -205,6 +206,8 @@ ngx_http_llm_slot_t *ngx_http_llm_slot_locked(ngx_http_llm_node_t *n,
 ngx_atomic_uint_t ngx_http_llm_slot_sum(ngx_http_llm_node_t *n,
     ngx_uint_t counter, ngx_uint_t window, ngx_uint_t cluster);
 ngx_uint_t ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone);
+ngx_uint_t ngx_http_llm_route_fresh(ngx_shm_zone_t *shm_zone,
+    ngx_http_llm_node_t *n);
 ngx_uint_t ngx_http_llm_cluster_nodes(ngx_shm_zone_t *shm_zone,
     ngx_uint_t *rank);
 

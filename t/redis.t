@@ -231,8 +231,13 @@ my $member;
     is(status()->{redis}{nodes}, 1, 'status: nodes 1');
 }
 
-is((log_lines('ok1'))[0], 'ok1|cluster|-|1|200',
-   '$llm_budget_source: cluster');
+# a route idle on this node is not read from Redis: its first requests
+# are judged locally, until a sync reads its window
+is((log_lines('ok1'))[0], 'ok1|local|-|1|200',
+   '$llm_budget_source: local on a route idle until then');
+post('ok', 'ok7');
+is((log_lines('ok7'))[0], 'ok7|cluster|-|1|200',
+   '$llm_budget_source: cluster once a sync read the route');
 
 ###############################################################################
 # retries that other nodes spent count here
@@ -278,8 +283,8 @@ is((log_lines('ok1'))[0], 'ok1|cluster|-|1|200',
 
     my $r = post('cool', 'c1');
     is($r->{status}, 200, 'the cooling target is skipped: the fallback');
-    is((log_lines('c1'))[0], 'c1|cluster|-|1|200',
-       'one attempt: the fallback');
+    is((log_lines('c1'))[0], 'c1|local|-|1|200',
+       'one attempt: the fallback (the route\'s first request: local)');
 
     ok($t->wait_for_log('logs/error.log',
                         qr/llm target "\/_llm\/cool m1" cooling down for \d+ ms, as another node found/, 2),
@@ -426,6 +431,8 @@ config(redis => "unix:$sock", extra => ' prefix=fleet-a db=3');
 $t->run;
 
 ok(cluster_up(), 'unix socket: the link comes up');
+post('ok', 'u0');
+sleep 0.3;
 post('ok', 'u1');
 sleep 0.3;
 

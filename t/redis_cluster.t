@@ -288,8 +288,12 @@ is(scalar(grep { $_->{redis}{state} eq 'up'
    'cluster: status: links up, views fresh, no sync errors')
     or diag(encode_json([ map { $_->{redis} } @st ]));
 
-is(scalar(grep { $_->[2] ne 'cluster' } values %$e), 0,
-   'cluster: $llm_budget_source cluster on every request')
+# a node reads a route from Redis once it counted in it: the first
+# request on each node is judged on its own counters
+my @alone = grep { $e->{$_}[2] ne 'cluster' } keys %$e;
+is(scalar(grep { !/^c-[012]$/ } @alone), 0,
+   'cluster: $llm_budget_source cluster on every request but the first '
+   . 'of each node')
     or diag(join "\n", map { join '|', @$_ } values %$e);
 
 # every node's counts reached Redis: after a few more syncs the window's

@@ -103,7 +103,15 @@ ok(wait_until(sub {
     (status()->{redis}{budget_source} // '') eq 'cluster' }, 5),
    'the link is up');
 
-is(burst('solo'), 10, 'alone: a retry for each request, the floor allows');
+# a route this node has no traffic on is not read from Redis: one
+# request (and its retry) first, so that the bursts are judged on a view
+http_post("/$_/v1/chat/completions?id=warm", $BODY, port => $port)
+    for qw(solo crowd);
+sleep 0.5;
+
+is(burst('solo') - 1, 10, 'alone: a retry for each request, the floor allows');
+my @src = map { (split /\|/)[1] } split /\n/, $t->read_file('logs/src.log');
+is($src[-1], 'cluster', 'alone: judged on the cluster\'s view');
 
 # others' requests in every second the burst may fall in, then a view
 my $now = int(time);
@@ -111,7 +119,7 @@ redis_command($redis, 'SET', "{llm:crowd}:r:$_", 300, 'PX', 20000)
     for $now - 1 .. $now + 5;
 sleep 0.5;
 
-my $crowd = burst('crowd');
+my $crowd = burst('crowd') - 1;
 cmp_ok($crowd, '<=', 2,
        "among others: $crowd retries, its share of the room, not all of it");
 

@@ -1,0 +1,119 @@
+#!/usr/bin/perl
+
+# llm_redis: a route this node had no traffic on costs no Redis command
+# (issue 17).  Twenty routes with a retry budget, one target, sync=50ms:
+# idle, a tick is one MGET (the cooldowns) where it was one per route as
+# well.  Traffic on one route adds its reads until its counts leave the
+# window (2 s here); its first request is judged on the node's own
+# counters ($llm_budget_source local: the node has no view of the route
+# yet), the next ones on the cluster's.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use Test::More;
+use Test::LLM;
+use Time::HiRes qw(time sleep);
+use JSON::PP ();
+
+my $JSON = JSON::PP->new;
+
+my $t = Test::LLM->new;
+$t->has_daemon('redis-server');
+
+my $redis = $t->run_redis;
+
+my $routes = join '', map { <<"EOF2" } 1 .. 20;
+        location = /r$_/v1/chat/completions {
+            llm_route r$_;
+            llm_target /_llm/ok;
+            llm_retry_budget ratio=0.2 min=1/s window=2s;
+        }
+EOF2
+
+$t->write_file_expand('nginx.conf', <<"EOF2");
+worker_processes 1;
+
+events {}
+
+http {
+    log_format src '\$arg_id|\$llm_budget_source';
+    access_log %%TESTDIR%%/logs/src.log src;
+
+    llm_zone llm:1m;
+    llm_redis 127.0.0.1:$redis sync=50ms timeout=500ms;
+
+    server {
+        listen 127.0.0.1:%%PORT_8080%%;
+
+$routes
+        location = /_llm/ok {
+            internal;
+            return 200 '{"id":"x","object":"chat.completion","model":"m","choices":[]}';
+        }
+
+        location = /status {
+            access_log off;
+            llm_status;
+        }
+    }
+}
+EOF2
+
+$t->run;
+my $port = $t->port(8080);
+my $BODY = '{"model":"m","messages":[]}';
+
+sub status {
+    my $r = parse_response(http_get('/status', port => $port));
+    return eval { $JSON->decode($r->{body}) } || {};
+}
+
+sub wait_until {
+    my ($cond, $timeout) = @_;
+    my $deadline = time + ($timeout || 5);
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return 0;
+}
+
+# MGETs and syncs (ticks) over a second
+sub per_tick {
+    my $mget = sub {
+        my $s = redis_command($redis, 'INFO', 'commandstats');
+        return $s =~ /cmdstat_mget:calls=(\d+)/ ? $1 : 0;
+    };
+    my ($m0, $s0) = ($mget->(), status()->{redis}{syncs});
+    sleep 1;
+    my ($m1, $s1) = ($mget->(), status()->{redis}{syncs});
+    return ($m1 - $m0) / (($s1 - $s0) || 1);
+}
+
+ok(wait_until(sub { (status()->{redis}{state} // '') eq 'up' }, 5),
+   'the link is up');
+
+my $idle = per_tick();
+cmp_ok($idle, '<=', 1.2, sprintf('idle: %.2f MGETs a tick, not 21', $idle));
+
+http_post("/r1/v1/chat/completions?id=a$_", $BODY, port => $port)
+    for 1 .. 2;
+sleep 0.2;
+http_post('/r1/v1/chat/completions?id=b', $BODY, port => $port);
+
+my $busy = per_tick();
+ok($busy > 1.5 && $busy <= 2.2,
+   sprintf('one route counted in: %.2f MGETs a tick', $busy));
+
+my @src = map { (split /\|/)[1] } split /\n/, $t->read_file('logs/src.log');
+is($src[0], 'local', 'the first request on an idle route: local');
+is($src[-1], 'cluster', 'once read: cluster');
+
+# its counts leave the 2-s window: idle again
+sleep 2;
+my $again = per_tick();
+cmp_ok($again, '<=', 1.2, sprintf('idle again: %.2f MGETs a tick', $again));
+
+done_testing;
