@@ -14,7 +14,8 @@
 # same text with escape=default: every record stays one line.  The
 # "one line per attempt" recipe of docs/logging.md, read out of that
 # file, gives a line per attempt; log_subrequest in the route location
-# alone gives none.
+# alone gives none.  The caller's X-Request-Id is logged when it is 1 to
+# 128 URL-safe characters, "" otherwise.
 #
 # Canary secrets in the prompt, the completion, a provider error
 # message, Authorization, x-api-key and api-key headers and a ?key=
@@ -42,6 +43,9 @@ my $example_text = do { local $/; <$fh> };
 close $fh;
 
 my ($MAP) = $example_text =~ /^\s*(map\s+\$llm_family\s+\$\w+\s*\{[^}]*\})/m;
+# the request id map: its regex holds braces, inside quotes
+my ($RID_MAP) = $example_text
+    =~ /^\s*(map\s+\$http_x_request_id\s+\$\w+\s*\{(?:"[^"]*"|[^"}])*\})/m;
 my ($FORMAT) = $example_text
     =~ /^\s*(log_format\s+llm_json\s+escape=json(?:\s+'[^']*')+\s*;)/m;
 
@@ -49,6 +53,7 @@ ok(defined $FORMAT, 'conf.example has log_format llm_json escape=json')
     or BAIL_OUT('no llm_json format in conf.example');
 ok(defined $MAP, 'conf.example maps $llm_family to the operation name');
 $MAP //= '';
+$MAP .= "\n    $RID_MAP" if defined $RID_MAP;
 
 unlike($FORMAT, qr/\$(?:request|request_uri|args|arg_\w+|query_string|
                       http_\w+|request_body|cookie_\w+)\b/x,
@@ -270,7 +275,8 @@ sub send_req {
         body => $o{body},
         headers => [ 'Content-Type' => 'application/json',
                      %SECRET_HEADERS,
-                     (defined $o{case} ? ('X-Case' => $o{case}) : ()) ]);
+                     (defined $o{case} ? ('X-Case' => $o{case}) : ()),
+                     (defined $o{rid} ? ('X-Request-Id' => $o{rid}) : ()) ]);
 
     my $r = parse_response(http($raw, port => $port));
     $n++;
@@ -295,7 +301,7 @@ sub record {
     return $rec;
 }
 
-my @KEYS = ($FORMAT =~ /"([a-z_.]+)":"\$/g);
+my @KEYS = ($FORMAT =~ /"([a-z_.-]+)":"\$/g);
 
 # checks common to every line: parses, one object, every key a string,
 # no secret, no query string
@@ -684,6 +690,25 @@ is(scalar(grep { /\\x(?:[01][0-9A-F]|7F|[89A-F][0-9A-F])/ } @json), 0,
               'log_subrequest in the route location: the request only');
     is($rec[0]{'llm.attempts'}, 3,
        'log_subrequest in the route location: after three attempts');
+}
+
+###############################################################################
+# the caller's X-Request-Id: logged when 1 to 128 URL-safe characters,
+# else "" (the map of conf.example)
+
+for my $c ([ 'pf-20261125T173000Z-a1b2c3-happy', 'an id' ],
+           [ 'x' x 128, '128 characters' ],
+           [ 'x' x 129, undef, '129 characters' ],
+           [ 'an id with spaces', undef, 'spaces' ],
+           [ 'id"},{"llm.route":"evil', undef, 'quotes and braces' ],
+           [ "id\\x", undef, 'a backslash' ])
+{
+    my ($id, $want, $name) = @$c;
+    $name //= $want;
+    $want = defined $c->[1] ? $id : '';
+    my ($r, $line) = send_req(body => body('"gpt-4o"'), rid => $id);
+    is((record($line) || {})->{'http.request.header.x-request-id'}, $want,
+       "X-Request-Id: $name");
 }
 
 ###############################################################################

@@ -31,12 +31,16 @@ my $example_text = do { local $/; <$fh> };
 close $fh;
 
 my ($MAP) = $example_text =~ /^\s*(map\s+\$llm_family\s+\$\w+\s*\{[^}]*\})/m;
+# the request id map: its regex holds braces, inside quotes
+my ($RID_MAP) = $example_text
+    =~ /^\s*(map\s+\$http_x_request_id\s+\$\w+\s*\{(?:"[^"]*"|[^"}])*\})/m;
 my ($FORMAT) = $example_text
     =~ /^\s*(log_format\s+llm_json\s+escape=json(?:\s+'[^']*')+\s*;)/m;
 
 ok(defined $FORMAT, 'conf.example has log_format llm_json escape=json')
     or BAIL_OUT('no llm_json format in conf.example');
 $MAP //= '';
+$MAP .= "\n    $RID_MAP" if defined $RID_MAP;
 
 # the UDP listener: every datagram raw to logs/syslog.log (scanned for
 # canaries by the harness) and hex-encoded, one a line, to
