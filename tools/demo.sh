@@ -3,6 +3,11 @@
 # Redis (no network, no keys), send a few chat requests, show the answers,
 # the access log, the status page and the keys the node shares in Redis,
 # stop everything.
+#
+#   DEMO_PORT=18080  the gateway's port; the mock provider listens on the
+#                    next one, Redis on the one after (18081, 18082)
+#   DEMO_KEEP=1      leave nginx, the mock and Redis running at the end,
+#                    print their URLs and the command that stops them
 
 set -eu
 
@@ -25,7 +30,34 @@ stop() {
     fi
     rm -rf "$prefix"
 }
-trap stop EXIT
+
+# DEMO_KEEP=1: a run that went through leaves everything up, with a
+# script to stop it; a failed one is cleaned up as always
+finish() {
+    local rc=$?
+    if [ "${DEMO_KEEP:-0}" != 1 ] || [ "$rc" != 0 ]; then
+        stop
+        return
+    fi
+    cat > "$prefix/stop.sh" <<END
+#!/bin/sh
+redis-cli -p $redis_port shutdown nosave >/dev/null 2>&1
+"$nginx" -p "$prefix" -c nginx.conf -s quit 2>/dev/null
+sleep 1
+rm -rf "$prefix"
+END
+    chmod +x "$prefix/stop.sh"
+    echo
+    echo "== still running (DEMO_KEEP=1)"
+    echo "chat:        http://127.0.0.1:$port/v1/chat/completions"
+    echo "messages:    http://127.0.0.1:$port/v1/messages"
+    echo "status:      http://127.0.0.1:$port/llm/status" \
+         "(?format=prometheus)"
+    echo "mock:        http://127.0.0.1:$mock_port, Redis 127.0.0.1:$redis_port"
+    echo "logs:        $prefix/logs/"
+    echo "stop it:     $prefix/stop.sh"
+}
+trap finish EXIT
 
 mkdir -p "$prefix/logs"
 
