@@ -142,52 +142,91 @@ ngx_http_llm_sse_forward(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 static u_char *
 ngx_http_llm_sse_boundary(ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last)
 {
-    u_char  *q;
+    u_char      *q, *e, *lf;
+    ngx_uint_t   bol, cr, blank;
 
     q = NULL;
+    lf = NULL;
 
-    for ( /* void */ ; p < last; p++) {
+    /* the line state in registers, not in the context's bit fields */
+
+    bol = ctx->sse_bol;
+    cr = ctx->sse_cr;
+    blank = ctx->sse_blank;
+
+    while (p < last) {
 
         switch (*p) {
 
         case LF:
-            if (ctx->sse_cr) {
+            if (cr) {
                 /*
                  * the LF of a CR LF: the CR ended the line; when that
                  * was a blank line, the event ends after the LF
                  */
-                if (ctx->sse_blank) {
+                if (blank) {
                     q = p + 1;
                 }
 
-                ctx->sse_cr = 0;
-                ctx->sse_blank = 0;
+                cr = 0;
+                blank = 0;
                 break;
             }
 
-            if (ctx->sse_bol) {
+            if (bol) {
                 q = p + 1;
             }
 
-            ctx->sse_bol = 1;
+            bol = 1;
             break;
 
         case CR:
-            if (ctx->sse_bol) {
+            if (bol) {
                 q = p + 1;
             }
 
-            ctx->sse_blank = ctx->sse_bol;
-            ctx->sse_bol = 1;
-            ctx->sse_cr = 1;
+            blank = bol;
+            bol = 1;
+            cr = 1;
             break;
 
         default:
-            ctx->sse_bol = 0;
-            ctx->sse_cr = 0;
-            ctx->sse_blank = 0;
+
+            /*
+             * the rest of the line at once, to its CR or LF; the LF
+             * found is kept, so lines ending with CR alone do not make
+             * the search run over the rest of the buffer again and again
+             */
+
+            bol = 0;
+            cr = 0;
+            blank = 0;
+
+            if (lf == NULL || lf < p) {
+                lf = memchr(p, LF, last - p);
+
+                if (lf == NULL) {
+                    lf = last;
+                }
+            }
+
+            e = lf;
+
+            p = memchr(p, CR, e - p);
+
+            if (p == NULL) {
+                p = e;
+            }
+
+            continue;
         }
+
+        p++;
     }
+
+    ctx->sse_bol = bol;
+    ctx->sse_cr = cr;
+    ctx->sse_blank = blank;
 
     return q;
 }
