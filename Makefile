@@ -1,6 +1,7 @@
 # ngx_http_llm_module
 #
-#   make          build build/ngx_http_llm_module.so against nginx-dev
+#   make          build build/ngx_http_llm_module.so against nginx-dev, and
+#                 build/llm-preflight (libcurl, yajl; docs/llm-preflight.md)
 #   make test     install what the tests need, build, run prove -r t/
 #   make demo     build, start nginx with local mock providers, show it work
 #   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
@@ -34,15 +35,32 @@ LD_OPT     ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 SOURCES    := $(wildcard src/*.c src/*.h)
 
+# the llm-preflight command: not part of the module, built beside it
+PREFLIGHT  := $(BUILD)/llm-preflight
+PF_SOURCES := $(wildcard tools/llm-preflight/*.c)
+PF_DEPS    := $(PF_SOURCES) $(wildcard tools/llm-preflight/*.h)
+PF_VERSION := $(shell sed -n 's/^\#define NGX_HTTP_LLM_VERSION *"\(.*\)"/\1/p' \
+                  src/ngx_http_llm_module.h)
+PF_CFLAGS  ?= -g -O2 -std=gnu99 -Wall -Wextra -Wno-unused-parameter -Werror \
+              -fstack-protector-strong -Wformat -Werror=format-security \
+              -D_FORTIFY_SOURCE=2 -D_GNU_SOURCE
+PF_LDFLAGS ?= -Wl,-z,relro -Wl,-z,now
+
 .PHONY: all deps test test-asan soak fuzz demo bench bench-sse bench-pick lint \
         clean deb test-deb
 
-all: $(MODULE)
+all: $(MODULE) $(PREFLIGHT)
 
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules
 	@# a new inode: a running nginx keeps its mapping of the old file
 	cp $(NGX_BUILD)/objs/ngx_http_llm_module.so $@.tmp
+	mv -f $@.tmp $@
+
+$(PREFLIGHT): $(PF_DEPS)
+	@mkdir -p $(BUILD)
+	$(CC) $(PF_CFLAGS) -DLP_VERSION='"$(or $(PF_VERSION),unknown)"' \
+	    -o $@.tmp $(PF_SOURCES) $(PF_LDFLAGS) -lcurl -lyajl
 	mv -f $@.tmp $@
 
 # configure in a private copy of nginx-dev: out of tree, nothing written

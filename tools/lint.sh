@@ -3,7 +3,8 @@
 # columns, no tabs, no trailing spaces, no // comments.
 
 status=0
-files=$(ls src/*.[ch] config 2>/dev/null; ls tools/*.c bench/*.c 2>/dev/null)
+files=$(ls src/*.[ch] config 2>/dev/null; ls tools/*.c bench/*.c 2>/dev/null;
+       ls tools/llm-preflight/*.[ch] 2>/dev/null)
 
 for f in $files; do
     perl -ne '
