@@ -211,13 +211,35 @@ void ngx_http_llm_answer_cap_init(ngx_http_llm_answer_cap_t *cap,
     u_char *buf, size_t size, size_t max);
 void ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st, u_char *p, u_char *last);
-void ngx_http_llm_answer_keep(ngx_http_llm_answer_state_t *st,
+void ngx_http_llm_answer_keep_long(ngx_http_llm_answer_state_t *st,
     ngx_http_llm_answer_cap_t *cap, u_char *p, u_char *last);
 void ngx_http_llm_answer_reset(ngx_http_llm_answer_state_t *st);
 void ngx_http_llm_answer_model(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st);
 void ngx_http_llm_answer_usage(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st);
+
+
+/* keeps up to max bytes of a value; len counts all of them */
+
+static ngx_inline void
+ngx_http_llm_answer_keep(ngx_http_llm_answer_state_t *st,
+    ngx_http_llm_answer_cap_t *cap, u_char *p, u_char *last)
+{
+    size_t  n;
+
+    n = last - p;
+
+    /* called a dozen times an event: the common case inline */
+
+    if (cap->len + n <= cap->size) {
+        ngx_memcpy(cap->data + cap->len, p, n);
+        cap->len += n;
+        return;
+    }
+
+    ngx_http_llm_answer_keep_long(st, cap, p, last);
+}
 
 
 #endif /* _NGX_HTTP_LLM_ANSWER_INT_H_INCLUDED_ */

@@ -21,23 +21,8 @@ static ngx_http_llm_answer_cap_t *ngx_http_llm_answer_value(
 static void ngx_http_llm_answer_close(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st);
 static ngx_uint_t ngx_http_llm_answer_member(
-    ngx_http_llm_answer_state_t *st);
-
-
-static ngx_http_llm_answer_name_t  ngx_http_llm_answer_members[] = {
-    { ngx_string("model"), ngx_http_llm_m_model },
-    { ngx_string("usage"), ngx_http_llm_m_usage },
-    { ngx_string("object"), ngx_http_llm_m_object },
-    { ngx_string("type"), ngx_http_llm_m_type },
-    { ngx_string("error"), ngx_http_llm_m_error },
-    { ngx_string("choices"), ngx_http_llm_m_choices },
-    { ngx_string("output"), ngx_http_llm_m_output },
-    { ngx_string("content"), ngx_http_llm_m_content },
-    { ngx_string("data"), ngx_http_llm_m_data },
-    { ngx_string("message"), ngx_http_llm_m_message },
-    { ngx_string("response"), ngx_http_llm_m_response },
-    { ngx_null_string, ngx_http_llm_m_other }
-};
+    ngx_http_llm_answer_state_t *st, u_char *raw, size_t len);
+static ngx_uint_t ngx_http_llm_answer_name(u_char *name, size_t len);
 
 
 /* the states that skip whitespace before their token */
@@ -86,6 +71,20 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             c = *p;
 
             if (c == '"') {
+                st->backslashes = 0;
+
+                /* a name whole in this piece is looked up where it is */
+
+                q = ngx_http_llm_json_string_end(&st->backslashes, p + 1,
+                                                   last);
+
+                if (q != NULL) {
+                    st->member = ngx_http_llm_answer_member(st, p, q - p);
+                    st->state = sw_colon;
+                    p = q;
+                    break;
+                }
+
                 st->key.len = 0;
                 st->backslashes = 0;
                 st->state = sw_key_string;
@@ -112,7 +111,8 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
                 return;
             }
 
-            st->member = ngx_http_llm_answer_member(st);
+            st->member = ngx_http_llm_answer_member(st, st->key.data,
+                                                    st->key.len);
             st->state = sw_colon;
             p = q;
             break;
@@ -430,27 +430,28 @@ ngx_http_llm_answer_close(ngx_http_llm_answer_t *a,
 }
 
 
+/* raw: the name with its quotes, len bytes of it (kept or not) */
+
 static ngx_uint_t
-ngx_http_llm_answer_member(ngx_http_llm_answer_state_t *st)
+ngx_http_llm_answer_member(ngx_http_llm_answer_state_t *st, u_char *raw,
+    size_t len)
 {
     u_char      *name, buf[NGX_HTTP_LLM_ANSWER_KEY_MAX];
-    size_t       len;
     ngx_uint_t   m;
 
-    if (st->key.len > st->key.size) {
+    if (len > NGX_HTTP_LLM_ANSWER_KEY_MAX) {
         /* even with every character escaped, no name we know */
         return ngx_http_llm_m_other;
     }
 
-    name = st->key.data + 1;
-    len = st->key.len - 2;
+    name = raw + 1;
+    len -= 2;
 
     if (memchr(name, '\\', len)) {
 
         /* "mod\u0065l" is "model" to the provider too */
 
-        if (ngx_http_llm_json_string(st->key.data, st->key.len, buf,
-                                     sizeof(buf), &len)
+        if (ngx_http_llm_json_string(raw, len + 2, buf, sizeof(buf), &len)
             != NGX_OK)
         {
             return ngx_http_llm_m_other;
@@ -459,7 +460,8 @@ ngx_http_llm_answer_member(ngx_http_llm_answer_state_t *st)
         name = buf;
     }
 
-    m = ngx_http_llm_answer_lookup(ngx_http_llm_answer_members, name, len);
+    m = ngx_http_llm_answer_name(name, len);
+
 
     if (st->level == 1) {
         return m;
@@ -495,14 +497,93 @@ ngx_http_llm_answer_member(ngx_http_llm_answer_state_t *st)
 
 
 /*
- * Keeps up to max bytes of a value; len counts all of them.  A buffer
- * too small for more grows from the pool, at least fourfold, up to max;
- * when the pool has no memory the value is kept cut, as one longer than
- * max would be.
+ * The member a name is, the names followed: model, usage, object, type,
+ * error, choices, output, content, data, message, response.  A switch on
+ * the length: it runs for every member of every event.
+ */
+
+static ngx_uint_t
+ngx_http_llm_answer_name(u_char *name, size_t len)
+{
+    switch (len) {
+
+    case 4:
+
+        if (ngx_memcmp(name, "type", 4) == 0) {
+            return ngx_http_llm_m_type;
+        }
+
+        if (ngx_memcmp(name, "data", 4) == 0) {
+            return ngx_http_llm_m_data;
+        }
+
+        break;
+
+    case 5:
+
+        if (ngx_memcmp(name, "model", 5) == 0) {
+            return ngx_http_llm_m_model;
+        }
+
+        if (ngx_memcmp(name, "usage", 5) == 0) {
+            return ngx_http_llm_m_usage;
+        }
+
+        if (ngx_memcmp(name, "error", 5) == 0) {
+            return ngx_http_llm_m_error;
+        }
+
+        break;
+
+    case 6:
+
+        if (ngx_memcmp(name, "object", 6) == 0) {
+            return ngx_http_llm_m_object;
+        }
+
+        if (ngx_memcmp(name, "output", 6) == 0) {
+            return ngx_http_llm_m_output;
+        }
+
+        break;
+
+    case 7:
+
+        if (ngx_memcmp(name, "choices", 7) == 0) {
+            return ngx_http_llm_m_choices;
+        }
+
+        if (ngx_memcmp(name, "content", 7) == 0) {
+            return ngx_http_llm_m_content;
+        }
+
+        if (ngx_memcmp(name, "message", 7) == 0) {
+            return ngx_http_llm_m_message;
+        }
+
+        break;
+
+    case 8:
+
+        if (ngx_memcmp(name, "response", 8) == 0) {
+            return ngx_http_llm_m_response;
+        }
+
+        break;
+    }
+
+    return ngx_http_llm_m_other;
+}
+
+
+/*
+ * A value longer than its buffer: the buffer grows from the pool, at
+ * least fourfold, up to max; when the pool has no memory the value is
+ * kept cut, as one longer than max would be.
  */
 
 void
-ngx_http_llm_answer_keep(ngx_http_llm_answer_state_t *st,
+ngx_http_llm_answer_keep_long(ngx_http_llm_answer_state_t *st,
     ngx_http_llm_answer_cap_t *cap, u_char *p, u_char *last)
 {
     u_char  *buf;
