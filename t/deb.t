@@ -122,6 +122,12 @@ $installed = 1;
 ok($ok, 'dpkg -i') or diag($out);
 
 ok(-f '/usr/lib/nginx/modules/ngx_http_llm_module.so', 'module installed');
+if ($preflight) {
+    ($ok, $out) = run_cmd(30, '/usr/bin/llm-preflight', '--version');
+    like($out, qr/^llm-preflight \Q$version\E\b/, 'llm-preflight runs')
+        or diag($out);
+}
+
 my $enabled = '/etc/nginx/modules-enabled/50-mod-http-llm.conf';
 ok(-l $enabled, 'enabled in modules-enabled');
 is(readlink($enabled), '/usr/share/nginx/modules-available/mod-http-llm.conf',
@@ -225,5 +231,6 @@ $installed = 0 if $ok;
 ok($ok, 'dpkg --purge') or diag($out);
 ok(!-e '/usr/lib/nginx/modules/ngx_http_llm_module.so', 'module removed');
 ok(!-l $enabled && !-l "$enabled.removed", 'no link left');
+ok(!-e '/usr/bin/llm-preflight', 'no llm-preflight left') if $preflight;
 
 done_testing;
