@@ -4,6 +4,7 @@
 # error in its output (each key read with the command for its type); with
 # DEMO_KEEP=1 it leaves nginx, the mock and Redis running, prints their
 # URLs and a stop script, and the stop script takes everything down.
+# It ends with llm-preflight's records: promote, rollback, readiness.
 
 use strict;
 use warnings;
@@ -48,6 +49,19 @@ is($rc, 0, 'the demo runs through') or diag($out);
 
 unlike($out, qr/WRONGTYPE|\(error\)|ERR /, 'no Redis error in its output');
 like($out, qr/on 127\.0\.0\.1:$base,/, 'on DEMO_PORT');
+
+# it ends with llm-preflight's records (docs/llm-preflight.md)
+SKIP: {
+    (my $pf = $Test::LLM::MODULE) =~ s{[^/]+$}{llm-preflight};
+    skip "no $pf", 4 unless -x $pf;
+    like($out, qr/"fallback_decision": "promote".*\(exit 0: promote\)/s,
+         'llm-preflight: promote for the good candidate');
+    like($out, qr/"fallback_decision": "rollback".*\(exit 2: rollback/s,
+         'llm-preflight: rollback for the broken one');
+    like($out, qr/"fallback_decision": "review_required"/,
+         'llm-preflight: a readiness record');
+    unlike($out, qr/client-key-never-printed/, 'llm-preflight: no key');
+}
 
 our $stop;
 ($stop) = $out =~ /^stop it:\s+(\S+)$/m;

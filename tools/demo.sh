@@ -2,7 +2,8 @@
 # make demo: start nginx with the module, local mock providers and a local
 # Redis (no network, no keys), send a few chat requests, show the answers,
 # the access log, the status page and the keys the node shares in Redis,
-# stop everything.
+# run llm-preflight against it (promote, rollback, readiness), stop
+# everything.
 #
 #   DEMO_PORT=18080  the gateway's port; the mock provider listens on the
 #                    next one, Redis on the one after (18081, 18082)
@@ -61,6 +62,20 @@ trap finish EXIT
 
 mkdir -p "$prefix/logs"
 
+# llm-preflight, at the end: the command built beside the module, the
+# models the demo's catalog lists, conf.example's JSON access log
+preflight=${LLM_PREFLIGHT:-$(dirname "$module")/llm-preflight}
+cat > "$prefix/models.json" <<'END'
+{"object":"list","data":[{"id":"gpt-4o-mini","object":"model"},
+ {"id":"gpt-4.1-mini","object":"model"},
+ {"id":"claude-3-5-haiku","object":"model"}]}
+END
+json_log=$(perl -0777 -ne 'print "    $1\n\n" while
+    /^\s*(map\s+\$(?:llm_family|http_x_request_id)\s+\$\w+\s*
+         \{(?:"[^"]*"|[^"}])*\}
+       |log_format\s+llm_json\s+escape=json(?:\s+\x27[^\x27]*\x27)+\s*;)/mgx' \
+    "$top/conf.example")
+
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
     --appendonly no --daemonize yes --dir "$prefix" \
     --logfile "$prefix/logs/redis.log"
@@ -99,6 +114,11 @@ http {
 
     llm_zone llm:1m;
     llm_redis 127.0.0.1:$redis_port sync=100ms;
+
+    # for llm-preflight: a catalog and the JSON access log
+    llm_catalog demo $prefix/models.json;
+
+$json_log
 
     upstream mock_openai {
         server 127.0.0.1:$mock_port;
@@ -156,6 +176,40 @@ http {
         location = /quota/v1/chat/completions {
             llm_route  quota;
             llm_target /_llm/quota;
+        }
+
+        # llm-preflight's candidates: a good one, and one whose provider
+        # fails (the canary's); targets with the catalog, so the gateway
+        # refuses an unknown model itself
+        location ~ ^/(good|broken)/v1/models\$ {
+            llm_models demo;
+        }
+
+        location = /good/v1/chat/completions {
+            llm_route  good;
+            llm_target /_llm/openai catalog=demo;
+            llm_response_headers on;
+            access_log $prefix/logs/llm.json.log llm_json;
+        }
+
+        location = /broken/v1/chat/completions {
+            llm_route  broken;
+            llm_target /_llm/canary catalog=demo;
+            llm_response_headers on;
+            access_log $prefix/logs/llm.json.log llm_json;
+        }
+
+        # each path of the messages route, for a readiness check
+        location = /ready/primary/v1/messages {
+            llm_route  ready-primary;
+            llm_target /_llm/overloaded catalog=demo;
+            llm_response_headers on;
+        }
+
+        location = /ready/fallback/v1/messages {
+            llm_route  ready-fallback;
+            llm_target /_llm/anthropic catalog=demo;
+            llm_response_headers on;
         }
 
         location /_llm/openai {
@@ -317,3 +371,44 @@ echo
 echo "== error log (warnings and above)"
 grep -E '\[(warn|error|crit|alert|emerg)\]' "$prefix/logs/error.log" || \
     echo "(none)"
+
+echo
+echo "== llm-preflight (docs/llm-preflight.md): the model-change runbook"
+if [ ! -x "$preflight" ]; then
+    echo "($preflight is not built: make)"
+    exit 0
+fi
+
+# the keys a client would use: sent, never printed (the gateway holds
+# the providers' own)
+export OPENAI_API_KEY=sk-demo-client-key-never-printed
+export ANTHROPIC_API_KEY=sk-ant-demo-client-key-never-printed
+
+preflight() {
+    local what=$1 rc=0
+    shift
+    printf '\n$ llm-preflight'
+    printf ' %q' "$@"
+    echo
+    "$preflight" "$@" || rc=$?
+    echo "(exit $rc: $what)"
+}
+
+preflight "promote" check --base "$url/good" --family chat \
+    --model gpt-4.1-mini --operator "Demo Operator" \
+    --change-ticket CHG-DEMO-1 --rollback-owner demo-oncall \
+    --access-log "$prefix/logs/llm.json.log"
+
+preflight "rollback: the candidate's provider fails" check \
+    --base "$url/broken" --family chat --model gpt-4.1-mini \
+    --operator "Demo Operator" --rollback-owner demo-oncall \
+    --access-log "$prefix/logs/llm.json.log"
+
+echo
+echo "== llm-preflight readiness: the paths of the messages route (its"
+echo "   primary is overloaded on purpose: the route lives on its fallback)"
+preflight "the fallback is ready, the primary needs review" readiness \
+    --family messages --model claude-3-5-haiku \
+    --primary "$url/ready/primary" --fallback "$url/ready/fallback" \
+    --environment demo --operator "Demo Operator" \
+    --evidence-link "file://$prefix/logs/"

@@ -255,6 +255,7 @@ static void
 lp_check_happy(lp_conf_t *cf, lp_http_t *h, lp_check_t *c, lp_buf_t *notes)
 {
     int         sse;
+    char        type[96];
     lp_shape_t  s;
 
     c->shape = "not_checked";
@@ -290,7 +291,21 @@ lp_check_happy(lp_conf_t *cf, lp_http_t *h, lp_check_t *c, lp_buf_t *notes)
 
     if (h->status < 200 || h->status > 299) {
         c->happy = "fail";
-        lp_note(notes, "happy path answered %ld in %ld ms", h->status, h->ms);
+
+        if (!lp_error_object(h, type, sizeof(type))) {
+            snprintf(type, sizeof(type), "without an error object");
+        }
+
+        if (h->attempts >= 0) {
+            lp_note(notes, "happy path answered %ld %s in %ld ms after %ld "
+                    "attempt%s", h->status, type, h->ms, h->attempts,
+                    h->attempts == 1 ? "" : "s");
+
+        } else {
+            lp_note(notes, "happy path answered %ld %s in %ld ms",
+                    h->status, type, h->ms);
+        }
+
         return;
     }
 

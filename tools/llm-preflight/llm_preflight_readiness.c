@@ -249,6 +249,9 @@ lp_path_check(lp_conf_t *cf, lp_path_t *p, lp_buf_t *notes)
         p->status_family = "expected_error";
         lp_note(notes, "%s: answered %ld %s", p->name, happy.status, type);
 
+    } else if (lp_error_object(&happy, type, sizeof(type))) {
+        lp_note(notes, "%s: answered %ld %s", p->name, happy.status, type);
+
     } else {
         lp_note(notes, "%s: answered %ld", p->name, happy.status);
     }
