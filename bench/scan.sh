@@ -8,8 +8,8 @@
 # body scanned 20 times in 8 KB pieces, less a run that scans it 0 times).
 #
 # Environment: SIZES="1024 65536", CPU=1 (the core to pin to),
-# BUILD=build (the nginx tree configured by make), SIMD=0|1|2 (the
-# classifier to use: scalar, SSE2, AVX2; default: the best the CPU has).
+# BUILD=build (the nginx tree configured by make), SIMD=0|1 (how nested
+# values are skipped: scalar, AVX2; default: the best the CPU has).
 
 set -eu
 

@@ -24,6 +24,7 @@
 #include "ngx_http_llm_scan.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 
@@ -151,6 +152,11 @@ main(int argc, char **argv)
     body = malloc(16 * 1024 * 1024);
     len = fread(body, 1, 16 * 1024 * 1024, f);
     fclose(f);
+
+    if (getenv("SIMD")) {
+        ngx_http_llm_json_simd = ngx_min((ngx_uint_t) atoi(getenv("SIMD")),
+                                         ngx_http_llm_json_simd_best());
+    }
 
     if (argc > 3) {
         count = atol(argv[3]);

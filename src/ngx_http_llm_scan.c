@@ -22,7 +22,7 @@
  * 400 then reaches the client.
  *
  * Nested values, nearly all of a long body (the messages), are skipped 64
- * bytes at a time where the CPU has SSE2 or AVX2, as simdjson does: masks
+ * bytes at a time where the CPU has AVX2, as simdjson does: masks
  * of the quotes, backslashes and brackets of a block; the escaped quotes
  * found from the runs of backslashes; the inside of strings from a prefix
  * XOR of the other quotes; then only the brackets outside strings are
@@ -68,6 +68,8 @@ static uint32_t ngx_http_llm_json_hex4(u_char *p, u_char *last);
 #if (NGX_HTTP_LLM_HAVE_SIMD)
 static u_char *ngx_http_llm_scan_blocks(ngx_http_llm_scan_t *s, u_char *p,
     u_char *last, ngx_uint_t *fallback);
+static ngx_inline void ngx_http_llm_scan_flush(ngx_http_llm_scan_t *s,
+    ngx_uint_t depth, uint64_t kinds, ngx_uint_t opened);
 #endif
 
 
@@ -103,13 +105,11 @@ ngx_http_llm_json_simd_best(void)
         return NGX_HTTP_LLM_SIMD_AVX2;
     }
 
-    return NGX_HTTP_LLM_SIMD_SSE2;
+#endif
 
-#else
+    /* SSE2 blocks measured slower than memchr(), itself SSE2 in glibc */
 
     return NGX_HTTP_LLM_SIMD_SCALAR;
-
-#endif
 }
 
 
@@ -584,35 +584,6 @@ typedef struct {
 } ngx_http_llm_scan_masks_t;
 
 
-static ngx_inline void
-ngx_http_llm_scan_masks_sse2(u_char *p, ngx_http_llm_scan_masks_t *m)
-{
-    __m128i     v, quote, backslash, or, bracket;
-    ngx_uint_t  i;
-
-    quote = _mm_set1_epi8('"');
-    backslash = _mm_set1_epi8('\\');
-    or = _mm_set1_epi8(0x26);
-    bracket = _mm_set1_epi8(0x7f);
-
-    m->quote = 0;
-    m->backslash = 0;
-    m->bracket = 0;
-
-    for (i = 0; i < 64; i += 16) {
-        v = _mm_loadu_si128((__m128i *) (p + i));
-
-        m->quote |= (uint64_t) (uint16_t)
-                    _mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)) << i;
-        m->backslash |= (uint64_t) (uint16_t)
-                        _mm_movemask_epi8(_mm_cmpeq_epi8(v, backslash)) << i;
-        m->bracket |= (uint64_t) (uint16_t)
-                      _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_or_si128(v, or),
-                                                       bracket)) << i;
-    }
-}
-
-
 __attribute__((target("avx2"))) static ngx_inline void
 ngx_http_llm_scan_masks_avx2(u_char *p, ngx_http_llm_scan_masks_t *m)
 {
@@ -646,24 +617,32 @@ ngx_http_llm_scan_masks_avx2(u_char *p, ngx_http_llm_scan_masks_t *m)
 }
 
 
-/* the bits of x XORed from bit 0 up to each: 1 inside quotes */
+/* 64 bytes with neither a quote nor a backslash: inside a string still */
 
-static ngx_inline uint64_t
-ngx_http_llm_scan_prefix_xor(uint64_t x)
+__attribute__((target("avx2"))) static ngx_inline ngx_uint_t
+ngx_http_llm_scan_plain_avx2(u_char *p)
 {
-    x ^= x << 1;
-    x ^= x << 2;
-    x ^= x << 4;
-    x ^= x << 8;
-    x ^= x << 16;
-    x ^= x << 32;
+    __m256i  v, w, quote, backslash, t;
 
-    return x;
+    quote = _mm256_set1_epi8('"');
+    backslash = _mm256_set1_epi8('\\');
+
+    v = _mm256_loadu_si256((__m256i *) p);
+    w = _mm256_loadu_si256((__m256i *) (p + 32));
+
+    t = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(v, quote),
+                                        _mm256_cmpeq_epi8(v, backslash)),
+                        _mm256_or_si256(_mm256_cmpeq_epi8(w, quote),
+                                        _mm256_cmpeq_epi8(w, backslash)));
+
+    return _mm256_testz_si256(t, t);
 }
 
 
-__attribute__((target("pclmul,sse2"))) static ngx_inline uint64_t
-ngx_http_llm_scan_prefix_xor_clmul(uint64_t x)
+/* the bits of x XORed from bit 0 up to each: 1 inside quotes */
+
+__attribute__((target("pclmul"))) static ngx_inline uint64_t
+ngx_http_llm_scan_prefix_xor(uint64_t x)
 {
     return (uint64_t) _mm_cvtsi128_si64(
                _mm_clmulepi64_si128(_mm_set_epi64x(0, (long long) x),
@@ -701,16 +680,19 @@ ngx_http_llm_scan_escaped(uint64_t backslash, uint64_t *carry)
  * Blocks of a nested value from p while 64 bytes are left: returns where
  * the scalar scan goes on, with s->state and s->backslashes as it would
  * have them there; *fallback: the block at the result is its to read.
+ * The kinds of the brackets opened here are kept in a register, a bit
+ * each (1: "["), and written to s->brackets when it is full and at the
+ * end.
  */
 
-static ngx_inline __attribute__((always_inline)) u_char *
-ngx_http_llm_scan_blocks_of(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
-    ngx_uint_t *fallback, ngx_uint_t avx2)
+__attribute__((target("avx2,pclmul"))) static u_char *
+ngx_http_llm_scan_blocks(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
+    ngx_uint_t *fallback)
 {
     u_char                     c;
     uint64_t                   in_string, escaped, quotes, inside, brackets;
-    uint64_t                   carry, carry_in;
-    ngx_uint_t                 i;
+    uint64_t                   carry, carry_in, kinds;
+    ngx_uint_t                 i, opened, depth;
     ngx_http_llm_scan_masks_t  m;
 
     *fallback = 0;
@@ -724,14 +706,23 @@ ngx_http_llm_scan_blocks_of(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
         carry = 0;
     }
 
+    kinds = 0;
+    opened = 0;
+    depth = s->depth;
+
     while (last - p >= 64) {
 
-        if (avx2) {
-            ngx_http_llm_scan_masks_avx2(p, &m);
+        /* the long strings of a body (the messages) in fewer steps */
 
-        } else {
-            ngx_http_llm_scan_masks_sse2(p, &m);
+        if (in_string && carry == 0) {
+
+            if (ngx_http_llm_scan_plain_avx2(p)) {
+                p += 64;
+                continue;
+            }
         }
+
+        ngx_http_llm_scan_masks_avx2(p, &m);
 
         carry_in = carry;
 
@@ -744,9 +735,7 @@ ngx_http_llm_scan_blocks_of(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
 
         quotes = m.quote & ~escaped;
 
-        inside = (avx2 ? ngx_http_llm_scan_prefix_xor_clmul(quotes)
-                       : ngx_http_llm_scan_prefix_xor(quotes))
-                 ^ in_string;
+        inside = ngx_http_llm_scan_prefix_xor(quotes) ^ in_string;
 
         if (m.backslash & ~inside) {
             /* a backslash outside strings: the block is the scalar's */
@@ -761,35 +750,69 @@ ngx_http_llm_scan_blocks_of(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
             i = __builtin_ctzll(brackets);
             brackets &= brackets - 1;
 
-            c = p[i];
+            c = p[i] | 0x20;
 
-            if (c == '{' || c == '[') {
-                if (ngx_http_llm_scan_push(s, c) != NGX_OK) {
+            if (c == '{') {
+
+                /* "{" or "[" */
+
+                if (depth >= NGX_HTTP_LLM_SCAN_MAX_DEPTH) {
                     s->error = ngx_http_llm_scan_too_deep;
-                    return p + i + 1;
+                    p += i + 1;
+                    goto done;
                 }
 
+                if (opened == 64) {
+                    ngx_http_llm_scan_flush(s, depth, kinds, opened);
+                    opened = 0;
+                }
+
+                kinds = (kinds << 1) | ((p[i] & 0x20) == 0);
+                opened++;
+                depth++;
                 continue;
             }
 
-            if (c != '}' && c != ']') {
+            if (c != '}') {
                 continue;
             }
 
-            if (ngx_http_llm_scan_pop(s, c) != NGX_OK) {
-                s->error = ngx_http_llm_scan_unbalanced;
-                return p + i + 1;
+            /* "}" or "]" */
+
+            if (opened) {
+                if ((kinds & 1) != ((p[i] & 0x20) == 0)) {
+                    s->error = ngx_http_llm_scan_unbalanced;
+                    p += i + 1;
+                    goto done;
+                }
+
+                kinds >>= 1;
+                opened--;
+                depth--;
+
+            } else {
+                s->depth = depth;
+
+                if (ngx_http_llm_scan_pop(s, p[i]) != NGX_OK) {
+                    s->error = ngx_http_llm_scan_unbalanced;
+                    p += i + 1;
+                    goto done;
+                }
+
+                depth--;
             }
 
-            if (s->depth == 1) {
+            if (depth == 1) {
                 s->state = sw_after_value;
-                return p + i + 1;
+                p += i + 1;
+                goto done;
             }
         }
 
         /* all ones when the block ends inside a string */
 
         in_string = (uint64_t) ((int64_t) inside >> 63);
+
         p += 64;
     }
 
@@ -798,28 +821,37 @@ ngx_http_llm_scan_blocks_of(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
     s->state = in_string ? sw_nested_string : sw_nested;
     s->backslashes = (ngx_uint_t) carry;
 
+done:
+
+    ngx_http_llm_scan_flush(s, depth, kinds, opened);
+    s->depth = depth;
+
     return p;
 }
 
 
-__attribute__((target("avx2,pclmul"))) static u_char *
-ngx_http_llm_scan_blocks_avx2(ngx_http_llm_scan_t *s, u_char *p,
-    u_char *last, ngx_uint_t *fallback)
-{
-    return ngx_http_llm_scan_blocks_of(s, p, last, fallback, 1);
-}
+/* the kinds of the levels opened below depth, the innermost in bit 0 */
 
-
-static u_char *
-ngx_http_llm_scan_blocks(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
-    ngx_uint_t *fallback)
+static ngx_inline void
+ngx_http_llm_scan_flush(ngx_http_llm_scan_t *s, ngx_uint_t depth,
+    uint64_t kinds, ngx_uint_t opened)
 {
-    if (ngx_http_llm_json_simd == NGX_HTTP_LLM_SIMD_AVX2) {
-        return ngx_http_llm_scan_blocks_avx2(s, p, last, fallback);
+    ngx_uint_t  i;
+
+    while (opened--) {
+        i = --depth;
+
+        if (kinds & 1) {
+            s->brackets[i / 8] |= (u_char) (1 << (i % 8));
+
+        } else {
+            s->brackets[i / 8] &= (u_char) ~(1 << (i % 8));
+        }
+
+        kinds >>= 1;
     }
-
-    return ngx_http_llm_scan_blocks_of(s, p, last, fallback, 0);
 }
+
 
 #endif
 

@@ -70,14 +70,13 @@ typedef struct {
 
 
 /*
- * The classifier that skips nested values 64 bytes at a time: scalar
- * (memchr() per string, as before), SSE2 or AVX2.  UNSET until the first
- * scan picks the best the CPU has; tests and the fuzzer may set it.
+ * How nested values are skipped: scalar (memchr() per string), or 64
+ * bytes at a time with AVX2.  UNSET until the first scan picks the best
+ * the CPU has; the bench and the fuzzer may set it.
  */
 #define NGX_HTTP_LLM_SIMD_SCALAR     0
-#define NGX_HTTP_LLM_SIMD_SSE2       1
-#define NGX_HTTP_LLM_SIMD_AVX2       2
-#define NGX_HTTP_LLM_SIMD_UNSET      3
+#define NGX_HTTP_LLM_SIMD_AVX2       1
+#define NGX_HTTP_LLM_SIMD_UNSET      2
 
 extern ngx_uint_t  ngx_http_llm_json_simd;
 
