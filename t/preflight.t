@@ -5,8 +5,9 @@
 # promote (the gateway's own 400 model_not_found for the bad model, and
 # a provider's 404 passed on; chat, responses and messages; the record
 # appended to --record, one JSON line a run; YAML and markdown); rollback
-# when the happy path fails (500 after the gateway's retries, a gateway
-# not listening); hold when the catalog does not list the candidate, the
+# when the happy path fails (500 after the gateway's retries, with one
+# request of the command's; an answer over the 4 MB cap; a gateway not
+# listening); hold when the catalog does not list the candidate, the
 # error path answers 500, 200 or a 4xx without an error object, the
 # answer's shape is not the family's, a telemetry field is missing from
 # the access log, the log has no line, or no rollback owner is named;
@@ -165,8 +166,18 @@ is($r->{record}{fallback_decision}, 'rollback', 'happy path 500: decision');
 is($r->{record}{happy_path_status}, 'fail', 'happy path 500: fail');
 is($r->{record}{http_status_observed}{happy_path}, 500,
    'happy path 500: status');
-like($r->{record}{notes}, qr/happy path answered 500/,
-     'happy path 500: notes');
+like($r->{record}{notes}, qr/happy path answered 500 server_error in \d+ ms after 3 attempts/,
+     'happy path 500: notes, with the gateway\'s attempts');
+my $id = $r->{record}{run_id};
+is(scalar(grep { /"\Q$id\E-happy"/ } split /\n/,
+            $t->read_file('logs/llm.json.log')), 1,
+   'happy path 500: the command made one request, no retry of its own');
+
+$r = check('/p', 'chat', 'gpt-candidate',
+           owned('--header', 'X-Case: happy:huge'));
+is($r->{rc}, 2, 'an answer over 4 MB: rollback') or diag(what($r));
+like($r->{record}{notes}, qr/happy path 200 cut off after \d+ ms: answer larger than 4194304 bytes/,
+     'an answer over 4 MB: cut off');
 
 $r = preflight($t, [ 'check', '--base', 'http://127.0.0.1:'
                      . $t->port(8082), '--family', 'chat',

@@ -69,6 +69,7 @@ typedef struct {
     long                        status;     /* 0: no HTTP answer */
     char                        error[256]; /* transport error, or "" */
     int                         timed_out;
+    int                         too_large;  /* cut off at LP_BODY_MAX */
     int                         not_run;    /* the run's time was spent */
     long                        attempts;   /* x-llm-attempts; -1: none */
     long                        fallback;   /* x-llm-fallback; -1: none */

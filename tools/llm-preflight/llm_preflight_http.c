@@ -171,7 +171,7 @@ lp_http_request(lp_conf_t *cf, lp_http_t *h)
             h->timed_out = 1;
         }
 
-        if (rc == CURLE_WRITE_ERROR && h->answer.len >= LP_BODY_MAX) {
+        if (rc == CURLE_WRITE_ERROR && h->too_large) {
             snprintf(h->error, sizeof(h->error),
                      "answer larger than %d bytes", LP_BODY_MAX);
 
@@ -216,7 +216,7 @@ lp_http_write(char *data, size_t size, size_t n, void *ctx)
     n *= size;
 
     if (h->answer.len + n > LP_BODY_MAX) {
-        h->answer.len = LP_BODY_MAX;
+        h->too_large = 1;
         return 0;
     }
 

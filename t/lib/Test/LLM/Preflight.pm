@@ -26,6 +26,7 @@ package Test::LLM::Preflight;
 #     cut        a stream without its end event
 #     json       a whole JSON answer even when a stream was asked for
 #     echokey    400 whose message quotes the request's key headers
+#     huge       the family's answer with 5 MB of text
 #     stall      nothing for 30 s
 
 use strict;
@@ -310,6 +311,12 @@ sub family_handler {
     if ($action eq 'stall') {
         $conn->stall(30);
         return;
+    }
+
+    if ($action eq 'huge') {
+        my $r = _whole($family, $model);
+        $r->{body} =~ s/"ok"/'"' . ('x' x (5 * 1024 * 1024)) . '"'/e;
+        return $r;
     }
 
     my %o = (nousage => $action eq 'nousage', cut => $action eq 'cut');
