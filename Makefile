@@ -9,6 +9,8 @@
 #                 to the first event, memory per open stream (~35 s)
 #   make bench-pick   the instructions llm_split_key's sticky pick costs
 #                 (callgrind, ~1 min)
+#   make bench-check  the instructions llm_check_answer costs for a
+#                 600-byte answer (callgrind, ~3 min)
 #   make lint     formatting checks of the C sources
 #   make test-asan    the tests against a module built with ASan + UBSan
 #   make soak     the fault-matrix soak for 60 s (t/soak.t; make test runs
@@ -122,6 +124,11 @@ bench:
 	@bench/scan.sh
 	@MODULE=$(CURDIR)/$(MODULE) bench/sse.pl
 	@MODULE=$(CURDIR)/$(MODULE) bench/pick.sh
+
+bench-check:
+	@tools/deps.sh bench
+	@$(MAKE) -s all
+	@MODULE=$(CURDIR)/$(MODULE) bench/check_answer.sh
 
 bench-sse:
 	@tools/deps.sh bench

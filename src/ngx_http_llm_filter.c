@@ -42,6 +42,8 @@ static ngx_int_t ngx_http_llm_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static ngx_int_t ngx_http_llm_read_answer(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx);
+static ngx_uint_t ngx_http_llm_check_hold(ngx_http_request_t *sr,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_uint_t ngx_http_llm_is_sse(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_observe(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx, ngx_chain_t *in);
@@ -150,6 +152,10 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
     if (r->headers_out.status < NGX_HTTP_SPECIAL_RESPONSE) {
 
         ctx->sse = ngx_http_llm_is_sse(r);
+
+        if (ngx_http_llm_check_hold(r, ctx)) {
+            return NGX_OK;
+        }
 
         if (ngx_http_llm_read_answer(r, ctx) != NGX_OK) {
             return NGX_ERROR;
@@ -458,6 +464,28 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
         return NGX_OK;
     }
 
+    if (ctx->checking) {
+        /* a good answer too long to check: it goes on unchecked */
+        ctx->checking = 0;
+        ctx->held = 0;
+        ctx->answer = NULL;
+
+        if (ngx_http_llm_read_answer(sr, ctx) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        rc = ngx_http_llm_commit(sr->main, sr);
+
+        if (rc == NGX_ERROR || rc > NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        out.buf = kept;
+        out.next = cl;
+
+        return ngx_http_llm_body_filter(sr, &out);
+    }
+
     /* too long to keep: decide now from what is kept */
 
     ctx->answer_partial = 1;
@@ -490,6 +518,95 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
     out.next = cl;
 
     return ngx_http_llm_body_filter(sr, &out);
+}
+
+
+/*
+ * llm_check_answer: a good answer that is not a stream, of at most
+ * NGX_HTTP_LLM_ERROR_BODY_MAX bytes when its length is known, is held
+ * as an error answer is, when a failure could still be retried, and
+ * judged by its shape once whole (docs/directives.md, llm_check_answer).
+ */
+
+static ngx_uint_t
+ngx_http_llm_check_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
+{
+    if (!ctx->conf->check_answer
+        || ctx->sse
+        || ctx->family == NGX_HTTP_LLM_FAMILY_OTHER
+        || sr->headers_out.content_length_n > NGX_HTTP_LLM_ERROR_BODY_MAX
+        || !(ctx->conf->retry_on & (1 << NGX_HTTP_LLM_ERR_INVALID_RESPONSE))
+        || ngx_http_llm_retry_closed(ctx) != NGX_HTTP_LLM_DECISION_NONE)
+    {
+        return 0;
+    }
+
+    ctx->checking = 1;
+    ctx->held = 1;
+    ctx->answer = sr;
+    ctx->answer_partial = 0;
+    ctx->reading = NULL;
+
+    if (ctx->answer_body) {
+        ctx->answer_body->pos = ctx->answer_body->start;
+        ctx->answer_body->last = ctx->answer_body->start;
+    }
+
+    /* a body the upstream buffered to a temp file comes in memory */
+    sr->filter_need_in_memory = 1;
+
+    return 1;
+}
+
+
+/*
+ * The held good answer's shape, read once it is whole: an answer that is
+ * not the family's (an error object, another family's object, no JSON)
+ * is invalid_response.  The reader is left with the answer's usage and
+ * model for the variables.
+ */
+
+ngx_uint_t
+ngx_http_llm_check_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_buf_t              *b;
+    ngx_http_llm_answer_t  *a;
+
+    if (!ctx->answered) {
+        /* cut: no whole answer to pass on */
+        return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
+    }
+
+    a = ngx_palloc(sr->pool, sizeof(ngx_http_llm_answer_t));
+    if (a == NULL
+        || ngx_http_llm_answer_init(a, sr->pool, ctx->family, 0) != NGX_OK)
+    {
+        return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
+    }
+
+    b = ctx->answer_body;
+
+    if (b) {
+        ngx_http_llm_answer_feed(a, b->pos, b->last);
+    }
+
+    ngx_http_llm_answer_end(a);
+
+    ctx->reading = a;
+
+    if (a->shape == NGX_HTTP_LLM_SHAPE_OK) {
+        /* the client's first byte follows at once */
+        ctx->first_byte = ngx_current_msec;
+        return NGX_HTTP_LLM_ERR_NONE;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
+                  "llm route \"%V\": answer %ui of target \"%V\" is not "
+                  "of the %V family", &ctx->conf->route,
+                  sr->headers_out.status, &ctx->target->uri,
+                  &ngx_http_llm_family_names[ctx->family]);
+
+    return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
 }
 
 

@@ -293,6 +293,7 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->invalid = 0;
     ctx->answered = 0;
     ctx->held = 0;
+    ctx->checking = 0;
     ctx->decided = 0;
     ctx->attempt_rc = NGX_OK;
     ctx->attempt_status = 0;
@@ -547,6 +548,11 @@ ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
         return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
     }
 
+    if (ctx->checking) {
+        /* a good answer held by llm_check_answer */
+        return ngx_http_llm_check_answer(sr, ctx);
+    }
+
     if (ctx->committed && ctx->attempt_status < NGX_HTTP_SPECIAL_RESPONSE) {
 
         if (!ctx->answered || rc == NGX_ERROR
@@ -670,7 +676,14 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
 
     ctx->attempt = NULL;
 
-    if (ctx->committed) {
+    /*
+     * a good answer held by llm_check_answer is replayed there, and the
+     * decision of an earlier attempt stays, as for any good answer
+     */
+
+    if (ctx->committed
+        || (ctx->checking && ctx->error == NGX_HTTP_LLM_ERR_NONE))
+    {
         ngx_http_llm_final(r, ctx);
         return;
     }

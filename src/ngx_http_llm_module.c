@@ -146,6 +146,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, deadline),
       NULL },
 
+    { ngx_string("llm_check_answer"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, check_answer),
+      NULL },
+
     { ngx_string("llm_response_headers"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -368,6 +375,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     llcf->backoff_max = NGX_CONF_UNSET_MSEC;
     llcf->deadline = NGX_CONF_UNSET_MSEC;
     llcf->response_headers = NGX_CONF_UNSET;
+    llcf->check_answer = NGX_CONF_UNSET;
     llcf->budget = NGX_CONF_UNSET_UINT;
     llcf->cooldown_fails = NGX_CONF_UNSET_UINT;
 
@@ -377,7 +385,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
 
 /*
  * The retry policy (llm_retry_on, llm_attempts, llm_backoff,
- * llm_deadline) and llm_response_headers are inherited as usual.  A
+ * llm_deadline), llm_response_headers and llm_check_answer are
+ * inherited as usual.  A
  * route is a property of one location, like proxy_pass: llm_route,
  * llm_target and llm_fallback are not inherited by nested locations.
  */
@@ -412,6 +421,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->backoff_max, prev->backoff_max, 2000);
     ngx_conf_merge_msec_value(conf->deadline, prev->deadline, 60000);
     ngx_conf_merge_value(conf->response_headers, prev->response_headers, 0);
+    ngx_conf_merge_value(conf->check_answer, prev->check_answer, 0);
 
     if (conf->budget == NGX_CONF_UNSET_UINT) {
         conf->budget = (prev->budget == NGX_CONF_UNSET_UINT) ? 0

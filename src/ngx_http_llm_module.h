@@ -88,6 +88,7 @@ typedef struct {
     ngx_msec_t                   backoff_base;
     ngx_msec_t                   backoff_max;
     ngx_msec_t                   deadline;
+    ngx_flag_t                   check_answer;  /* llm_check_answer */
     ngx_flag_t                   response_headers;  /* x-llm-* on answers */
 
     /* llm_retry_budget; ratio in thousandths, 0 .. 1000 */
@@ -204,6 +205,7 @@ typedef struct {
     unsigned                     attempt_done:1;
     unsigned                     invalid:1;     /* no HTTP answer at all */
     unsigned                     held:1;        /* error answer kept back */
+    unsigned                     checking:1;    /* ... or a good one */
     unsigned                     answer_partial:1;  /* kept, not whole */
     unsigned                     can_retry:1;
     unsigned                     retried:1;     /* a retry was spent */
@@ -298,6 +300,8 @@ ngx_int_t ngx_http_llm_sse_forward(ngx_http_request_t *r,
     ngx_http_output_body_filter_pt next);
 ngx_uint_t ngx_http_llm_stream_whole(ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_check_answer(ngx_http_request_t *sr,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_target_t *target);
