@@ -128,11 +128,13 @@ is(scalar @records, 2, '--record: one line a run');
 is($records[0]{run_id}, 'run-1', '--record: the first run');
 is_deeply($records[1], $r->{record}, '--record: the line is the record');
 
+# a base with a trailing slash is the same base
 for my $family (qw(responses messages)) {
-    $r = check('/g', $family, $family eq 'messages'
+    $r = check('/g/', $family, $family eq 'messages'
                               ? 'claude-3-5-haiku-20241022' : 'gpt-candidate',
                owned('--run-id', "run-$family"));
     is($r->{rc}, 0, "$family: promote") or diag(what($r));
+    is($r->{record}{gateway}, "$GW/g", "$family: the base without its /");
 }
 
 @seen = grep { ($_->{headers}{'x-request-id'} // '') eq 'run-messages-happy' }

@@ -248,6 +248,7 @@ static int
 lp_option(lp_conf_t *cf, int commands, const char *name, const char *value)
 {
     int           f;
+    size_t        n;
     lp_option_t  *o;
 
     o = lp_option_find(name);
@@ -309,6 +310,15 @@ lp_option(lp_conf_t *cf, int commands, const char *name, const char *value)
     {
         if (lp_check_url(cf, name, value) != 0) {
             return -1;
+        }
+
+        if (strcmp(name, "base") == 0) {
+            /* "https://gw/" and "https://gw" are one base: argv is ours */
+            n = strlen(value);
+
+            while (n > 8 && value[n - 1] == '/') {
+                ((char *) value)[--n] = '\0';
+            }
         }
 
     } else if (strcmp(name, "format") == 0) {
