@@ -6,7 +6,8 @@
 # (a chat completion on a messages route) or a body that is no JSON is
 # invalid_response: retried or fallen back from, and the next attempt's
 # answer goes to the client.  An answer of the family's shape is passed
-# on unchanged (status, headers, Content-Length, body; usage read).
+# on unchanged (status, headers, Content-Length, body; usage read,
+# $llm_ttft set), chunked or not, with proxy_buffering on or off.
 # Off (the default): the same answers go to the client as they are.  An
 # answer longer than the held size (chunked, length unknown) goes on
 # unchecked and whole; so does the answer of an attempt no other attempt
@@ -83,6 +84,17 @@ http {
             llm_target /_llm/err200;
             llm_fallback /_llm/chat_ok;
             llm_retry_on server_error;
+        }
+
+        location = /nobuf/v1/chat/completions {
+            llm_route nobuf;
+            llm_target /_llm/nobuf tries=3;
+        }
+
+        location /_llm/nobuf {
+            internal;
+            proxy_pass http://127.0.0.1:%%PORT_8081%%/nobuf/v1/chat/completions;
+            proxy_buffering off;
         }
 
         location ~ ^/_llm/(t)$ {
@@ -208,6 +220,22 @@ for my $round (1, 2) {
     $e = log_entry($t, 'good');
     is($e->{errors}, '-', 'good: one attempt');
     is($e->{decision}, '-', 'good: no decision');
+}
+
+# chunked, through a target without proxy_buffering: checked all the
+# same, the good one (a third attempt could follow) replayed with its
+# length
+
+for my $round (1, 2) {
+    my $r = post("/nobuf/v1/chat/completions?id=nobuf-$round",
+                 'X-Case' => '1:500+status=200+chunked=1;*:ok+chunked=1');
+    is($r->{status}, 200, "nobuf: status ($round)");
+    is($r->{body}, completion(), "nobuf: the second answer ($round)");
+    is($r->{headers}{'content-length'}, length completion(),
+       "nobuf: replayed with its length ($round)")
+        or diag(join "\n", map { "$_->[0]: $_->[1]" } @{$r->{header_list}});
+    is(log_entry($t, "nobuf-$round")->{errors}, 'invalid_response, -',
+       "nobuf: attempt errors ($round)");
 }
 
 # longer than the held size: unchecked, whole
