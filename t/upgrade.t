@@ -20,8 +20,13 @@ use Time::HiRes qw(sleep);
 my $t = Test::LLM->new(log_level => 'notice');
 my $dir = $t->testdir;
 
+# nginx passes the new binary only the environment "env" names: the
+# sanitizer runtime of make test-asan (tools/nginx-asan.sh) goes with it
 $t->write_file_expand('nginx.conf', <<'EOF');
 daemon on;
+env LD_PRELOAD;
+env ASAN_OPTIONS;
+env UBSAN_OPTIONS;
 
 events {}
 
