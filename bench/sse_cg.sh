@@ -3,7 +3,7 @@
 # against an llm route (B) to the same mock provider, as in bench/sse.pl.
 # See bench/README.md, "Streams".
 #
-#   bench/sse_cg.sh            (or: make bench-sse-cg)
+#   MODULE=build/me/ngx_http_llm_module.so bench/sse_cg.sh
 #
 # nginx runs alone (master_process off) under valgrind --tool=callgrind
 # and serves N1, then (a new run) N2 streams of one candidate, one after
