@@ -8,7 +8,9 @@
 #include <ngx_core.h>
 #include "ngx_http_llm_scan.h"
 
-#if (defined __x86_64__ && defined __GNUC__)
+/* -DNGX_HTTP_LLM_NO_SIMD builds the scalar scan only */
+
+#if (defined __x86_64__ && defined __GNUC__ && !defined NGX_HTTP_LLM_NO_SIMD)
 #define NGX_HTTP_LLM_HAVE_SIMD  1
 #include <immintrin.h>
 #endif
@@ -133,7 +135,9 @@ void
 ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 {
     u_char      c, *start, *q, *end;
+#if (NGX_HTTP_LLM_HAVE_SIMD)
     ngx_uint_t  fallback;
+#endif
 
     start = p;
 
