@@ -11,6 +11,9 @@
 #                 (callgrind, ~1 min)
 #   make bench-check  the instructions llm_check_answer costs for a
 #                 600-byte answer (callgrind, ~3 min)
+#   make fleet    N nginx nodes sharing one Redis: the fleet's retries
+#                 against its budget, Redis commands and bytes a second
+#                 (bench/fleet; NODES=3,12,24 SYNC=100ms,250ms,1s, ~20 min)
 #   make lint     formatting checks of the C sources
 #   make test-asan    the tests against a module built with ASan + UBSan
 #   make soak     the fault-matrix soak for 60 s (t/soak.t; make test runs
@@ -49,7 +52,7 @@ PF_CFLAGS  ?= -g -O2 -std=gnu99 -Wall -Wextra -Wno-unused-parameter -Werror \
 PF_LDFLAGS ?= -Wl,-z,relro -Wl,-z,now
 
 .PHONY: all deps test test-asan soak fuzz demo bench bench-sse bench-pick lint \
-        clean deb test-deb
+        fleet clean deb test-deb
 
 all: $(MODULE) $(PREFLIGHT)
 
@@ -166,6 +169,11 @@ deb:
 test-deb:
 	@tools/deps.sh test deb
 	TEST_LLM_DEB=1 prove -v t/deb.t
+
+fleet:
+	@tools/deps.sh bench
+	@$(MAKE) -s all
+	@MODULE=$(CURDIR)/$(MODULE) bench/fleet
 
 lint:
 	@tools/lint.sh

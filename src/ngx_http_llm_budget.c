@@ -488,8 +488,8 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
 /*
  * Every node judges on the same view of the cluster between two syncs:
  * were each to spend all the room it shows, N nodes would spend it N
- * times.  So since the view a node spends at most its share of the
- * room the view left, by its share of the window's requests (the
+ * times.  So since the view a node spends at most half its share of
+ * the room the view left, by its share of the window's requests (the
  * fleet's requests all count on some node), plus what its own requests
  * deposited since.  The retry being judged is counted already in
  * retries and in n->retries.  docs/directives.md derives the overshoot.
@@ -521,21 +521,33 @@ ngx_http_llm_budget_share(ngx_http_llm_loc_conf_t *llcf,
     all = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_REQUESTS,
                                 llcf->budget_window, 1);
 
-    if (all > 0 && own <= all) {
-        share = room * own / all;
+    /*
+     * Half of it when other nodes count too: what they spend between
+     * two views reaches this node's view one or two views later, so a
+     * view may show a room the others already took their share of once.
+     */
+
+    if (all > 0 && own == all) {
+        share = room;
+
+    } else if (all > 0 && own < all) {
+        share = room * own / (2 * all);
 
     } else {
-        share = room / ngx_http_llm_cluster_nodes(llcf->zone, &rank);
+        share = room / (2 * ngx_http_llm_cluster_nodes(llcf->zone, &rank));
     }
 
     /*
      * Shares in whole retries would leave the last retries of a room
      * unspent (a room of 10 over 3 nodes: 3 each); the dither rounds a
      * share up with the odds of its fraction, so they add up to the
-     * room on average.
+     * room on average.  Not a room of less than a retry: some node
+     * would take one it does not hold.
      */
 
-    share += (int64_t) n->view_dither;
+    if (room >= 1000) {
+        share += (int64_t) n->view_dither;
+    }
 
     return spent <= share + deposit ? NGX_OK : NGX_DECLINED;
 }
