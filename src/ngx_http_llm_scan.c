@@ -61,7 +61,7 @@ enum {
 
 static void ngx_http_llm_scan_keep(u_char *buf, size_t *len, size_t size,
     u_char *p, u_char *last);
-static ngx_uint_t ngx_http_llm_scan_member(ngx_http_llm_scan_t *s);
+static ngx_uint_t ngx_http_llm_scan_member(u_char *raw, size_t len);
 static ngx_inline ngx_int_t ngx_http_llm_scan_push(ngx_http_llm_scan_t *s,
     u_char c);
 static ngx_inline ngx_int_t ngx_http_llm_scan_pop(ngx_http_llm_scan_t *s,
@@ -176,6 +176,20 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
 
             if (c == '"') {
                 s->members++;
+                s->backslashes = 0;
+
+                /* a name whole in this piece is looked at where it is */
+
+                q = ngx_http_llm_json_string_end(&s->backslashes, p + 1,
+                                                   last);
+
+                if (q != NULL) {
+                    s->member = ngx_http_llm_scan_member(p, q - p);
+                    s->state = sw_colon;
+                    p = q;
+                    break;
+                }
+
                 s->key_len = 0;
                 s->backslashes = 0;
                 s->state = sw_key_string;
@@ -206,7 +220,7 @@ ngx_http_llm_scan(ngx_http_llm_scan_t *s, u_char *p, u_char *last)
                 break;
             }
 
-            s->member = ngx_http_llm_scan_member(s);
+            s->member = ngx_http_llm_scan_member(s->key, s->key_len);
             s->state = sw_colon;
             p = q;
             break;
@@ -493,26 +507,26 @@ ngx_http_llm_scan_keep(u_char *buf, size_t *len, size_t size, u_char *p,
 }
 
 
+/* raw: a member name with its quotes, len bytes of it (kept or not) */
+
 static ngx_uint_t
-ngx_http_llm_scan_member(ngx_http_llm_scan_t *s)
+ngx_http_llm_scan_member(u_char *raw, size_t len)
 {
     u_char  *name, buf[NGX_HTTP_LLM_KEY_RAW_MAX];
-    size_t   len;
 
-    if (s->key_len > sizeof(s->key)) {
+    if (len > NGX_HTTP_LLM_KEY_RAW_MAX) {
         /* even with every character escaped, not "model" or "stream" */
         return ngx_http_llm_member_other;
     }
 
-    name = s->key + 1;
-    len = s->key_len - 2;
+    name = raw + 1;
+    len -= 2;
 
     if (memchr(name, '\\', len)) {
 
         /* "mod\u0065l" is "model" to the provider too */
 
-        if (ngx_http_llm_json_string(s->key, s->key_len, buf, sizeof(buf),
-                                     &len)
+        if (ngx_http_llm_json_string(raw, len + 2, buf, sizeof(buf), &len)
             != NGX_OK)
         {
             return ngx_http_llm_member_other;
