@@ -19,8 +19,9 @@
  *   the last tick:
  *       INCRBY  {prefix:route}:r:SEC  delta     (client requests)
  *       INCRBY  {prefix:route}:x:SEC  delta     (retries)
- *       PEXPIRE each of them (window + 2) seconds
- *   MGET the window's r and x keys of the route
+ *       PEXPIRE each of them (window + 2) seconds, the first time
+ *   MGET the r and x keys of the seconds that may still grow (of the
+ *       whole window for the route's first view)
  *   for each target whose cooldown began here since the last tick:
  *       EVAL (SET the key to the later end, PX what is left of it;
  *             an end further away than max= is replaced)
@@ -67,6 +68,7 @@ typedef struct {
     ngx_http_llm_node_t         *node;
     ngx_str_t                    tag;       /* "{prefix:route}" */
     ngx_uint_t                   window;
+    ngx_uint_t                   read;      /* seconds the MGET reads */
 } ngx_http_llm_sync_route_t;
 
 
@@ -107,6 +109,7 @@ typedef struct {
     time_t                       sec;
     ngx_uint_t                   counter;
     ngx_atomic_int_t             delta;
+    ngx_uint_t                   first;     /* first sent: PEXPIRE it */
 } ngx_http_llm_delta_t;
 
 
@@ -702,6 +705,7 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
             dl->sec = sec;
             dl->counter = k;
             dl->delta = d;
+            dl->first = (slot->synced[k] == 0);
 
             slot->synced[k] = c;
         }
@@ -761,6 +765,15 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
             return NGX_ERROR;
         }
 
+        /*
+         * Once per key and node: the key's life starts with its second,
+         * a later PEXPIRE would move its end by less than a tick.
+         */
+
+        if (!dl[i].first) {
+            continue;
+        }
+
         argv[0] = "PEXPIRE";
         argvlen[0] = sizeof("PEXPIRE") - 1;
         argv[2] = (char *) ttl;
@@ -774,9 +787,24 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
         }
     }
 
-    /* MGET r:SEC... x:SEC..., oldest second first */
+    /*
+     * MGET r:SEC... x:SEC..., oldest second first.  A second stops
+     * growing once every node's batches of it came (within a sync and a
+     * timeout): the route's first view reads the window, the next ones
+     * only the seconds that may still grow, and keep what they read of
+     * the others in the slots.
+     */
 
-    nkeys = 2 * route->window;
+    if (ngx_http_llm_route_fresh(route->zone, route->node)) {
+        route->read = (ngx_http_llm_syncer.conf->sync
+                       + ngx_http_llm_syncer.conf->timeout) / 1000 + 2;
+        route->read = ngx_min(route->read, route->window);
+
+    } else {
+        route->read = route->window;
+    }
+
+    nkeys = 2 * route->read;
 
     argv = ngx_palloc(batch->pool, (nkeys + 1) * sizeof(char *));
     argvlen = ngx_palloc(batch->pool, (nkeys + 1) * sizeof(size_t));
@@ -788,11 +816,11 @@ ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
     argvlen[0] = sizeof("MGET") - 1;
 
     for (n = 0; n < nkeys; n++) {
-        sec = batch->now - (time_t) route->window + 1
-              + (time_t) (n % route->window);
+        sec = batch->now - (time_t) route->read + 1
+              + (time_t) (n % route->read);
 
         argv[n + 1] = (char *) ngx_http_llm_sync_key(batch->pool, &route->tag,
-                                                     n < route->window
+                                                     n < route->read
                                                      ? 'r' : 'x',
                                                      sec, &argvlen[n + 1]);
         if (argv[n + 1] == NULL) {
@@ -1134,7 +1162,7 @@ ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
     ngx_slab_pool_t      *shpool;
     ngx_http_llm_slot_t  *slot;
 
-    w = route->window;
+    w = route->read;
 
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 * w) {
         batch->error_len = ngx_cpymem(batch->error, "unexpected MGET reply",

@@ -6,7 +6,9 @@
 # well.  Traffic on one route adds its reads until its counts leave the
 # window (2 s here); its first request is judged on the node's own
 # counters ($llm_budget_source local: the node has no view of the route
-# yet), the next ones on the cluster's.
+# yet), the next ones on the cluster's.  A busy route with a 60-s window
+# reads only the seconds that may still grow (a few hundred bytes a
+# tick, not 120 keys), and PEXPIREs a key once.
 
 use strict;
 use warnings;
@@ -16,6 +18,7 @@ use Test::More;
 use Test::LLM;
 use Time::HiRes qw(time sleep);
 use JSON::PP ();
+use POSIX ();
 
 my $JSON = JSON::PP->new;
 
@@ -24,7 +27,15 @@ $t->has_daemon('redis-server');
 
 my $redis = $t->run_redis;
 
-my $routes = join '', map { <<"EOF2" } 1 .. 20;
+my $long = <<'EOF2';
+        location = /long/v1/chat/completions {
+            llm_route long;
+            llm_target /_llm/ok;
+            llm_retry_budget ratio=0.2 min=1/s window=60s;
+        }
+EOF2
+
+my $routes = $long . join '', map { <<"EOF2" } 1 .. 20;
         location = /r$_/v1/chat/completions {
             llm_route r$_;
             llm_target /_llm/ok;
@@ -115,5 +126,46 @@ is($src[-1], 'cluster', 'once read: cluster');
 sleep 2;
 my $again = per_tick();
 cmp_ok($again, '<=', 1.2, sprintf('idle again: %.2f MGETs a tick', $again));
+
+# a busy route with a window of 60 s: once read whole, a tick reads the
+# seconds that may still grow (3 here: sync + timeout + 2 s), and a key
+# gets its PEXPIRE once
+{
+    my $pid = fork() // die;
+    if ($pid == 0) {
+        my $end = time + 3.5;
+        while (time < $end) {
+            http_post('/long/v1/chat/completions', $BODY, port => $port);
+            sleep 0.02;
+        }
+        POSIX::_exit(0);
+    }
+
+    sleep 1.5;
+
+    my $stats = sub {
+        my $s = redis_command($redis, 'INFO', 'commandstats') . "\n"
+                . redis_command($redis, 'INFO', 'stats');
+        my ($px) = $s =~ /cmdstat_pexpire:calls=(\d+)/;
+        my ($in) = $s =~ /total_net_input_bytes:(\d+)/;
+        return ($px // 0, $in // 0, status()->{redis}{syncs});
+    };
+
+    my @a = $stats->();
+    sleep 1;
+    my @b = $stats->();
+    waitpid($pid, 0);
+
+    my $ticks = ($b[2] - $a[2]) || 1;
+    my $px = ($b[0] - $a[0]) / $ticks;
+    my $in = ($b[1] - $a[1]) / $ticks;
+
+    # 2 PEXPIREs a second run in the heartbeat script; one a second for
+    # the route's request keys: 4 at most in 20 ticks, not 20 more
+    cmp_ok($px, '<=', 0.25, sprintf('busy: %.2f PEXPIREs a tick', $px));
+
+    # 6 keys, not 120 (each ~30 bytes with its framing)
+    cmp_ok($in, '<', 1000, sprintf('busy: %.0f bytes to Redis a tick', $in));
+}
 
 done_testing;
