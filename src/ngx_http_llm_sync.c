@@ -121,6 +121,7 @@ typedef struct {
     ngx_array_t                  targets;   /* of ngx_http_llm_sync_target_t */
     ngx_array_t                  canaries;  /* of ngx_http_llm_sync_canary_t */
     ngx_event_t                  tick;
+    ngx_event_t                  quick;     /* news of a cooldown */
     ngx_event_t                  timeout;   /* of the batch in flight */
     ngx_connection_t             dummy;     /* timers' data: fd -1 */
     ngx_http_llm_batch_t        *batch;
@@ -139,6 +140,7 @@ static ngx_int_t ngx_http_llm_sync_targets(ngx_cycle_t *cycle,
 static ngx_int_t ngx_http_llm_sync_canary_list(ngx_cycle_t *cycle,
     ngx_http_llm_loc_conf_t *llcf);
 static void ngx_http_llm_sync_tick(ngx_event_t *ev);
+static void ngx_http_llm_sync_quick(ngx_event_t *ev);
 static void ngx_http_llm_sync_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_sync_send(void);
 static ngx_int_t ngx_http_llm_sync_route(ngx_http_llm_batch_t *batch,
@@ -292,6 +294,21 @@ ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
      */
 
     ngx_add_timer(&sy->tick, conf->sync);
+
+    /*
+     * A cooldown begun here goes out within an eighth of a sync, not at
+     * the next tick: the others read it at theirs, so that every node
+     * learns it within about one sync.
+     */
+
+    if (conf->sync >= 80) {
+        sy->quick.handler = ngx_http_llm_sync_quick;
+        sy->quick.log = cycle->log;
+        sy->quick.data = &sy->dummy;
+        sy->quick.cancelable = 1;
+
+        ngx_add_timer(&sy->quick, conf->sync / 8);
+    }
 
     return NGX_OK;
 }
@@ -493,6 +510,10 @@ ngx_http_llm_sync_exit(void)
 
     sy = &ngx_http_llm_syncer;
 
+    if (sy->quick.timer_set) {
+        ngx_del_timer(&sy->quick);
+    }
+
     if (sy->tick.timer_set) {
         ngx_del_timer(&sy->tick);
     }
@@ -561,6 +582,53 @@ ngx_http_llm_sync_tick(ngx_event_t *ev)
     if (ngx_http_llm_sync_send() != NGX_OK) {
         ngx_http_llm_redis_fail("out of memory", sizeof("out of memory") - 1);
     }
+}
+
+
+/* a cooldown not sent yet: the tick comes now */
+
+static void
+ngx_http_llm_sync_quick(ngx_event_t *ev)
+{
+    ngx_uint_t                   i;
+    ngx_msec_t                   now, end;
+    ngx_http_llm_node_t         *n;
+    ngx_http_llm_syncer_t       *sy;
+    ngx_http_llm_sync_target_t  *st;
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    sy = &ngx_http_llm_syncer;
+
+    ngx_add_timer(&sy->quick, sy->conf->sync / 8);
+
+    if (sy->batch || !ngx_http_llm_redis_ready()) {
+        return;
+    }
+
+    now = ngx_http_llm_wall_msec();
+    st = sy->targets.elts;
+
+    for (i = 0; i < sy->targets.nelts; i++) {
+        n = st[i].node;
+        end = n->cooldown_until;
+
+        if (end > now && end > (ngx_msec_t) n->cooldown_shared) {
+            break;
+        }
+    }
+
+    if (i == sy->targets.nelts) {
+        return;
+    }
+
+    if (sy->tick.timer_set) {
+        ngx_del_timer(&sy->tick);
+    }
+
+    ngx_http_llm_sync_tick(&sy->tick);
 }
 
 
