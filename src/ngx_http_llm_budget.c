@@ -34,6 +34,7 @@ static ngx_atomic_uint_t ngx_http_llm_budget_allowance(
     ngx_http_llm_loc_conf_t *llcf, ngx_uint_t cluster);
 static ngx_int_t ngx_http_llm_budget_share(ngx_http_llm_loc_conf_t *llcf,
     ngx_atomic_uint_t allowance, ngx_atomic_uint_t retries);
+static ngx_int_t ngx_http_llm_budget_back(ngx_http_llm_loc_conf_t *llcf);
 
 
 /* llm_retry_budget [ratio=R] [min=N/s] [window=TIME] [zone=NAME] | off */
@@ -473,7 +474,8 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
 
         if (retries * 1000 > allowance
             || (cluster && ngx_http_llm_budget_share(llcf, allowance, retries)
-                           != NGX_OK))
+                           != NGX_OK)
+            || (cluster && ngx_http_llm_budget_back(llcf) != NGX_OK))
         {
             ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_RETRIES, -1);
             (void) ngx_atomic_fetch_add(&n->retries, -1);
@@ -482,6 +484,30 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * For a window after an outage, Redis may still miss what other nodes
+ * counted alone meanwhile: they send it as they come back, over a
+ * second or two.  Until those counts leave the window, a retry must fit
+ * the node's own part of the budget as well, as during the outage.
+ */
+
+static ngx_int_t
+ngx_http_llm_budget_back(ngx_http_llm_loc_conf_t *llcf)
+{
+    ngx_atomic_uint_t  allowance, retries;
+
+    if (!ngx_http_llm_cluster_back(llcf->zone, llcf->budget_window)) {
+        return NGX_OK;
+    }
+
+    allowance = ngx_http_llm_budget_allowance(llcf, 0);
+    retries = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_RETRIES,
+                                    llcf->budget_window, 0);
+
+    return retries * 1000 > allowance ? NGX_DECLINED : NGX_OK;
 }
 
 

@@ -549,9 +549,18 @@ ngx_http_llm_sync_link(ngx_uint_t state)
         if (state == NGX_HTTP_LLM_LINK_DOWN) {
             sh->cluster_msec = 0;
 
+            if (sh->down_msec == 0) {
+                sh->down_msec = ngx_http_llm_wall_msec();
+            }
+
             if (sy->link == NGX_HTTP_LLM_LINK_UP) {
                 (void) ngx_atomic_fetch_add(&sh->link_downs, 1);
             }
+        }
+
+        if (state == NGX_HTTP_LLM_LINK_UP && sh->down_msec) {
+            sh->back_msec = ngx_http_llm_wall_msec();
+            sh->down_msec = 0;
         }
 
         sh->link = state;

@@ -772,6 +772,21 @@ ngx_http_llm_route_fresh(ngx_shm_zone_t *shm_zone, ngx_http_llm_node_t *n)
 }
 
 
+/* whether the link came back from an outage less than window s ago */
+
+ngx_uint_t
+ngx_http_llm_cluster_back(ngx_shm_zone_t *shm_zone, ngx_uint_t window)
+{
+    ngx_msec_t            at;
+    ngx_http_llm_zone_t  *zone;
+
+    zone = shm_zone->data;
+    at = zone->sh->back_msec;
+
+    return at && ngx_http_llm_wall_msec() - at < window * 1000;
+}
+
+
 /*
  * The number of nodes Redis last counted, and this node's rank among
  * them, for a zone judged on its own counters while Redis is away: 1

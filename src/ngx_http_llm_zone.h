@@ -164,6 +164,10 @@ typedef struct {
     ngx_atomic_t                 nodes;     /* last known, 0: unknown */
     ngx_atomic_t                 rank;      /* this node's, by id */
 
+    /* the link fell, came back: wall ms, 0: not (ngx_http_llm_budget.c) */
+    ngx_atomic_t                 down_msec;
+    ngx_atomic_t                 back_msec;
+
     /*
      * this node's id in Redis, random hex made with the zone: a reload
      * keeps it, a restart makes another (pids and hostnames repeat)
@@ -208,6 +212,8 @@ ngx_atomic_uint_t ngx_http_llm_slot_sum(ngx_http_llm_node_t *n,
 ngx_uint_t ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone);
 ngx_uint_t ngx_http_llm_route_fresh(ngx_shm_zone_t *shm_zone,
     ngx_http_llm_node_t *n);
+ngx_uint_t ngx_http_llm_cluster_back(ngx_shm_zone_t *shm_zone,
+    ngx_uint_t window);
 ngx_uint_t ngx_http_llm_cluster_nodes(ngx_shm_zone_t *shm_zone,
     ngx_uint_t *rank);
 
