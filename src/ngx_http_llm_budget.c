@@ -490,16 +490,24 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
 /*
  * For a window after an outage, Redis may still miss what other nodes
  * counted alone meanwhile: they send it as they come back, over a
- * second or two.  Until those counts leave the window, a retry must fit
- * the node's own part of the budget as well, as during the outage.
+ * second or two.  The same after a route's first view (at a start, or
+ * once it was idle here): the others judged it alone too until theirs.
+ * Until those counts leave the window, a retry must fit the node's own
+ * part of the budget as well, as when it counts alone.
  */
 
 static ngx_int_t
 ngx_http_llm_budget_back(ngx_http_llm_loc_conf_t *llcf)
 {
+    ngx_msec_t         born;
     ngx_atomic_uint_t  allowance, retries;
 
-    if (!ngx_http_llm_cluster_back(llcf->zone, llcf->budget_window)) {
+    born = llcf->node->view_born;
+
+    if (!ngx_http_llm_cluster_back(llcf->zone, llcf->budget_window)
+        && (born == 0
+            || ngx_http_llm_wall_msec() - born >= llcf->budget_window * 1000))
+    {
         return NGX_OK;
     }
 
@@ -514,8 +522,8 @@ ngx_http_llm_budget_back(ngx_http_llm_loc_conf_t *llcf)
 /*
  * Every node judges on the same view of the cluster between two syncs:
  * were each to spend all the room it shows, N nodes would spend it N
- * times.  So since the view a node spends at most half its share of
- * the room the view left, by its share of the window's requests (the
+ * times.  So since the view a node spends at most a third of its share
+ * of the room the view left, by its share of the window's requests (the
  * fleet's requests all count on some node), plus what its own requests
  * deposited since.  The retry being judged is counted already in
  * retries and in n->retries.  docs/directives.md derives the overshoot.
@@ -548,19 +556,20 @@ ngx_http_llm_budget_share(ngx_http_llm_loc_conf_t *llcf,
                                 llcf->budget_window, 1);
 
     /*
-     * Half of it when other nodes count too: what they spend between
+     * A third of it when other nodes count too: what they spend between
      * two views reaches this node's view one or two views later, so a
-     * view may show a room the others already took their share of once.
+     * view may show a room the others already took their share of, once
+     * or twice.
      */
 
     if (all > 0 && own == all) {
         share = room;
 
     } else if (all > 0 && own < all) {
-        share = room * own / (2 * all);
+        share = room * own / (3 * all);
 
     } else {
-        share = room / (2 * ngx_http_llm_cluster_nodes(llcf->zone, &rank));
+        share = room / (3 * ngx_http_llm_cluster_nodes(llcf->zone, &rank));
     }
 
     /*

@@ -1267,6 +1267,15 @@ ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
                               ngx_http_llm_sync_number(reply->element[w + i]);
     }
 
+    /*
+     * a first view after none: the other nodes may not have sent yet
+     * what they counted meanwhile (ngx_http_llm_budget.c)
+     */
+
+    if (!ngx_http_llm_route_fresh(route->zone, route->node)) {
+        route->node->view_born = ngx_http_llm_wall_msec();
+    }
+
     route->node->view_msec = ngx_http_llm_wall_msec();
 
     /* what this node spends from now on is measured from here */

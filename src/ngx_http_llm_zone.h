@@ -132,6 +132,7 @@ typedef struct {
     ngx_atomic_t                 view_retries;
     ngx_atomic_t                 view_dither;   /* 0-999, thousandths */
     ngx_atomic_t                 view_msec;     /* written, wall ms */
+    ngx_atomic_t                 view_born;     /* first after a gap */
 
     ngx_http_llm_slot_t          slots[NGX_HTTP_LLM_SLOTS];
 
