@@ -51,7 +51,8 @@ diag(sprintf('fleet: 3 nodes, floor of 100, sync=1s: %d retries (ideal %d), '
              @$r{qw(retries ideal worst worst_allowance goal)}));
 
 cmp_ok($r->{worst}, '<=', $r->{goal}, 'the worst window within the goal');
-cmp_ok($r->{retries}, '>=', 0.9 * $r->{ideal}, 'the budget was spent');
+cmp_ok($r->{retries}, '>=', 0.8 * $r->{ideal},
+       'the budget was spent (a node spends a room over a few views)');
 
 my @logs;
 find(sub { push @logs, $File::Find::name if /^error\.log$/ }, $dir)
