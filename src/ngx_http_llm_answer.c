@@ -11,7 +11,7 @@
 
 /*
  * An answer can be megabytes of completion text, so it is never parsed
- * whole (SPEC 3.1).  A structural scan as in ngx_http_llm_scan.c
+ * whole (design.md 1).  A structural scan as in ngx_http_llm_scan.c
  * (strings skipped with memchr(), brackets counted) walks each JSON
  * document: the body of a plain answer, or the data of one SSE event.
  * It follows the members of the top-level object and, in a stream, of

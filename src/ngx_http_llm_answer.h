@@ -23,7 +23,7 @@
 
 /*
  * What the module learns from a provider's answer while its bytes pass
- * to the client (SPEC 3.1, 3.6): token usage, the model that answered,
+ * to the client (design.md 1, 5): token usage, the model that answered,
  * whether the answer has the documented shape for the route's family,
  * and, for a stream, whether it ended properly or with an in-band error
  * event.  Fed the body piece by piece, it never holds or changes the

@@ -11,7 +11,7 @@
 
 
 /*
- * Retry budgets (SPEC 3.3) and target cooldowns, on the counters of the
+ * Retry budgets (design.md 4) and target cooldowns, on the counters of the
  * shared zone (ngx_http_llm_zone.c).
  *
  * The budget is additive, as Finagle's RetryBudget and tower's TpsBudget:

@@ -11,7 +11,7 @@
 
 
 /*
- * What a failed attempt was (SPEC 3.2).  The status alone is not enough:
+ * What a failed attempt was (design.md 2).  The status alone is not enough:
  * a 429 is a rate limit to wait out or a drained billing account that no
  * wait fixes, a 400 may be a prompt too long for this model only.  So the
  * body is parsed too, with yajl's callback parser (error bodies are small

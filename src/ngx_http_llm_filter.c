@@ -293,10 +293,10 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
 
 /*
- * A good answer is read as it passes, for usage, model and shape (SPEC
- * 3.6), when the configuration uses them or it is a stream; its buffers
- * are asked for in memory, so that an answer the upstream buffered to a
- * temp file is read too.
+ * A good answer is read as it passes, for usage, model and shape
+ * (design.md 2), when the configuration uses them or it is a stream;
+ * its buffers are asked for in memory, so that an answer the upstream
+ * buffered to a temp file is read too.
  */
 
 static ngx_int_t

@@ -11,7 +11,7 @@
 
 
 /*
- * The attempt engine of an llm route (SPEC 3.2).  Once the client body is
+ * The attempt engine of an llm route (design.md 2).  Once the client body is
  * read and inspected, each attempt is a subrequest to an internal target
  * location, where the operator's own proxy_pass lives.  The filters
  * (ngx_http_llm_filter.c) pass a good answer on to the client as it comes,

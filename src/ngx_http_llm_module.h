@@ -23,7 +23,7 @@
 #define NGX_HTTP_LLM_VERSION             "0.2.0"
 
 
-/* endpoint families, SPEC 3.1 */
+/* endpoint families, design.md 1 */
 #define NGX_HTTP_LLM_FAMILY_UNSET        0
 #define NGX_HTTP_LLM_FAMILY_CHAT         1
 #define NGX_HTTP_LLM_FAMILY_RESPONSES    2

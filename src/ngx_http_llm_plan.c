@@ -11,7 +11,7 @@
 
 
 /*
- * The attempt plan of a request (SPEC 3.2): the weighted pick among the
+ * The attempt plan of a request (design.md 2): the weighted pick among the
  * route's targets, then its fallbacks in order, targets in cooldown
  * passed over; and what follows a failed attempt: the same target after
  * a backoff, the next step at once, or no further attempt, within
@@ -292,7 +292,7 @@ ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx)
 
 
 /*
- * What follows a failed attempt, by SPEC 3.2: only categories listed in
+ * What follows a failed attempt, by design.md 2: only categories listed in
  * llm_retry_on go on; the same target again while its tries= last
  * (never for errors that the same target would repeat), else the next
  * step of the plan; within llm_attempts and llm_deadline.  A Retry-After

@@ -11,7 +11,7 @@
 
 
 /*
- * The Redis link of llm_redis (SPEC 3.4): hiredis' async API driven by
+ * The Redis link of llm_redis (design.md 4): hiredis' async API driven by
  * nginx's event loop, in one worker per node (worker 0), never on the
  * request path.  What goes over it is ngx_http_llm_sync.c's business.
  *

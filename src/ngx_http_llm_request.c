@@ -637,7 +637,7 @@ ngx_http_llm_gateway_error(ngx_http_request_t *r, ngx_int_t status)
 }
 
 
-/* the endpoint family from the request URI's ending (SPEC 3.1) */
+/* the endpoint family from the request URI's ending (design.md 1) */
 
 ngx_uint_t
 ngx_http_llm_family(ngx_http_request_t *r)

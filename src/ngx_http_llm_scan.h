@@ -27,7 +27,7 @@
 
 
 /*
- * The structural scan of a JSON request body (SPEC 3.1): fed chunk by
+ * The structural scan of a JSON request body (design.md 1): fed chunk by
  * chunk as the body arrives, it checks the structure (one top-level
  * object, balanced brackets, terminated strings, nothing after the
  * object) and locates the top-level "model" and "stream" members without

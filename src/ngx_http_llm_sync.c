@@ -11,7 +11,7 @@
 
 
 /*
- * The syncer of llm_redis (SPEC 3.4), in the worker that holds the link.
+ * The syncer of llm_redis (design.md 4), in the worker that holds the link.
  * Every sync= tick it sends one pipeline:
  *
  *   for each route with a retry budget this node counted in within its
