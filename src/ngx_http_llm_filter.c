@@ -756,58 +756,43 @@ ngx_http_llm_copy_headers(ngx_http_request_t *r, ngx_http_request_t *sr)
 static ngx_int_t
 ngx_http_llm_header_multi(ngx_http_request_t *r, ngx_table_elt_t *h)
 {
+    ngx_uint_t               link;
+    ngx_table_elt_t        **ph;
     ngx_http_headers_out_t  *out;
 
-#if (nginx_version >= 1023000)
-    ngx_table_elt_t        **ph;
-#else
+#if !(nginx_version >= 1023000)
     ngx_array_t             *a;
-    ngx_table_elt_t        **ph;
 #endif
+
+    if (h->key.len == sizeof("Cache-Control") - 1
+        && ngx_strncasecmp(h->key.data, (u_char *) "Cache-Control",
+                           h->key.len) == 0)
+    {
+        link = 0;
+
+    } else if (h->key.len == sizeof("Link") - 1
+               && ngx_strncasecmp(h->key.data, (u_char *) "Link",
+                                  h->key.len) == 0)
+    {
+        link = 1;
+
+    } else {
+        return NGX_OK;
+    }
 
     out = &r->headers_out;
 
 #if (nginx_version >= 1023000)
 
-    if (h->key.len == sizeof("Cache-Control") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "Cache-Control",
-                           h->key.len) == 0)
-    {
-        ph = &out->cache_control;
-
-    } else if (h->key.len == sizeof("Link") - 1
-               && ngx_strncasecmp(h->key.data, (u_char *) "Link",
-                                  h->key.len) == 0)
-    {
-        ph = &out->link;
-
-    } else {
-        return NGX_OK;
-    }
+    ph = link ? &out->link : &out->cache_control;
 
     while (*ph) {
         ph = &(*ph)->next;
     }
 
-    *ph = h;
-
 #else
 
-    if (h->key.len == sizeof("Cache-Control") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "Cache-Control",
-                           h->key.len) == 0)
-    {
-        a = &out->cache_control;
-
-    } else if (h->key.len == sizeof("Link") - 1
-               && ngx_strncasecmp(h->key.data, (u_char *) "Link",
-                                  h->key.len) == 0)
-    {
-        a = &out->link;
-
-    } else {
-        return NGX_OK;
-    }
+    a = link ? &out->link : &out->cache_control;
 
     if (a->elts == NULL
         && ngx_array_init(a, r->pool, 2, sizeof(ngx_table_elt_t *))
@@ -821,9 +806,9 @@ ngx_http_llm_header_multi(ngx_http_request_t *r, ngx_table_elt_t *h)
         return NGX_ERROR;
     }
 
-    *ph = h;
-
 #endif
+
+    *ph = h;
 
     return NGX_OK;
 }
