@@ -11,8 +11,8 @@
 
 
 /*
- * Retry budgets (design.md 4) and target cooldowns, on the counters of the
- * shared zone (ngx_http_llm_zone.c).
+ * Retry budgets (design.md 4), on the counters of the shared zone
+ * (ngx_http_llm_zone.c).
  *
  * The budget is additive, as Finagle's RetryBudget and tower's TpsBudget:
  * every client request of the route deposits ratio, every attempt after
@@ -25,11 +25,6 @@
  */
 
 
-static ngx_int_t ngx_http_llm_budget_route(ngx_conf_t *cf,
-    ngx_http_llm_main_conf_t *lmcf, ngx_http_llm_loc_conf_t *llcf);
-static ngx_int_t ngx_http_llm_budget_targets(ngx_conf_t *cf,
-    ngx_shm_zone_t *zone, ngx_http_llm_loc_conf_t *llcf,
-    ngx_array_t *targets);
 static ngx_atomic_uint_t ngx_http_llm_budget_allowance(
     ngx_http_llm_loc_conf_t *llcf, ngx_uint_t cluster);
 static ngx_int_t ngx_http_llm_budget_share(ngx_http_llm_loc_conf_t *llcf,
@@ -59,10 +54,8 @@ ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
+    /* what is not given takes its default in merge */
     llcf->budget = 1;
-    llcf->budget_ratio = 200;
-    llcf->budget_min = 10;
-    llcf->budget_window = 10;
 
     for (i = 1; i < cf->args->nelts; i++) {
 
@@ -134,139 +127,6 @@ invalid:
 }
 
 
-/*
- * llm_cooldown [fails=N] [window=TIME] [time=TIME] [max=TIME]
- * llm_cooldown off [max=TIME]
- *
- * max= bounds every cooldown of the route's targets, those a provider
- * asks for with Retry-After too: "off" turns off only the cooldowns of
- * repeated failures.
- */
-
-char *
-ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_llm_loc_conf_t *llcf = conf;
-
-    ngx_int_t    n;
-    ngx_str_t   *value, s, *time, *max;
-    ngx_msec_t   ms;
-    ngx_uint_t   i, off;
-
-    static ngx_str_t  default_max = ngx_string("max=5m");
-
-    if (llcf->cooldown_fails != NGX_CONF_UNSET_UINT) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    off = (cf->args->nelts > 1 && ngx_strcmp(value[1].data, "off") == 0);
-
-    if (off) {
-        llcf->cooldown_fails = 0;
-        llcf->cooldown_window = 0;
-        llcf->cooldown_time = 0;
-
-    } else {
-        llcf->cooldown_fails = 5;
-        llcf->cooldown_window = 10;
-        llcf->cooldown_time = 10000;
-    }
-
-    llcf->cooldown_max = 300000;
-    time = NULL;
-    max = NULL;
-
-    for (i = off ? 2 : 1; i < cf->args->nelts; i++) {
-
-        if (ngx_strncmp(value[i].data, "max=", 4) == 0) {
-
-            s.data = value[i].data + 4;
-            s.len = value[i].len - 4;
-
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0
-                || ms > (ngx_msec_t) NGX_HTTP_LLM_RETRY_AFTER_MAX)
-            {
-                goto invalid;
-            }
-
-            llcf->cooldown_max = ms;
-            max = &value[i];
-            continue;
-        }
-
-        if (off) {
-            goto invalid;
-        }
-
-        if (ngx_strncmp(value[i].data, "fails=", 6) == 0) {
-
-            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
-
-            if (n == NGX_ERROR || n == 0 || n > 100000) {
-                goto invalid;
-            }
-
-            llcf->cooldown_fails = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
-            if (ngx_http_llm_window(cf, &value[i], &llcf->cooldown_window)
-                != NGX_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "time=", 5) == 0) {
-
-            s.data = value[i].data + 5;
-            s.len = value[i].len - 5;
-
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
-                goto invalid;
-            }
-
-            llcf->cooldown_time = ms;
-            time = &value[i];
-            continue;
-        }
-
-        goto invalid;
-    }
-
-    if (llcf->cooldown_time > llcf->cooldown_max) {
-
-        if (time == NULL) {
-            /* the default time= */
-            llcf->cooldown_time = llcf->cooldown_max;
-            return NGX_CONF_OK;
-        }
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" must not be longer than \"%V\"",
-                           time, max ? max : &default_max);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
-
-invalid:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\"", &value[i]);
-    return NGX_CONF_ERROR;
-}
-
-
 /* window=TIME: whole seconds, as many as the zone has slots for */
 
 ngx_int_t
@@ -290,151 +150,6 @@ ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param, ngx_uint_t *seconds)
     }
 
     *seconds = ms / 1000;
-
-    return NGX_OK;
-}
-
-
-/*
- * At the end of the configuration: binds every route to its zone (its
- * llm_retry_budget zone=, else the first llm_zone) and asks the zone for
- * the nodes of the route, of its targets and of its canaries.
- */
-
-ngx_int_t
-ngx_http_llm_budget_init(ngx_conf_t *cf)
-{
-    ngx_uint_t                  i;
-    ngx_shm_zone_t            **zones;
-    ngx_http_llm_zone_t        *zone;
-    ngx_http_llm_main_conf_t   *lmcf;
-    ngx_http_llm_route_name_t  *rn;
-
-    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
-
-    if (lmcf->redis && lmcf->zones.nelts == 0) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"llm_redis\" requires \"llm_zone\"");
-        return NGX_ERROR;
-    }
-
-    /*
-     * A cluster view older than three syncs counts as Redis being down,
-     * or than a sync and a batch's timeout when that is longer: a slow
-     * batch ends the link when it times out, not before.
-     */
-
-    zones = lmcf->zones.elts;
-
-    for (i = 0; i < lmcf->zones.nelts; i++) {
-        zone = zones[i]->data;
-        zone->stale = lmcf->redis
-                      ? ngx_max(3 * lmcf->redis->sync,
-                                lmcf->redis->sync + lmcf->redis->timeout)
-                      : 0;
-    }
-
-    rn = lmcf->routes.elts;
-
-    for (i = 0; i < lmcf->routes.nelts; i++) {
-        if (ngx_http_llm_budget_route(cf, lmcf, rn[i].conf) != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_llm_budget_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
-    ngx_http_llm_loc_conf_t *llcf)
-{
-    ngx_uint_t       i;
-    ngx_shm_zone_t  **zones, *zone;
-
-    zones = lmcf->zones.elts;
-    zone = NULL;
-
-    if (llcf->budget_zone.len) {
-
-        for (i = 0; i < lmcf->zones.nelts; i++) {
-            if (zones[i]->shm.name.len == llcf->budget_zone.len
-                && ngx_strncmp(zones[i]->shm.name.data,
-                               llcf->budget_zone.data,
-                               llcf->budget_zone.len) == 0)
-            {
-                zone = zones[i];
-                break;
-            }
-        }
-
-        if (zone == NULL) {
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "unknown llm zone \"%V\" in %V:%ui",
-                          &llcf->budget_zone, &llcf->conf_file,
-                          llcf->conf_line);
-            return NGX_ERROR;
-        }
-
-    } else if (lmcf->zones.nelts) {
-        zone = zones[0];
-
-    } else if (llcf->budget || llcf->canary) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"%s\" requires \"llm_zone\" in %V:%ui",
-                      llcf->budget ? "llm_retry_budget" : "llm_canary",
-                      &llcf->conf_file, llcf->conf_line);
-        return NGX_ERROR;
-
-    } else {
-        /* no zone at all: nothing is counted */
-        return NGX_OK;
-    }
-
-    llcf->zone = zone;
-
-    if (ngx_http_llm_zone_want(cf, zone, NGX_HTTP_LLM_NODE_ROUTE,
-                               &llcf->route, &llcf->node, 0, 0)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    if (ngx_http_llm_budget_targets(cf, zone, llcf, llcf->targets) != NGX_OK
-        || ngx_http_llm_budget_targets(cf, zone, llcf, llcf->fallbacks)
-           != NGX_OK
-        || ngx_http_llm_canary_want(cf, zone, llcf) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_llm_budget_targets(ngx_conf_t *cf, ngx_shm_zone_t *zone,
-    ngx_http_llm_loc_conf_t *llcf, ngx_array_t *targets)
-{
-    ngx_uint_t              i;
-    ngx_http_llm_target_t  *target;
-
-    if (targets == NULL) {
-        return NGX_OK;
-    }
-
-    target = targets->elts;
-
-    for (i = 0; i < targets->nelts; i++) {
-        if (ngx_http_llm_zone_want(cf, zone, NGX_HTTP_LLM_NODE_TARGET,
-                                   &target[i].key, &target[i].node,
-                                   llcf->cooldown_max, 0)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
 
     return NGX_OK;
 }
@@ -640,121 +355,6 @@ ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf)
                                     llcf->budget_window, cluster);
 
     return allowance > retries ? (ngx_msec_int_t) (allowance - retries) : 0;
-}
-
-
-/*
- * A failed attempt on a target.  The target cools down (no attempt goes
- * there, from any worker) for wait ms when the provider asked for a wait
- * longer than the route waits (a Retry-After above llm_backoff max), or
- * for llm_cooldown time= once it failed fails= times in window=; never
- * longer than the target's max= (one Retry-After of a year must not take
- * it out for a year, docs/directives.md).  Errors
- * that belong to the request (invalid_request, context_length,
- * content_filter) say nothing of the target's health and do not count.
- */
-
-void
-ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_target_t *target, ngx_uint_t err, ngx_msec_int_t wait)
-{
-    ngx_msec_t                now, until, old, cap;
-    ngx_atomic_uint_t         fails;
-    ngx_http_llm_node_t      *n;
-    ngx_http_llm_loc_conf_t  *llcf;
-
-    llcf = ctx->conf;
-    n = target->node;
-
-    if (n == NULL) {
-        return;
-    }
-
-    (void) ngx_atomic_fetch_add(&n->errors[err], 1);
-    ngx_http_llm_used(n);
-
-    if (err == NGX_HTTP_LLM_ERR_INVALID_REQUEST
-        || err == NGX_HTTP_LLM_ERR_CONTEXT_LENGTH
-        || err == NGX_HTTP_LLM_ERR_CONTENT_FILTER
-        || err == NGX_HTTP_LLM_ERR_NONE)
-    {
-        return;
-    }
-
-    ngx_http_llm_slot_add(llcf->zone, n, NGX_HTTP_LLM_FAILURES, 1);
-
-    now = ngx_http_llm_wall_msec();
-    until = 0;
-
-    if (wait > 0) {
-        /* a provider's wait, however far, is capped below */
-        until = now + wait;
-
-    } else if (llcf->cooldown_fails) {
-        /* failures are this node's own: each node judges its links */
-        fails = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_FAILURES,
-                                      llcf->cooldown_window, 0);
-
-        if (fails >= llcf->cooldown_fails) {
-            until = now + llcf->cooldown_time;
-        }
-    }
-
-    if (until == 0) {
-        return;
-    }
-
-    cap = n->cooldown_max;
-
-    if (cap && until > now + cap) {
-        until = now + cap;
-    }
-
-    /* the later end wins; only the worker that starts a cooldown logs */
-
-    for ( ;; ) {
-        old = n->cooldown_until;
-
-        if (old >= until) {
-            return;
-        }
-
-        if (ngx_atomic_cmp_set(&n->cooldown_until, old, until)) {
-            break;
-        }
-    }
-
-    if (old <= now) {
-        (void) ngx_atomic_fetch_add(&n->cooldowns, 1);
-
-        ngx_log_error(NGX_LOG_WARN, ctx->log, 0,
-                      "llm target \"%V\" cooling down for %M ms after %V",
-                      &target->key, until - now,
-                      &ngx_http_llm_err_names[err]);
-    }
-}
-
-
-/* ms left of the target's cooldown; 0 when it may be tried */
-
-ngx_msec_int_t
-ngx_http_llm_target_cooling(ngx_http_llm_target_t *target)
-{
-    ngx_msec_t  now, until;
-
-    if (target->node == NULL) {
-        return 0;
-    }
-
-    until = target->node->cooldown_until;
-
-    if (until == 0) {
-        return 0;
-    }
-
-    now = ngx_http_llm_wall_msec();
-
-    return until > now ? (ngx_msec_int_t) (until - now) : 0;
 }
 
 

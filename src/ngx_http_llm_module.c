@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_conf_check.h"
 
 
 static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
@@ -19,8 +20,10 @@ static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_llm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
-static char *ngx_http_llm_merge_route(ngx_conf_t *cf,
-    ngx_http_llm_loc_conf_t *conf);
+static void ngx_http_llm_merge_budget(ngx_http_llm_loc_conf_t *conf,
+    ngx_http_llm_loc_conf_t *prev);
+static void ngx_http_llm_merge_cooldown(ngx_http_llm_loc_conf_t *conf,
+    ngx_http_llm_loc_conf_t *prev);
 static char *ngx_http_llm_route(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_route_name(ngx_conf_t *cf, ngx_str_t *name);
@@ -36,7 +39,6 @@ static char *ngx_http_llm_attempts_check(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_llm_redis_where(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static ngx_int_t ngx_http_llm_conf_return(ngx_conf_t *cf);
 static void ngx_http_llm_conf_where(ngx_conf_t *cf,
     ngx_http_llm_loc_conf_t *llcf);
 
@@ -272,17 +274,8 @@ ngx_http_llm_postconfiguration(ngx_conf_t *cf)
     lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
     lmcf->read_answers = ngx_http_llm_answer_variables_used(cf);
 
-    if (lmcf->redis && lmcf->zones.nelts == 0) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"llm_redis\" requires \"llm_zone\" in %V:%ui",
-                      &lmcf->redis_file, lmcf->redis_line);
-        return NGX_ERROR;
-    }
-
     if (ngx_http_llm_request_init(cf) != NGX_OK
-        || ngx_http_llm_catalog_init(cf) != NGX_OK
-        || ngx_http_llm_budget_init(cf) != NGX_OK
-        || ngx_http_llm_wiring_check(cf) != NGX_OK)
+        || ngx_http_llm_conf_check(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -338,6 +331,9 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
                        sizeof(ngx_http_llm_route_name_t))
         != NGX_OK
         || ngx_array_init(&lmcf->zones, cf->pool, 1, sizeof(ngx_shm_zone_t *))
+           != NGX_OK
+        || ngx_array_init(&lmcf->locations, cf->pool, 4,
+                          sizeof(ngx_http_llm_location_t))
            != NGX_OK)
     {
         return NULL;
@@ -377,7 +373,14 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     llcf->response_headers = NGX_CONF_UNSET;
     llcf->check_answer = NGX_CONF_UNSET;
     llcf->budget = NGX_CONF_UNSET_UINT;
+    llcf->budget_ratio = NGX_CONF_UNSET_UINT;
+    llcf->budget_min = NGX_CONF_UNSET_UINT;
+    llcf->budget_window = NGX_CONF_UNSET_UINT;
+    llcf->cooldown = NGX_CONF_UNSET_UINT;
     llcf->cooldown_fails = NGX_CONF_UNSET_UINT;
+    llcf->cooldown_window = NGX_CONF_UNSET_UINT;
+    llcf->cooldown_time = NGX_CONF_UNSET_MSEC;
+    llcf->cooldown_max = NGX_CONF_UNSET_MSEC;
 
     return llcf;
 }
@@ -423,113 +426,70 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->response_headers, prev->response_headers, 0);
     ngx_conf_merge_value(conf->check_answer, prev->check_answer, 0);
 
+    ngx_http_llm_merge_budget(conf, prev);
+    ngx_http_llm_merge_cooldown(conf, prev);
+
+    if (ngx_http_llm_conf_location(cf, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * llm_retry_budget and llm_cooldown are inherited as a whole: a location
+ * with its own directive takes the defaults for what that one does not
+ * give, not its parent's values.
+ */
+
+static void
+ngx_http_llm_merge_budget(ngx_http_llm_loc_conf_t *conf,
+    ngx_http_llm_loc_conf_t *prev)
+{
     if (conf->budget == NGX_CONF_UNSET_UINT) {
-        conf->budget = (prev->budget == NGX_CONF_UNSET_UINT) ? 0
-                                                             : prev->budget;
+        conf->budget = prev->budget;
         conf->budget_ratio = prev->budget_ratio;
         conf->budget_min = prev->budget_min;
         conf->budget_window = prev->budget_window;
         conf->budget_zone = prev->budget_zone;
     }
 
-    if (conf->cooldown_fails == NGX_CONF_UNSET_UINT) {
-        if (prev->cooldown_fails == NGX_CONF_UNSET_UINT) {
-            conf->cooldown_fails = 5;
-            conf->cooldown_window = 10;
-            conf->cooldown_time = 10000;
-            conf->cooldown_max = 300000;
-
-        } else {
-            conf->cooldown_fails = prev->cooldown_fails;
-            conf->cooldown_window = prev->cooldown_window;
-            conf->cooldown_time = prev->cooldown_time;
-            conf->cooldown_max = prev->cooldown_max;
-        }
-    }
-
-    return ngx_http_llm_merge_route(cf, conf);
+    ngx_conf_init_uint_value(conf->budget, 0);
+    ngx_conf_init_uint_value(conf->budget_ratio,
+                             NGX_HTTP_LLM_BUDGET_RATIO_DEFAULT);
+    ngx_conf_init_uint_value(conf->budget_min,
+                             NGX_HTTP_LLM_BUDGET_MIN_DEFAULT);
+    ngx_conf_init_uint_value(conf->budget_window,
+                             NGX_HTTP_LLM_BUDGET_WINDOW_DEFAULT);
 }
 
 
-static char *
-ngx_http_llm_merge_route(ngx_conf_t *cf, ngx_http_llm_loc_conf_t *conf)
+static void
+ngx_http_llm_merge_cooldown(ngx_http_llm_loc_conf_t *conf,
+    ngx_http_llm_loc_conf_t *prev)
 {
-    ngx_http_core_loc_conf_t  *clcf;
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-
-    /* proxy_pass, return, ... given after llm_status replace its handler */
-
-    if (conf->status && clcf->handler != ngx_http_llm_status_handler) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"llm_status\" cannot be combined with another "
-                      "content handler in one location in %V:%ui",
-                      &conf->conf_file, conf->conf_line);
-        return NGX_CONF_ERROR;
+    if (conf->cooldown == NGX_CONF_UNSET_UINT) {
+        conf->cooldown = prev->cooldown;
+        conf->cooldown_fails = prev->cooldown_fails;
+        conf->cooldown_window = prev->cooldown_window;
+        conf->cooldown_time = prev->cooldown_time;
+        conf->cooldown_max = prev->cooldown_max;
     }
 
-    if (conf->route.len == 0) {
+    ngx_conf_init_uint_value(conf->cooldown, 1);
+    ngx_conf_init_uint_value(conf->cooldown_fails,
+                             NGX_HTTP_LLM_COOLDOWN_FAILS_DEFAULT);
+    ngx_conf_init_uint_value(conf->cooldown_window,
+                             NGX_HTTP_LLM_COOLDOWN_WINDOW_DEFAULT);
+    ngx_conf_init_msec_value(conf->cooldown_max,
+                             NGX_HTTP_LLM_COOLDOWN_MAX_DEFAULT);
 
-        if (conf->targets || conf->fallbacks || conf->split_key
-            || conf->canary)
-        {
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "\"%s\" requires \"llm_route\" in the same "
-                          "location in %V:%ui",
-                          conf->targets ? "llm_target"
-                          : conf->fallbacks ? "llm_fallback"
-                          : conf->split_key ? "llm_split_key"
-                                            : "llm_canary",
-                          &conf->conf_file, conf->conf_line);
-            return NGX_CONF_ERROR;
-        }
+    /* the default time= is never longer than the max= given */
 
-        return NGX_CONF_OK;
-    }
-
-    /* proxy_pass, return, ... given after llm_route replace its handler */
-
-    if (clcf->handler != ngx_http_llm_handler) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"llm_route\" cannot be combined with another "
-                      "content handler in one location in %V:%ui",
-                      &conf->conf_file, conf->conf_line);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_http_llm_conf_return(cf) != NGX_OK) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"llm_route\" cannot be combined with \"return\" "
-                      "in one location in %V:%ui",
-                      &conf->conf_file, conf->conf_line);
-        return NGX_CONF_ERROR;
-    }
-
-    if (conf->targets == NULL) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "no \"llm_target\" is defined for llm route \"%V\" "
-                      "in %V:%ui",
-                      &conf->route, &conf->conf_file, conf->conf_line);
-        return NGX_CONF_ERROR;
-    }
-
-    if (conf->total_weight == 0) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "all targets of llm route \"%V\" have zero weight "
-                      "in %V:%ui",
-                      &conf->route, &conf->conf_file, conf->conf_line);
-        return NGX_CONF_ERROR;
-    }
-
-    if (conf->backoff_base > conf->backoff_max) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "llm_backoff base is greater than max for llm route "
-                      "\"%V\" in %V:%ui",
-                      &conf->route, &conf->conf_file, conf->conf_line);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
+    ngx_conf_init_msec_value(conf->cooldown_time,
+                             ngx_min(NGX_HTTP_LLM_COOLDOWN_TIME_DEFAULT,
+                                     conf->cooldown_max));
 }
 
 
@@ -838,81 +798,6 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
-}
-
-
-/*
- * A "return" of the rewrite module in the route's own location answers
- * in the rewrite phase: the route would never run.  The rewrite module
- * keeps the location's script in the first member of its location
- * configuration (ngx_http_rewrite_module.c, so since nginx 0.x); each
- * step begins with its code function.  A "return" inside an "if" block
- * runs on the if's condition only (such as an OPTIONS preflight) and
- * lies within the span the if jumps over.  Without the rewrite module
- * there is no "return".
- */
-
-static ngx_int_t
-ngx_http_llm_conf_return(ngx_conf_t *cf)
-{
-    u_char                      *p, *last, *block_end;
-    uintptr_t                    code;
-    ngx_uint_t                   i;
-    ngx_array_t                **codes;
-    ngx_module_t                *m;
-    ngx_http_conf_ctx_t         *ctx;
-    ngx_http_script_if_code_t   *if_code;
-
-    m = NULL;
-
-    for (i = 0; cf->cycle->modules[i]; i++) {
-        if (ngx_strcmp(cf->cycle->modules[i]->name,
-                       "ngx_http_rewrite_module")
-            == 0)
-        {
-            m = cf->cycle->modules[i];
-            break;
-        }
-    }
-
-    if (m == NULL) {
-        return NGX_OK;
-    }
-
-    ctx = cf->ctx;
-    codes = (ngx_array_t **) ctx->loc_conf[m->ctx_index];
-
-    if (*codes == NULL) {
-        return NGX_OK;
-    }
-
-    p = (*codes)->elts;
-    last = p + (*codes)->nelts;
-    block_end = p;
-
-    for ( /* void */ ; p + sizeof(uintptr_t) <= last; p += sizeof(uintptr_t)) {
-        code = *(uintptr_t *) p;
-
-        if (code == (uintptr_t) ngx_http_script_if_code
-            && p + sizeof(ngx_http_script_if_code_t) <= last)
-        {
-            if_code = (ngx_http_script_if_code_t *) p;
-
-            if (p + if_code->next <= last) {
-                block_end = p + if_code->next;
-            }
-
-            continue;
-        }
-
-        if (code == (uintptr_t) ngx_http_script_return_code
-            && p >= block_end)
-        {
-            return NGX_DECLINED;
-        }
-    }
-
-    return NGX_OK;
 }
 
 

@@ -53,6 +53,15 @@
 
 
 /* provider error answers are kept up to this size to be classified */
+/* the defaults of llm_retry_budget and llm_cooldown, set in merge */
+#define NGX_HTTP_LLM_BUDGET_RATIO_DEFAULT    200     /* thousandths */
+#define NGX_HTTP_LLM_BUDGET_MIN_DEFAULT      10      /* retries a second */
+#define NGX_HTTP_LLM_BUDGET_WINDOW_DEFAULT   10      /* seconds */
+#define NGX_HTTP_LLM_COOLDOWN_FAILS_DEFAULT  5
+#define NGX_HTTP_LLM_COOLDOWN_WINDOW_DEFAULT 10      /* seconds */
+#define NGX_HTTP_LLM_COOLDOWN_TIME_DEFAULT   10000   /* ms */
+#define NGX_HTTP_LLM_COOLDOWN_MAX_DEFAULT    300000  /* ms */
+
 #define NGX_HTTP_LLM_ERROR_BODY_MAX      65536
 
 
@@ -99,6 +108,7 @@ typedef struct {
     ngx_str_t                    budget_zone;   /* zone=; empty: first */
 
     /* llm_cooldown */
+    ngx_uint_t                   cooldown;  /* 1: on; 0: off; unset */
     ngx_uint_t                   cooldown_fails;
     ngx_uint_t                   cooldown_window;   /* seconds */
     ngx_msec_t                   cooldown_time;
@@ -136,6 +146,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  routes;    /* of ngx_http_llm_route_name_t */
     ngx_array_t                  zones;     /* of ngx_shm_zone_t * */
+    ngx_array_t                  locations; /* of ngx_http_llm_location_t */
     ngx_http_llm_redis_conf_t   *redis;     /* llm_redis; NULL: none */
     ngx_str_t                    redis_file;    /* of llm_redis */
     ngx_uint_t                   redis_line;
@@ -255,7 +266,6 @@ ngx_int_t ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr);
 char *ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_budget_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf);
 void ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Target cooldowns in the shared zone (SPEC 3.2/3.4 local half, issue 5).
+# Target cooldowns in the shared zone (design.md 4, issue 5).
 # Covers: a 429 with a Retry-After longer than llm_backoff max cools the
 # target for that long in every worker (requests go straight to the
 # fallback, recorded as skipped), and it is tried again afterwards;
@@ -59,6 +59,17 @@ http {
             llm_target /_llm/flaky;
             llm_fallback /_llm/spare;
             llm_cooldown fails=3 window=10s time=1s;
+        }
+
+        # inherited as a whole: window= takes its default (10s) here
+        location /inh/ {
+            llm_cooldown fails=2 time=1s;
+
+            location = /inh/v1/chat/completions {
+                llm_route inh;
+                llm_target /_llm/inherit;
+                llm_fallback /_llm/spare;
+            }
         }
 
         location = /req/v1/chat/completions {
@@ -176,6 +187,18 @@ sleep 1.2;
 
 spread('/fails/v1/chat/completions', 1, 'fl-back', 'X-Case' => '*:ok');
 is(at_mock('flaky'), 4, 'failures: tried again after time=');
+
+###############################################################################
+# an llm_cooldown of the enclosing location, its window= the default
+
+spread('/inh/v1/chat/completions', 2, 'inh', 'X-Case' => '1:500');
+spread('/inh/v1/chat/completions', 3, 'inh-cool', 'X-Case' => '1:500');
+is(at_mock('inherit'), 2, 'inherited: fails=2 of the enclosing location');
+
+sleep 1.2;
+
+spread('/inh/v1/chat/completions', 1, 'inh-back', 'X-Case' => '*:ok');
+is(at_mock('inherit'), 3, 'inherited: its time=1s');
 
 ###############################################################################
 # the request's own errors say nothing of the target
