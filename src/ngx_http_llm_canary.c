@@ -49,10 +49,8 @@ ngx_http_llm_canary(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
+    /* what is not given takes its default in merge */
     llcf->canary = 1;
-    llcf->canary_errors = 50;
-    llcf->canary_min = 20;
-    llcf->canary_window = 60;
 
     value = cf->args->elts;
 

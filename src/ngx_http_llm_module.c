@@ -381,6 +381,9 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     llcf->cooldown_window = NGX_CONF_UNSET_UINT;
     llcf->cooldown_time = NGX_CONF_UNSET_MSEC;
     llcf->cooldown_max = NGX_CONF_UNSET_MSEC;
+    llcf->canary_errors = NGX_CONF_UNSET_UINT;
+    llcf->canary_min = NGX_CONF_UNSET_UINT;
+    llcf->canary_window = NGX_CONF_UNSET_UINT;
 
     return llcf;
 }
@@ -428,6 +431,15 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_http_llm_merge_budget(conf, prev);
     ngx_http_llm_merge_cooldown(conf, prev);
+
+    /* llm_canary belongs to its route's location: not inherited */
+
+    ngx_conf_init_uint_value(conf->canary_errors,
+                             NGX_HTTP_LLM_CANARY_ERRORS_DEFAULT);
+    ngx_conf_init_uint_value(conf->canary_min,
+                             NGX_HTTP_LLM_CANARY_MIN_DEFAULT);
+    ngx_conf_init_uint_value(conf->canary_window,
+                             NGX_HTTP_LLM_CANARY_WINDOW_DEFAULT);
 
     if (ngx_http_llm_conf_location(cf, conf) != NGX_OK) {
         return NGX_CONF_ERROR;

@@ -53,7 +53,7 @@
 
 
 /* provider error answers are kept up to this size to be classified */
-/* the defaults of llm_retry_budget and llm_cooldown, set in merge */
+/* the defaults of llm_retry_budget, llm_cooldown, llm_canary, set in merge */
 #define NGX_HTTP_LLM_BUDGET_RATIO_DEFAULT    200     /* thousandths */
 #define NGX_HTTP_LLM_BUDGET_MIN_DEFAULT      10      /* retries a second */
 #define NGX_HTTP_LLM_BUDGET_WINDOW_DEFAULT   10      /* seconds */
@@ -61,6 +61,9 @@
 #define NGX_HTTP_LLM_COOLDOWN_WINDOW_DEFAULT 10      /* seconds */
 #define NGX_HTTP_LLM_COOLDOWN_TIME_DEFAULT   10000   /* ms */
 #define NGX_HTTP_LLM_COOLDOWN_MAX_DEFAULT    300000  /* ms */
+#define NGX_HTTP_LLM_CANARY_ERRORS_DEFAULT   50      /* thousandths */
+#define NGX_HTTP_LLM_CANARY_MIN_DEFAULT      20      /* attempts */
+#define NGX_HTTP_LLM_CANARY_WINDOW_DEFAULT   60      /* seconds */
 
 #define NGX_HTTP_LLM_ERROR_BODY_MAX      65536
 
