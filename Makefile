@@ -7,6 +7,8 @@
 #   make bench    proxy_pass vs llm_route side by side (wrk, callgrind)
 #   make bench-sse    SSE streams through both: latency per event and
 #                 to the first event, memory per open stream (~35 s)
+#   make bench-profile  where the route's instructions go, by function,
+#                 against proxy_pass (nginx built with symbols, ~5 min)
 #   make bench-pick   the instructions llm_split_key's sticky pick costs
 #                 (callgrind, ~1 min)
 #   make bench-check  the instructions llm_check_answer costs for a
@@ -51,7 +53,7 @@ PF_CFLAGS  ?= -g -O2 -std=gnu99 -Wall -Wextra -Wno-unused-parameter -Werror \
               -D_FORTIFY_SOURCE=2 -D_GNU_SOURCE
 PF_LDFLAGS ?= -Wl,-z,relro -Wl,-z,now
 
-.PHONY: all deps test test-asan soak fuzz demo bench bench-sse bench-pick lint \
+.PHONY: all deps test test-asan soak fuzz demo bench bench-sse bench-pick bench-profile lint \
         fleet clean deb test-deb
 
 all: $(MODULE) $(PREFLIGHT)
@@ -137,6 +139,12 @@ bench-sse:
 	@tools/deps.sh bench
 	@$(MAKE) -s all
 	@MODULE=$(CURDIR)/$(MODULE) bench/sse.pl
+
+# nginx 1.22.1 built with symbols from Debian's source tarball, the module
+# into it, and the route's instructions against proxy_pass by function
+bench-profile:
+	@tools/deps.sh bench
+	@bench/profile.sh
 
 bench-pick:
 	@tools/deps.sh bench

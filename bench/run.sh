@@ -37,6 +37,10 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 NGINX=${NGINX:-/usr/sbin/nginx}
 MODULE=${MODULE:-$ROOT/build/ngx_http_llm_module.so}
 
+# nginx reads NGINX from its environment (sockets inherited in a binary
+# upgrade): not for the nginx processes started here
+export -n NGINX
+
 if [ "${QUICK:-0}" = 1 ]; then
     ROUNDS=${ROUNDS:-2}
     DURATION=${DURATION:-2}
