@@ -282,6 +282,7 @@ ngx_http_llm_postconfiguration(ngx_conf_t *cf)
     if (ngx_http_llm_request_init(cf) != NGX_OK
         || ngx_http_llm_catalog_init(cf) != NGX_OK
         || ngx_http_llm_budget_init(cf) != NGX_OK
+        || ngx_http_llm_metrics_init(cf) != NGX_OK
         || ngx_http_llm_wiring_check(cf) != NGX_OK)
     {
         return NGX_ERROR;
