@@ -19,9 +19,10 @@
  * name in an rbtree (as limit_req finds its keys), with totals and
  * per-second slots; and the nodes of ngx_http_llm_metrics.c.  Nodes
  * are made when the zone is initialised, for every route and target of
- * the configuration, never on the request path; a reload with the same zone name and size finds the old nodes,
- * so counters and cooldowns survive it.  The request path only adds to
- * atomics, and takes the zone's mutex for nothing but a slot rotation.
+ * the configuration, never on the request path; a reload with the same
+ * zone name and size finds the old nodes, so counters and cooldowns
+ * survive it.  The request path only adds to atomics, and takes the
+ * zone's mutex for nothing but a slot rotation.
  */
 
 
