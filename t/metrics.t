@@ -418,6 +418,13 @@ for my $pair (sort keys %expect) {
     ok($s->{routes}{chat}{counted} && $s->{routes}{stream}{counted},
        'small zone: both routes counted');
 
+    # a restart with another zone: what is kept starts from zero
+    is_deeply([ map { $_->{count} } grep { defined }
+                map { $s->{routes}{$_}{duration} } qw(chat stream) ],
+              [ map { 0 } grep { defined $s->{routes}{$_}{duration} }
+                qw(chat stream) ],
+              'small zone: a new zone, histograms from zero');
+
     my $left = grep { !defined $s->{routes}{$_}{duration}
                       || keys %{$s->{routes}{$_}{by_target}} < 1 }
                qw(chat stream);
