@@ -68,8 +68,10 @@ static ngx_str_t  ngx_http_llm_bucket_le[NGX_HTTP_LLM_BUCKETS] = {
 /*
  * The metrics nodes of every counted route, once the counter nodes are
  * wanted, and the log phase handler that counts in them.  Tokens are
- * counted from the answers' usage, so answers are read wherever there
- * is a zone (ngx_http_llm_filter.c, design.md 2).
+ * counted from the usage of the answers the module reads: streams
+ * always, other answers when the configuration uses the usage
+ * variables, or with llm_count_tokens (design.md 2): reading one costs
+ * some 9,000 instructions (bench/README.md).
  */
 
 ngx_int_t
@@ -83,6 +85,8 @@ ngx_http_llm_metrics_init(ngx_conf_t *cf)
     ngx_http_core_main_conf_t  *cmcf;
 
     lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+
+    ngx_conf_init_value(lmcf->count_tokens, 0);
 
     if (lmcf->zones.nelts == 0) {
         return NGX_OK;
@@ -108,7 +112,9 @@ ngx_http_llm_metrics_init(ngx_conf_t *cf)
         }
     }
 
-    lmcf->read_answers = 1;
+    if (lmcf->count_tokens) {
+        lmcf->read_answers = 1;
+    }
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 

@@ -142,6 +142,7 @@ typedef struct {
     ngx_str_t                    redis_file;    /* of llm_redis */
     ngx_uint_t                   redis_line;
     ngx_flag_t                   read_answers;  /* usage variables used */
+    ngx_flag_t                   count_tokens;  /* llm_count_tokens */
     ngx_http_llm_catalog_conf_t *catalog;   /* NULL: no catalog in use */
 } ngx_http_llm_main_conf_t;
 

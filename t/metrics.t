@@ -11,9 +11,11 @@
 # attempts by outcome for successes, a retry, a fallback, a failure that
 # is not retried and a client that went away; the same numbers in the
 # JSON page and the Prometheus text, which promtool passes; a reload with
-# the same zone keeps every count; a zone too small for the metrics
-# keeps the counters working, says metrics_full, logs it once and leaves
-# the metrics out of both pages.
+# the same zone keeps every count; without the usage variables logged, a
+# non-streamed answer's tokens are counted with llm_count_tokens on only,
+# a stream's always; a new zone starts from zero; a zone too small for
+# the metrics keeps the counters working, says metrics_full, logs it
+# once and leaves the metrics out of both pages.
 
 use strict;
 use warnings;
@@ -40,8 +42,13 @@ my ($PROMTOOL) = grep { -x } map { "$_/promtool" }
 
 my $t = Test::LLM->new;
 
+# the zone; llm_count_tokens; whether the log has the usage variables
+# (which make the module read every answer, whatever llm_count_tokens)
 sub config {
-    my ($zone) = @_;
+    my ($zone, $tokens, $usage) = @_;
+
+    my $in = $usage ? '$llm_usage_input_tokens' : '-';
+    my $out = $usage ? '$llm_usage_output_tokens' : '-';
 
     $t->write_file_expand('nginx.conf', <<"EOF");
 worker_processes 2;
@@ -50,9 +57,10 @@ events {}
 
 http {
     llm_zone $zone;
+    llm_count_tokens $tokens;
 
     log_format m '\$arg_id|\$status|\$request_time|\$llm_ttft|'
-                 '\$llm_usage_input_tokens|\$llm_usage_output_tokens|'
+                 '$in|$out|'
                  '\$llm_attempt_targets|\$llm_attempt_errors';
     access_log %%TESTDIR%%/logs/access.log m;
 
@@ -107,7 +115,7 @@ $t->run_mock_provider(port => $t->port(8081), name => 'provider',
     return;
 });
 
-config('llm:1m');
+config('llm:1m', 'off', 1);
 $t->run;
 
 my $port = $t->port(8080);
@@ -400,13 +408,44 @@ for my $pair (sort keys %expect) {
 }
 
 ###############################################################################
+# without the usage variables, llm_count_tokens decides whether a
+# non-streamed answer is read for its tokens; streams always are
+
+sub tokens {
+    my ($st, $route, $key) = @_;
+    my $bt = $st->{routes}{$route}{by_target}{$key} || {};
+    return [ $bt->{input_tokens}, $bt->{output_tokens} ];
+}
+
+for my $c ([ off => [ 5 * 9, 5 * 3 ] ], [ on => [ 6 * 9, 6 * 3 ] ]) {
+    my ($tokens, $chat) = @$c;
+
+    config('llm:1m', $tokens, 0);
+    ok($t->reload, "llm_count_tokens $tokens: reload");
+
+    is(post("/chat/v1/chat/completions?id=t$tokens", '*:ok')->{status},
+       200, "llm_count_tokens $tokens: an answer");
+    entry("t$tokens");
+    is(post("/stream/v1/chat/completions?id=ts$tokens", '')->{status},
+       200, "llm_count_tokens $tokens: a stream");
+    entry("ts$tokens");
+
+    my $st = status();
+    is_deeply(tokens($st, 'chat', '/_llm/p gpt-4o-mini'), $chat,
+              "llm_count_tokens $tokens: the answer's tokens");
+    is_deeply(tokens($st, 'stream', '/_llm/s'),
+              [ ($tokens eq 'off' ? 3 : 4) * 5, ($tokens eq 'off' ? 3 : 4) * 7 ],
+              "llm_count_tokens $tokens: the stream's tokens");
+}
+
+###############################################################################
 # a zone with room for the counters but not for every metric
 
 {
     $t->stop;
 
     # 8 pages: the zone's own bookkeeping, 4 counter nodes, some metrics
-    config('small:32k');
+    config('small:32k', 'on', 1);
     $t->run;
 
     my $s = status();
