@@ -378,7 +378,10 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
  * slab allocator keeps no bookkeeping inside free pages, and no worker
  * writes a node's tree links or name.  Such a late write lands in the
  * counters of the node that took the page, at the same offsets: a count
- * or a cooldown (within max=) on the wrong node, once.
+ * or a cooldown (within max=) on the wrong node, once.  The metrics
+ * kinds keep their counters where the others have slots: a late count
+ * there may move a slot's second, leaving that second's counts out of
+ * the windows until the slot is reset at its next use, a minute later.
  */
 
 static void
