@@ -169,6 +169,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_count_tokens"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_llm_main_conf_t, count_tokens),
+      NULL },
+
     { ngx_string("llm_retry_budget"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
       ngx_http_llm_retry_budget,
@@ -275,7 +282,8 @@ ngx_http_llm_postconfiguration(ngx_conf_t *cf)
     lmcf->read_answers = ngx_http_llm_answer_variables_used(cf);
 
     if (ngx_http_llm_request_init(cf) != NGX_OK
-        || ngx_http_llm_conf_check(cf) != NGX_OK)
+        || ngx_http_llm_conf_check(cf) != NGX_OK
+        || ngx_http_llm_metrics_init(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -338,6 +346,8 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
     {
         return NULL;
     }
+
+    lmcf->count_tokens = NGX_CONF_UNSET;
 
     return lmcf;
 }

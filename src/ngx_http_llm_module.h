@@ -77,6 +77,7 @@ typedef struct {
     ngx_uint_t                   tries;
     ngx_http_llm_node_t         *node;      /* counters and cooldown */
     ngx_http_llm_node_t         *canary;    /* of its route; NULL: none */
+    ngx_http_llm_node_t         *metrics;   /* of its route and it */
     ngx_http_llm_catalog_t      *catalog;   /* catalog=; NULL: none */
     ngx_uint_t                   family;    /* family=; UNSET: the route's */
     ngx_str_t                    conf_file; /* of its directive */
@@ -129,6 +130,7 @@ typedef struct {
 
     ngx_shm_zone_t              *zone;      /* the route's counters */
     ngx_http_llm_node_t         *node;
+    ngx_http_llm_node_t         *metrics;   /* its histograms */
 
     /* where the location's first llm_ directive is, for merge errors */
     ngx_str_t                    conf_file;
@@ -154,6 +156,7 @@ typedef struct {
     ngx_str_t                    redis_file;    /* of llm_redis */
     ngx_uint_t                   redis_line;
     ngx_flag_t                   read_answers;  /* usage variables used */
+    ngx_flag_t                   count_tokens;  /* llm_count_tokens */
     ngx_http_llm_catalog_conf_t *catalog;   /* NULL: no catalog in use */
 } ngx_http_llm_main_conf_t;
 
@@ -269,6 +272,7 @@ ngx_int_t ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr);
 char *ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_metrics_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf);
 void ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,

@@ -47,8 +47,6 @@ static void ngx_http_llm_status_canary_holds(ngx_http_llm_status_t *st,
 static void ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
     ngx_http_llm_metric_t *m, ngx_str_t *route, ngx_http_llm_target_t *target,
     char *label, ngx_str_t *value);
-static void ngx_http_llm_status_label(ngx_http_llm_status_t *st,
-    ngx_str_t *s);
 static void ngx_http_llm_status_zones(ngx_http_llm_status_t *st);
 static void ngx_http_llm_status_redis(ngx_http_llm_status_t *st);
 static uintptr_t ngx_http_llm_status_escape_label(u_char *dst, u_char *src,
@@ -167,6 +165,8 @@ ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st)
         }
     }
 
+    ngx_http_llm_metrics_prometheus(st);
+
     ngx_http_llm_status_zones(st);
 
     if (st->redis) {
@@ -213,6 +213,21 @@ ngx_http_llm_status_zones(ngx_http_llm_status_t *st)
         ngx_http_llm_status_label(st, &z[i].zone->shm.name);
         ngx_http_llm_status_literal(st, "\"} ");
         ngx_http_llm_status_number(st, z[i].full ? 1 : 0);
+        ngx_http_llm_status_literal(st, "\n");
+    }
+
+    ngx_http_llm_status_literal(st,
+        "# HELP nginx_llm_zone_metrics_full 1 while the latency or token "
+        "metrics of a route or target found no room in the llm zone, "
+        "else 0.\n"
+        "# TYPE nginx_llm_zone_metrics_full gauge\n");
+
+    for (i = 0; i < st->zones.nelts; i++) {
+        ngx_http_llm_status_literal(st,
+                                    "nginx_llm_zone_metrics_full{zone=\"");
+        ngx_http_llm_status_label(st, &z[i].zone->shm.name);
+        ngx_http_llm_status_literal(st, "\"} ");
+        ngx_http_llm_status_number(st, z[i].metrics_full ? 1 : 0);
         ngx_http_llm_status_literal(st, "\n");
     }
 }
@@ -452,7 +467,7 @@ ngx_http_llm_status_sample(ngx_http_llm_status_t *st,
 
 /* a label value, without its quotes */
 
-static void
+void
 ngx_http_llm_status_label(ngx_http_llm_status_t *st, ngx_str_t *s)
 {
     u_char  *p;

@@ -206,6 +206,8 @@ ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
                    << ngx_pagesize_shift;
         z->used = z->total - (shpool->pfree << ngx_pagesize_shift);
         z->full = ((ngx_http_llm_zone_t *) zones[i]->data)->sh->full;
+        z->metrics_full =
+                 ((ngx_http_llm_zone_t *) zones[i]->data)->sh->metrics_full;
     }
 
     /* every zone holds the same link state: the first one tells */
@@ -256,6 +258,10 @@ ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
                 route->conf = rn[i].conf;
             }
 
+            if (route->metrics == NULL) {
+                route->metrics = rn[i].conf->metrics;
+            }
+
         } else {
             route = ngx_array_push(&st->routes);
             if (route == NULL) {
@@ -264,10 +270,14 @@ ngx_http_llm_status_collect(ngx_http_request_t *r, ngx_http_llm_status_t *st)
 
             route->name = &rn[i].name;
             route->conf = rn[i].conf;
+            route->metrics = rn[i].conf->metrics;
 
             if (ngx_array_init(&route->targets, r->pool, 2,
                                sizeof(ngx_uint_t))
-                != NGX_OK)
+                != NGX_OK
+                || ngx_array_init(&route->pairs, r->pool, 2,
+                                  sizeof(ngx_http_llm_node_t *))
+                   != NGX_OK)
             {
                 return NGX_ERROR;
             }
@@ -314,6 +324,7 @@ ngx_http_llm_status_add_targets(ngx_http_llm_status_t *st,
     ngx_http_llm_status_route_t *route, ngx_array_t *targets)
 {
     ngx_uint_t                     i, k, j, *index;
+    ngx_http_llm_node_t          **pair;
     ngx_http_llm_target_t         *target;
     ngx_http_llm_status_target_t  *t;
 
@@ -350,9 +361,13 @@ ngx_http_llm_status_add_targets(ngx_http_llm_status_t *st,
             t->target = &target[i];
         }
 
-        /* the route's own list, in the order of its plan */
+        /*
+         * the route's own list, in the order of its plan, with the
+         * metrics of the route and each target
+         */
 
         index = route->targets.elts;
+        pair = route->pairs.elts;
 
         for (j = 0; j < route->targets.nelts; j++) {
             if (index[j] == k) {
@@ -360,14 +375,23 @@ ngx_http_llm_status_add_targets(ngx_http_llm_status_t *st,
             }
         }
 
-        if (j == route->targets.nelts) {
-            index = ngx_array_push(&route->targets);
-            if (index == NULL) {
-                return NGX_ERROR;
+        if (j < route->targets.nelts) {
+            if (pair[j] == NULL) {
+                pair[j] = target[i].metrics;
             }
 
-            *index = k;
+            continue;
         }
+
+        index = ngx_array_push(&route->targets);
+        pair = ngx_array_push(&route->pairs);
+
+        if (index == NULL || pair == NULL) {
+            return NGX_ERROR;
+        }
+
+        *index = k;
+        *pair = target[i].metrics;
     }
 
     return NGX_OK;
@@ -478,6 +502,8 @@ ngx_http_llm_status_json(ngx_http_llm_status_t *st)
         ngx_http_llm_status_number(st, z[i].total);
         ngx_http_llm_status_literal(st, ",\"full\":");
         ngx_http_llm_status_bool(st, z[i].full);
+        ngx_http_llm_status_literal(st, ",\"metrics_full\":");
+        ngx_http_llm_status_bool(st, z[i].metrics_full);
         ngx_http_llm_status_literal(st, "}");
     }
 
@@ -671,7 +697,11 @@ ngx_http_llm_status_json_route(ngx_http_llm_status_t *st,
         ngx_http_llm_status_string(st, &t[index[i]].target->key);
     }
 
-    ngx_http_llm_status_literal(st, "]}");
+    ngx_http_llm_status_literal(st, "]");
+
+    ngx_http_llm_metrics_json(st, route);
+
+    ngx_http_llm_status_literal(st, "}");
 }
 
 

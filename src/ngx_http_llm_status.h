@@ -43,6 +43,9 @@ typedef struct {
     ngx_array_t                  targets;   /* of ngx_uint_t: indexes */
     ngx_array_t                  canaries;
                                         /* of ngx_http_llm_status_canary_t */
+    ngx_http_llm_node_t         *metrics;   /* its histograms, or NULL */
+    ngx_array_t                  pairs;     /* of ngx_http_llm_node_t *, as
+                                               targets: their metrics */
 } ngx_http_llm_status_route_t;
 
 
@@ -53,6 +56,7 @@ typedef struct {
     size_t                       used;      /* bytes of pages in use */
     size_t                       total;     /* bytes of all its pages */
     ngx_uint_t                   full;      /* a node found no room */
+    ngx_uint_t                   metrics_full;  /* ... of metrics */
 } ngx_http_llm_status_zone_t;
 
 
@@ -110,6 +114,11 @@ void ngx_http_llm_status_bool(ngx_http_llm_status_t *st,
 void ngx_http_llm_status_string(ngx_http_llm_status_t *st,
     ngx_str_t *s);
 void ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st);
+void ngx_http_llm_status_label(ngx_http_llm_status_t *st, ngx_str_t *s);
+
+void ngx_http_llm_metrics_json(ngx_http_llm_status_t *st,
+    ngx_http_llm_status_route_t *route);
+void ngx_http_llm_metrics_prometheus(ngx_http_llm_status_t *st);
 
 
 #endif /* _NGX_HTTP_LLM_STATUS_H_INCLUDED_ */

@@ -17,11 +17,12 @@
 /*
  * The shared zone of llm_zone: a node per route and per target, found by
  * name in an rbtree (as limit_req finds its keys), with totals and
- * per-second slots.  Nodes are made when the zone is initialised, for
- * every route and target of the configuration, never on the request
- * path; a reload with the same zone name and size finds the old nodes,
- * so counters and cooldowns survive it.  The request path only adds to
- * atomics, and takes the zone's mutex for nothing but a slot rotation.
+ * per-second slots; and the nodes of ngx_http_llm_metrics.c.  Nodes
+ * are made when the zone is initialised, for every route and target of
+ * the configuration, never on the request path; a reload with the same
+ * zone name and size finds the old nodes, so counters and cooldowns
+ * survive it.  The request path only adds to atomics, and takes the
+ * zone's mutex for nothing but a slot rotation.
  */
 
 
@@ -42,7 +43,9 @@ static void ngx_http_llm_zone_insert(ngx_rbtree_node_t *temp,
 static uint32_t ngx_http_llm_zone_hash(ngx_uint_t kind, ngx_str_t *name);
 
 
-static char  *ngx_http_llm_zone_kinds[] = { "", "route", "target", "canary" };
+static char  *ngx_http_llm_zone_kinds[] = {
+    "", "route", "target", "canary", "route", "route and target"
+};
 
 
 /* llm_zone NAME:SIZE */
@@ -246,13 +249,14 @@ ngx_http_llm_zone_id(u_char *id)
  * asked for, after freeing the nodes it no longer wants.  A full zone
  * leaves a node out: that route or target is then not counted (and its
  * budget allows everything), which is an error the status page shows
- * ("full") until a reload finds room.
+ * ("full") until a reload finds room; a metrics node left out is shown
+ * as "metrics_full".
  */
 
 static ngx_int_t
 ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
 {
-    ngx_uint_t                i, j, full;
+    ngx_uint_t                i, j, full, metrics_full;
     ngx_msec_t                now, cap;
     ngx_http_llm_node_t      *n;
     ngx_http_llm_zone_t      *zone;
@@ -266,6 +270,7 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
     ngx_http_llm_zone_reclaim(shm_zone);
 
     full = 0;
+    metrics_full = 0;
 
     for (i = 0; i < zone->refs.nelts; i++) {
         *ref[i].node = ngx_http_llm_zone_node(zone, ref[i].kind,
@@ -275,7 +280,14 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
             continue;
         }
 
-        full = 1;
+        /* metrics are wanted last: counters get the room first */
+
+        if (ref[i].kind >= NGX_HTTP_LLM_NODE_LATENCY) {
+            metrics_full = 1;
+
+        } else {
+            full = 1;
+        }
 
         /* a route of several servers, a target of several routes: once */
 
@@ -289,7 +301,13 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
             }
         }
 
-        if (j == i) {
+        if (j == i && ref[i].kind >= NGX_HTTP_LLM_NODE_LATENCY) {
+            ngx_log_error(NGX_LOG_ERR, shm_zone->shm.log, 0,
+                          "llm zone \"%V\" is full: %s \"%V\" has no "
+                          "metrics", &shm_zone->shm.name,
+                          ngx_http_llm_zone_kinds[ref[i].kind], &ref[i].name);
+
+        } else if (j == i) {
             ngx_log_error(NGX_LOG_ERR, shm_zone->shm.log, 0,
                           "llm zone \"%V\" is full: %s \"%V\" is not "
                           "counted, %s",
@@ -302,6 +320,7 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
     }
 
     zone->sh->full = full;
+    zone->sh->metrics_full = metrics_full;
 
     /*
      * A target's cap is the smallest max= of the routes that use it, and
@@ -359,7 +378,10 @@ ngx_http_llm_zone_nodes(ngx_shm_zone_t *shm_zone)
  * slab allocator keeps no bookkeeping inside free pages, and no worker
  * writes a node's tree links or name.  Such a late write lands in the
  * counters of the node that took the page, at the same offsets: a count
- * or a cooldown (within max=) on the wrong node, once.
+ * or a cooldown (within max=) on the wrong node, once.  The metrics
+ * kinds keep their counters where the others have slots: a late count
+ * there may move a slot's second, leaving that second's counts out of
+ * the windows until the slot is reset at its next use, a minute later.
  */
 
 static void

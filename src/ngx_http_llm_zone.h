@@ -11,6 +11,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include "ngx_http_llm_classify.h"
+#include "ngx_http_llm_metrics.h"
 
 
 /* per-second slots: windows of 1 to 60 seconds */
@@ -20,6 +21,8 @@
 #define NGX_HTTP_LLM_NODE_ROUTE     1
 #define NGX_HTTP_LLM_NODE_TARGET    2
 #define NGX_HTTP_LLM_NODE_CANARY    3   /* a route's canary target */
+#define NGX_HTTP_LLM_NODE_LATENCY   4   /* a route's histograms */
+#define NGX_HTTP_LLM_NODE_PAIR      5   /* a route's target: tokens, ... */
 
 /* a node the configuration dropped is freed once idle this long, s */
 #define NGX_HTTP_LLM_NODE_IDLE      60
@@ -134,7 +137,11 @@ typedef struct {
     ngx_atomic_t                 view_msec;     /* written, wall ms */
     ngx_atomic_t                 view_born;     /* first after a gap */
 
-    ngx_http_llm_slot_t          slots[NGX_HTTP_LLM_SLOTS];
+    /* the metrics kinds have no slots: ngx_http_llm_metrics.c */
+    union {
+        ngx_http_llm_slot_t      slots[NGX_HTTP_LLM_SLOTS];
+        ngx_http_llm_metrics_t   metrics;
+    };
 
     size_t                       len;
     u_char                       name[1];
@@ -155,6 +162,8 @@ typedef struct {
 
     /* a route or target of the configuration found no room */
     ngx_atomic_t                 full;
+    /* ... a route's metrics, or those of one of its targets */
+    ngx_atomic_t                 metrics_full;
 
     /* written by the syncing worker only */
     ngx_atomic_t                 cluster_msec;  /* view written, wall ms */

@@ -51,8 +51,14 @@ my @FAMILIES = (
     [ nginx_llm_target_cooldown_remaining_seconds => 'gauge' ],
     [ nginx_llm_target_cooldowns_total => 'counter' ],
     [ nginx_llm_canary_hold => 'gauge' ],
+    [ nginx_llm_route_request_duration_seconds => 'histogram' ],
+    [ nginx_llm_route_time_to_first_byte_seconds => 'histogram' ],
+    [ nginx_llm_route_target_input_tokens_total => 'counter' ],
+    [ nginx_llm_route_target_output_tokens_total => 'counter' ],
+    [ nginx_llm_route_target_attempts_total => 'counter' ],
     [ nginx_llm_zone_bytes => 'gauge' ],
     [ nginx_llm_zone_full => 'gauge' ],
+    [ nginx_llm_zone_metrics_full => 'gauge' ],
 );
 
 my $PROM_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
@@ -517,7 +523,7 @@ sub check_exposition {
             next;
         }
 
-        if ($line =~ /^# TYPE (\w+) (counter|gauge)$/) {
+        if ($line =~ /^# TYPE (\w+) (counter|gauge|histogram)$/) {
             push @problems, "second TYPE for $1" if $seen{"type $1"}++;
             push @problems, "TYPE before HELP for $1" unless $seen{"help $1"};
             push @order, [ $1, $2 ];
@@ -527,8 +533,11 @@ sub check_exposition {
 
         if ($line =~ /^(\w+)\{(?:\w+="(?:[^"\\\n]|\\[\\"n])*",?)+\} [0-9.]+$/)
         {
+            my $family = $1;
+            $family =~ s/_(?:bucket|sum|count)$//
+                unless defined $current && $family eq $current;
             push @problems, "sample of $1 outside its family"
-                unless defined $current && $1 eq $current;
+                unless defined $current && $family eq $current;
             next;
         }
 
