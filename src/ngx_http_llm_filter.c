@@ -141,7 +141,7 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
          * replay, and the attempt failed with invalid_response
          */
 
-        ctx->invalid = 1;
+        ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_INVALID);
 
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "llm attempt answer has no status line");
@@ -206,7 +206,7 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
         return ngx_http_llm_commit(r->main, r);
     }
 
-    ctx->held = 1;
+    ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_HELD);
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "llm attempt answer %ui held", r->headers_out.status);
@@ -227,7 +227,7 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
-    if (ctx->committed) {
+    if (ngx_http_llm_committed(ctx)) {
 
         /*
          * an attempt that ends well ends with its last buffer; one cut
@@ -271,9 +271,11 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
-    /* a held answer decided on from its beginning: the rest is dropped */
+    /* an answer kept back while it is not decided on */
 
-    if (ctx->held && !ctx->decided) {
+    if (ctx->state == NGX_HTTP_LLM_ATTEMPT_HELD
+        || ctx->state == NGX_HTTP_LLM_ATTEMPT_CHECKING)
+    {
         return ngx_http_llm_hold(r, ctx, in);
     }
 
@@ -464,10 +466,8 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
         return NGX_OK;
     }
 
-    if (ctx->checking) {
+    if (ctx->state == NGX_HTTP_LLM_ATTEMPT_CHECKING) {
         /* a good answer too long to check: it goes on unchecked */
-        ctx->checking = 0;
-        ctx->held = 0;
         ctx->answer = NULL;
 
         if (ngx_http_llm_read_answer(sr, ctx) != NGX_OK) {
@@ -498,6 +498,8 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
     if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY
         || ctx->decision == NGX_HTTP_LLM_DECISION_FALLBACK)
     {
+        ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_DROPPED);
+
         for ( /* void */ ; cl; cl = cl->next) {
             cl->buf->pos = cl->buf->last;
             cl->buf->file_pos = cl->buf->file_last;
@@ -506,7 +508,7 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
         return NGX_OK;
     }
 
-    ctx->held = 0;
+    ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_PASSED);
 
     rc = ngx_http_llm_commit(sr->main, sr);
 
@@ -541,8 +543,7 @@ ngx_http_llm_check_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
         return 0;
     }
 
-    ctx->checking = 1;
-    ctx->held = 1;
+    ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_CHECKING);
     ctx->answer = sr;
     ctx->answer_partial = 0;
     ctx->reading = NULL;
@@ -659,7 +660,10 @@ ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr)
         return NGX_ERROR;
     }
 
-    ctx->committed = 1;
+    if (!ngx_http_llm_committed(ctx)) {
+        /* a held answer decided on early stays PASSED */
+        ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_COMMITTED);
+    }
 
     /* an answer to a POST is never turned into a 304 */
     r->disable_not_modified = 1;

@@ -289,12 +289,7 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->target = target;
     ctx->step_tries++;
     ctx->attempt_start = ngx_current_msec;
-    ctx->attempt_done = 0;
-    ctx->invalid = 0;
-    ctx->answered = 0;
-    ctx->held = 0;
-    ctx->checking = 0;
-    ctx->decided = 0;
+    ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_SENT);
     ctx->attempt_rc = NGX_OK;
     ctx->attempt_status = 0;
     ctx->error = NGX_HTTP_LLM_ERR_NONE;
@@ -433,12 +428,12 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     ctx->attempt_done = 1;
     ctx->attempt_rc = rc;
 
-    if (ctx->invalid) {
+    if (ctx->state == NGX_HTTP_LLM_ATTEMPT_INVALID) {
         /* as nginx would answer had it refused the reply */
         ctx->attempt_status = NGX_HTTP_BAD_GATEWAY;
 
-    } else if (rc >= NGX_HTTP_SPECIAL_RESPONSE && !ctx->held
-               && !ctx->committed)
+    } else if (rc >= NGX_HTTP_SPECIAL_RESPONSE && !ngx_http_llm_kept(ctx)
+               && !ngx_http_llm_committed(ctx))
     {
         ctx->attempt_status = rc;
 
@@ -449,7 +444,7 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         ctx->attempt_status = sr->upstream->state->status;
     }
 
-    if (ctx->held && !ctx->answered) {
+    if (ngx_http_llm_kept(ctx) && !ctx->answered) {
         /* the provider's error answer broke off: it cannot be replayed */
         ctx->answer_partial = 1;
     }
@@ -466,16 +461,21 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
          * attempt got so far says nothing of the provider
          */
         ctx->error = NGX_HTTP_LLM_ERR_CLIENT_CLOSED;
-        ctx->decided = 1;
         ctx->decision = NGX_HTTP_LLM_DECISION_NONE;
 
         ngx_http_llm_count(ctx->conf->node,
                            errors[NGX_HTTP_LLM_ERR_CLIENT_CLOSED], 1);
 
-    } else if (!ctx->decided) {
+    } else if (ctx->state != NGX_HTTP_LLM_ATTEMPT_DROPPED
+               && ctx->state != NGX_HTTP_LLM_ATTEMPT_PASSED)
+    {
+        /* not decided on from its beginning: classified as it ended */
+
         ctx->error = ngx_http_llm_attempt_error(sr, ctx, rc);
 
-        if (ctx->committed && ctx->error != NGX_HTTP_LLM_ERR_NONE) {
+        if (ctx->state == NGX_HTTP_LLM_ATTEMPT_COMMITTED
+            && ctx->error != NGX_HTTP_LLM_ERR_NONE)
+        {
             /* for the record: it was committed as nothing could follow */
             ctx->decision = ngx_http_llm_decide(ctx);
         }
@@ -544,16 +544,18 @@ ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
 
     b = ctx->answer_body;
 
-    if (ctx->invalid) {
+    if (ctx->state == NGX_HTTP_LLM_ATTEMPT_INVALID) {
         return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
     }
 
-    if (ctx->checking) {
+    if (ctx->state == NGX_HTTP_LLM_ATTEMPT_CHECKING) {
         /* a good answer held by llm_check_answer */
         return ngx_http_llm_check_answer(sr, ctx);
     }
 
-    if (ctx->committed && ctx->attempt_status < NGX_HTTP_SPECIAL_RESPONSE) {
+    if (ngx_http_llm_committed(ctx)
+        && ctx->attempt_status < NGX_HTTP_SPECIAL_RESPONSE)
+    {
 
         if (!ctx->answered || rc == NGX_ERROR
             || rc >= NGX_HTTP_SPECIAL_RESPONSE)
@@ -571,7 +573,7 @@ ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
      * the cut did
      */
 
-    if (ctx->held || ctx->committed) {
+    if (ngx_http_llm_kept(ctx) || ngx_http_llm_committed(ctx)) {
         /* a provider's error answer */
         ctx->retry_after = ngx_http_llm_retry_after(sr);
 
@@ -681,14 +683,17 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
      * decision of an earlier attempt stays, as for any good answer
      */
 
-    if (ctx->committed
-        || (ctx->checking && ctx->error == NGX_HTTP_LLM_ERR_NONE))
+    if (ngx_http_llm_committed(ctx)
+        || (ctx->state == NGX_HTTP_LLM_ATTEMPT_CHECKING
+            && ctx->error == NGX_HTTP_LLM_ERR_NONE))
     {
         ngx_http_llm_final(r, ctx);
         return;
     }
 
-    if (!ctx->decided) {
+    /* a held answer dropped was decided on from its beginning */
+
+    if (ctx->state != NGX_HTTP_LLM_ATTEMPT_DROPPED) {
         ctx->decision = ngx_http_llm_decide(ctx);
     }
 
@@ -821,7 +826,7 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                       ctx->tried.nelts, ctx->tried.nelts == 1 ? "" : "s");
     }
 
-    if (ctx->committed) {
+    if (ngx_http_llm_committed(ctx)) {
 
         if (!ctx->answered || rc == NGX_ERROR
             || rc >= NGX_HTTP_SPECIAL_RESPONSE)
@@ -926,7 +931,8 @@ ngx_http_llm_terminated(void *data)
 
     ctx->attempt_done = 1;
     ctx->attempt_status = sr->headers_out.status;
-    ctx->error = ctx->committed ? NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
+    ctx->error = ngx_http_llm_committed(ctx)
+                 ? NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
                                 : NGX_HTTP_LLM_ERR_NONE;
 
     at = ctx->tried.elts;
@@ -939,7 +945,7 @@ ngx_http_llm_terminated(void *data)
                   "llm route \"%V\": attempt to target \"%V\" ended by "
                   "nginx after %M ms, %s", &ctx->conf->route,
                   &ctx->target->uri, at->time,
-                  ctx->committed ? "its answer cut"
+                  ngx_http_llm_committed(ctx) ? "its answer cut"
                                  : "before its answer");
 }
 

@@ -19,6 +19,12 @@
 #include "ngx_http_llm_catalog.h"
 
 
+typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
+
+
+#include "ngx_http_llm_decide.h"
+
+
 /* the module's version: logged at start, on the status page, in CHANGES */
 #define NGX_HTTP_LLM_VERSION             "0.2.0"
 
@@ -157,7 +163,7 @@ typedef struct {
 
 /* per client request, kept on the main request */
 
-typedef struct {
+struct ngx_http_llm_ctx_s {
     ngx_http_llm_loc_conf_t     *conf;      /* the route's location */
 
     ngx_http_llm_scan_t         *scan;      /* of the request body */
@@ -200,16 +206,14 @@ typedef struct {
     ngx_chain_t                 *sse_free;
     ngx_chain_t                 *sse_busy;
 
-    unsigned                     committed:1;   /* client got the headers */
-    unsigned                     answered:1;    /* ... and the last byte */
-    unsigned                     attempt_done:1;
-    unsigned                     invalid:1;     /* no HTTP answer at all */
-    unsigned                     held:1;        /* error answer kept back */
-    unsigned                     checking:1;    /* ... or a good one */
+    ngx_http_llm_state_e         state;     /* of the latest attempt */
+
+    /* what the latest attempt's answer showed, whatever its state */
+    unsigned                     answered:1;    /* its last byte passed */
+    unsigned                     attempt_done:1;    /* post_subrequest ran */
     unsigned                     answer_partial:1;  /* kept, not whole */
     unsigned                     can_retry:1;
     unsigned                     retried:1;     /* a retry was spent */
-    unsigned                     decided:1;
     unsigned                     sse:1;         /* text/event-stream */
     unsigned                     sse_bol:1;     /* at a line's start */
     unsigned                     sse_cr:1;      /* after a CR */
@@ -217,7 +221,7 @@ typedef struct {
     unsigned                     sse_open:1;    /* client has half an event */
     unsigned                     budget_cluster:1;  /* judged on Redis' */
     unsigned                     canary_hold:1; /* picked a held canary */
-} ngx_http_llm_ctx_t;
+};
 
 
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);

@@ -348,7 +348,6 @@ ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx)
     conf = ctx->conf;
     err = ctx->error;
 
-    ctx->decided = 1;
     ctx->wait = 0;
 
     if (err == NGX_HTTP_LLM_ERR_NONE
