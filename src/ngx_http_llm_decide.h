@@ -39,8 +39,17 @@ typedef enum {
      || (ctx)->state == NGX_HTTP_LLM_ATTEMPT_DROPPED)
 
 
+/* when ngx_http_llm_decide() is asked */
+#define NGX_HTTP_LLM_DECIDE_ASK      0  /* may any attempt follow? */
+#define NGX_HTTP_LLM_DECIDE_HEADER   1  /* an error answer's header came */
+#define NGX_HTTP_LLM_DECIDE_ERROR    2  /* the attempt failed: ctx->error */
+#define NGX_HTTP_LLM_DECIDE_REFUSED  3  /* the gateway refused: no attempt */
+
+
 void ngx_http_llm_attempt_set_state(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_state_e state);
+ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx, ngx_uint_t when);
+ngx_msec_int_t ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx);
 
 
 #endif /* _NGX_HTTP_LLM_DECIDE_H_INCLUDED_ */

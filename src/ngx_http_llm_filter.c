@@ -114,7 +114,6 @@ ngx_http_llm_filter_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_header_filter(ngx_http_request_t *r)
 {
-    ngx_uint_t           closed;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_llm_attempt_ctx(r);
@@ -191,18 +190,10 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
         ctx->answer_body->last = ctx->answer_body->start;
     }
 
-    closed = ngx_http_llm_retry_closed(ctx);
-
-    if (closed != NGX_HTTP_LLM_DECISION_NONE) {
-
-        /*
-         * nothing may follow: the answer goes on as it comes; the reason
-         * decides x-should-retry, and a decision that knows the error's
-         * category is taken when the attempt ends
-         */
-
-        ctx->decision = closed;
-
+    if (ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_HEADER)
+        != NGX_HTTP_LLM_DECISION_NONE)
+    {
+        /* nothing may follow: the answer goes on as it comes */
         return ngx_http_llm_commit(r->main, r);
     }
 
@@ -427,6 +418,7 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
 {
     size_t        n;
     ngx_int_t     rc;
+    ngx_uint_t    d;
     ngx_buf_t    *b, *kept;
     ngx_chain_t  *cl, out;
 
@@ -493,10 +485,10 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
     ctx->error = ngx_http_llm_classify_response(sr->headers_out.status,
                                                 kept->pos,
                                                 kept->last - kept->pos);
-    ctx->decision = ngx_http_llm_decide(ctx);
+    d = ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ERROR);
 
-    if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY
-        || ctx->decision == NGX_HTTP_LLM_DECISION_FALLBACK)
+    if (d == NGX_HTTP_LLM_DECISION_RETRY
+        || d == NGX_HTTP_LLM_DECISION_FALLBACK)
     {
         ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_DROPPED);
 
@@ -538,7 +530,8 @@ ngx_http_llm_check_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
         || ctx->family == NGX_HTTP_LLM_FAMILY_OTHER
         || sr->headers_out.content_length_n > NGX_HTTP_LLM_ERROR_BODY_MAX
         || !(ctx->conf->retry_on & (1 << NGX_HTTP_LLM_ERR_INVALID_RESPONSE))
-        || ngx_http_llm_retry_closed(ctx) != NGX_HTTP_LLM_DECISION_NONE)
+        || ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ASK)
+           != NGX_HTTP_LLM_DECISION_NONE)
     {
         return 0;
     }

@@ -461,7 +461,7 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
          * attempt got so far says nothing of the provider
          */
         ctx->error = NGX_HTTP_LLM_ERR_CLIENT_CLOSED;
-        ctx->decision = NGX_HTTP_LLM_DECISION_NONE;
+        (void) ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ERROR);
 
         ngx_http_llm_count(ctx->conf->node,
                            errors[NGX_HTTP_LLM_ERR_CLIENT_CLOSED], 1);
@@ -477,7 +477,7 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
             && ctx->error != NGX_HTTP_LLM_ERR_NONE)
         {
             /* for the record: it was committed as nothing could follow */
-            ctx->decision = ngx_http_llm_decide(ctx);
+            (void) ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ERROR);
         }
     }
 
@@ -694,7 +694,7 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
     /* a held answer dropped was decided on from its beginning */
 
     if (ctx->state != NGX_HTTP_LLM_ATTEMPT_DROPPED) {
-        ctx->decision = ngx_http_llm_decide(ctx);
+        (void) ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ERROR);
     }
 
     if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY

@@ -287,11 +287,8 @@ ngx_http_llm_target_t *ngx_http_llm_pick(ngx_http_request_t *r,
 ngx_http_llm_target_t *ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx,
     ngx_uint_t step);
 ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
-ngx_msec_int_t ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_outage(ngx_http_llm_ctx_t *ctx, ngx_uint_t outage,
     ngx_uint_t on);
-ngx_uint_t ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx);
-ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
 ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
