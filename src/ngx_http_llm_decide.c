@@ -59,6 +59,20 @@ static ngx_uint_t  ngx_http_llm_transitions[NGX_HTTP_LLM_ATTEMPT_STATES] = {
 };
 
 
+/* $llm_retry_decision */
+
+ngx_str_t  ngx_http_llm_decision_names[] = {
+    ngx_string("-"),
+    ngx_string("retry"),
+    ngx_string("fallback"),
+    ngx_string("not_retryable"),
+    ngx_string("attempts_exhausted"),
+    ngx_string("deadline"),
+    ngx_string("budget_exhausted"),
+    ngx_null_string
+};
+
+
 static ngx_str_t  ngx_http_llm_state_names[] = {
     ngx_string("none"),
     ngx_string("sent"),

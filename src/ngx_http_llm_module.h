@@ -225,6 +225,7 @@ struct ngx_http_llm_ctx_s {
 
 
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
+void ngx_http_llm_attempt_finished(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
 ngx_flag_t ngx_http_llm_answer_variables_used(ngx_conf_t *cf);
@@ -237,12 +238,6 @@ ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,
 ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_target_t *target,
     ngx_chain_t **out, off_t *len);
-ngx_int_t ngx_http_llm_add_header(ngx_http_request_t *r, char *key,
-    u_char *value, size_t len);
-ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *type, const char *message, const char *code);
-ngx_int_t ngx_http_llm_gateway_error(ngx_http_request_t *r,
-    ngx_int_t status);
 
 char *ngx_http_llm_catalog(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_llm_models(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
@@ -290,20 +285,11 @@ ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_outage(ngx_http_llm_ctx_t *ctx, ngx_uint_t outage,
     ngx_uint_t on);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
-ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_response_headers(ngx_http_request_t *r);
-ngx_int_t ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_stream_error(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_sse_forward(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_chain_t *in,
     ngx_http_output_body_filter_pt next);
-ngx_uint_t ngx_http_llm_stream_whole(ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_uint_t ngx_http_llm_check_answer(ngx_http_request_t *sr,
-    ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_target_t *target);
 void ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx);
@@ -316,6 +302,10 @@ ngx_int_t ngx_http_llm_wiring_check(ngx_conf_t *cf);
 extern ngx_str_t     ngx_http_llm_family_names[];
 extern ngx_str_t     ngx_http_llm_decision_names[];
 extern ngx_module_t  ngx_http_llm_module;
+
+
+#include "ngx_http_llm_attempt.h"
+#include "ngx_http_llm_final.h"
 
 
 #endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */
