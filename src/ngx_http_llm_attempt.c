@@ -222,7 +222,7 @@ ngx_http_llm_attempt_headers(ngx_http_request_t *sr, off_t content_length)
 /*
  * post_subrequest handler.  It always returns NGX_OK: a status >= 300
  * here would make nginx send its own error page through the attempt.
- * The client request decides what the client sees, in
+ * The client request decides what follows and does it, in
  * ngx_http_llm_attempt_finished().  nginx calls this again when the
  * subrequest still had buffered output; only the first call counts.
  */
@@ -286,7 +286,6 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
          * attempt got so far says nothing of the provider
          */
         ctx->error = NGX_HTTP_LLM_ERR_CLIENT_CLOSED;
-        (void) ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ERROR);
 
         ngx_http_llm_count(ctx->conf->node,
                            errors[NGX_HTTP_LLM_ERR_CLIENT_CLOSED], 1);
@@ -295,16 +294,10 @@ ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
                && ctx->state != NGX_HTTP_LLM_ATTEMPT_PASSED)
     {
         /* not decided on from its beginning: classified as it ended */
-
         ctx->error = ngx_http_llm_attempt_error(sr, ctx, rc);
-
-        if (ctx->state == NGX_HTTP_LLM_ATTEMPT_COMMITTED
-            && ctx->error != NGX_HTTP_LLM_ERR_NONE)
-        {
-            /* for the record: it was committed as nothing could follow */
-            (void) ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ERROR);
-        }
     }
+
+    (void) ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_END);
 
     at = ctx->tried.elts;
     at = &at[ctx->tried.nelts - 1];

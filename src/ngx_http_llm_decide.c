@@ -10,24 +10,25 @@
 #include "ngx_http_llm_module.h"
 
 
-/* an error not known yet: ngx_http_llm_decide(), NGX_HTTP_LLM_DECIDE_ASK */
+/*
+ * The decision point of the attempt engine (design.md 2): the one owner
+ * of ctx->state, the attempt's state, and of ctx->decision, what follows
+ * a failed attempt.
+ */
+
+
+/* an error not known yet: NGX_HTTP_LLM_DECIDE_ASK and _HEADER */
 #define NGX_HTTP_LLM_ERR_ANY  NGX_HTTP_LLM_ERR_LAST
 
+#define ngx_http_llm_bit(s)   (1 << NGX_HTTP_LLM_ATTEMPT_##s)
 
+
+static ngx_uint_t ngx_http_llm_decide_failed(ngx_http_llm_ctx_t *ctx);
 static ngx_uint_t ngx_http_llm_decide_rules(ngx_http_llm_ctx_t *ctx,
     ngx_uint_t err, ngx_msec_t *wait);
 static ngx_uint_t ngx_http_llm_decide_usable(ngx_http_llm_ctx_t *ctx,
     ngx_uint_t step);
 static ngx_msec_t ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx);
-
-
-/*
- * The attempt's state (design.md 2, "The attempt's state"): the one
- * owner of ctx->state.
- */
-
-
-#define ngx_http_llm_bit(s)  (1 << NGX_HTTP_LLM_ATTEMPT_##s)
 
 
 /*
@@ -86,7 +87,8 @@ static ngx_str_t  ngx_http_llm_state_names[] = {
 
 
 /*
- * A transition the table does not list is a bug of the module: it is
+ * The attempt's state (design.md 2, "The attempt's state").  A
+ * transition the table does not list is a bug of the module: it is
  * logged at alert level in every build (the tests fail on an alert), and
  * made all the same, so the request ends as it would have.
  */
@@ -129,10 +131,18 @@ ngx_http_llm_attempt_set_state(ngx_http_llm_ctx_t *ctx,
  *             is held back; else it goes on to the client, and the reason
  *             is recorded (x-should-retry), until the attempt's end
  *             decides with the error's category;
- *   ERROR     the attempt failed with ctx->error: what follows, recorded,
- *             counted, a retry or a fallback taken from the retry budget
- *             and the plan moved on (ctx->step, ctx->wait); a client gone
- *             (client_closed) is no decision, and is not counted;
+ *   EARLY     a held error answer too long to keep, classified from its
+ *             beginning (ctx->error): decided on now, as at NEXT;
+ *   END       the attempt ended, classified (ctx->error), before its log
+ *             line (log_subrequest) is written: a client gone
+ *             (client_closed) is no decision, and is not counted; a
+ *             committed answer that failed is decided on for the record;
+ *             else the decision is left to NEXT;
+ *   NEXT      the client request resumes after a failed attempt, the
+ *             failure told to the target's counters and cooldown: what
+ *             follows, recorded, counted, a retry or a fallback taken from
+ *             the retry budget and the plan moved on (ctx->step,
+ *             ctx->wait), unless it was decided on EARLY;
  *   REFUSED   the gateway refused the request before any attempt.
  */
 
@@ -140,7 +150,6 @@ ngx_uint_t
 ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx, ngx_uint_t when)
 {
     ngx_uint_t  d;
-    ngx_msec_t  wait;
 
     switch (when) {
 
@@ -159,15 +168,48 @@ ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx, ngx_uint_t when)
     case NGX_HTTP_LLM_DECIDE_REFUSED:
         ctx->decision = NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
         return ctx->decision;
+
+    case NGX_HTTP_LLM_DECIDE_END:
+
+        if (ctx->error == NGX_HTTP_LLM_ERR_CLIENT_CLOSED) {
+            /* nothing follows a client gone, and nothing is counted */
+            ctx->decision = NGX_HTTP_LLM_DECISION_NONE;
+            return ctx->decision;
+        }
+
+        if (ctx->state != NGX_HTTP_LLM_ATTEMPT_COMMITTED
+            || ctx->error == NGX_HTTP_LLM_ERR_NONE)
+        {
+            return ctx->decision;
+        }
+
+        break;
+
+    case NGX_HTTP_LLM_DECIDE_NEXT:
+
+        if (ctx->state == NGX_HTTP_LLM_ATTEMPT_DROPPED) {
+            return ctx->decision;
+        }
+
+        break;
     }
 
-    /* NGX_HTTP_LLM_DECIDE_ERROR */
+    /* EARLY, END of a committed answer, NEXT */
 
-    if (ctx->error == NGX_HTTP_LLM_ERR_CLIENT_CLOSED) {
-        /* nothing follows a client gone, and nothing is counted */
-        ctx->decision = NGX_HTTP_LLM_DECISION_NONE;
-        return ctx->decision;
-    }
+    return ngx_http_llm_decide_failed(ctx);
+}
+
+
+/*
+ * A failed attempt: what follows, recorded and counted; a retry or a
+ * fallback is taken from the retry budget, and moves the plan on.
+ */
+
+static ngx_uint_t
+ngx_http_llm_decide_failed(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t  d;
+    ngx_msec_t  wait;
 
     ctx->wait = 0;
 

@@ -42,8 +42,10 @@ typedef enum {
 /* when ngx_http_llm_decide() is asked */
 #define NGX_HTTP_LLM_DECIDE_ASK      0  /* may any attempt follow? */
 #define NGX_HTTP_LLM_DECIDE_HEADER   1  /* an error answer's header came */
-#define NGX_HTTP_LLM_DECIDE_ERROR    2  /* the attempt failed: ctx->error */
-#define NGX_HTTP_LLM_DECIDE_REFUSED  3  /* the gateway refused: no attempt */
+#define NGX_HTTP_LLM_DECIDE_EARLY    2  /* a held answer too long to keep */
+#define NGX_HTTP_LLM_DECIDE_END      3  /* the attempt ended: ctx->error */
+#define NGX_HTTP_LLM_DECIDE_NEXT     4  /* the client request resumes */
+#define NGX_HTTP_LLM_DECIDE_REFUSED  5  /* the gateway refused: no attempt */
 
 
 void ngx_http_llm_attempt_set_state(ngx_http_llm_ctx_t *ctx,

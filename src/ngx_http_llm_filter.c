@@ -485,7 +485,7 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
     ctx->error = ngx_http_llm_classify_response(sr->headers_out.status,
                                                 kept->pos,
                                                 kept->last - kept->pos);
-    d = ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ERROR);
+    d = ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_EARLY);
 
     if (d == NGX_HTTP_LLM_DECISION_RETRY
         || d == NGX_HTTP_LLM_DECISION_FALLBACK)

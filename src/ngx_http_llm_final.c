@@ -11,8 +11,8 @@
 
 
 /*
- * The client's answer when no attempt follows (design.md 2, "The final
- * answer"): a committed answer ended, whole or cut; the last provider
+ * The client's answer when no attempt follows (design.md 2): a
+ * committed answer ended, whole or cut; the last provider
  * answer replayed unchanged; the 503 of a route whose targets are all
  * cooling down; the gateway's own error in the family's shape.  And the
  * headers the gateway adds to any answer: x-should-retry, x-llm-*.

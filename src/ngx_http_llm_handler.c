@@ -186,6 +186,7 @@ ngx_http_llm_next(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 void
 ngx_http_llm_attempt_finished(ngx_http_request_t *r)
 {
+    ngx_uint_t           d;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
@@ -195,8 +196,8 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
     ctx->attempt = NULL;
 
     /*
-     * a good answer held by llm_check_answer is replayed there, and the
-     * decision of an earlier attempt stays, as for any good answer
+     * a good answer is final (one held by llm_check_answer is replayed
+     * there); the decision of an earlier attempt stays for the record
      */
 
     if (ngx_http_llm_committed(ctx)
@@ -207,14 +208,15 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
         return;
     }
 
-    /* a held answer dropped was decided on from its beginning */
+    /*
+     * after the target's counters and cooldown know of the failure: a
+     * target its own failure put in cooldown is not tried again
+     */
 
-    if (ctx->state != NGX_HTTP_LLM_ATTEMPT_DROPPED) {
-        (void) ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ERROR);
-    }
+    d = ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_NEXT);
 
-    if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY
-        || ctx->decision == NGX_HTTP_LLM_DECISION_FALLBACK)
+    if (d == NGX_HTTP_LLM_DECISION_RETRY
+        || d == NGX_HTTP_LLM_DECISION_FALLBACK)
     {
         ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
                       "llm route \"%V\": target \"%V\" failed with %V, %V",
