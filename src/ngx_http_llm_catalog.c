@@ -515,7 +515,7 @@ ngx_http_llm_catalog_check(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     /* the gateway's own refusal: no attempt, nothing to retry */
 
     ctx->error = NGX_HTTP_LLM_ERR_INVALID_REQUEST;
-    ctx->decision = NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
+    (void) ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_REFUSED);
 
     /* the model is client input: $llm_model may log it, escaped */
 

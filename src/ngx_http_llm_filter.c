@@ -25,9 +25,9 @@
  * target location (gzip, sub_filter, ...) would describe a body the client
  * never gets in that form.
  *
- * At the end of this file: the gateway's final answers when no attempt
- * follows (the last provider answer replayed, x-should-retry, the 503 of
- * a route whose targets are all cooling down).
+ * Whether an error answer is held or passed on is asked of
+ * ngx_http_llm_decide(); the answers given when no attempt follows are
+ * in ngx_http_llm_final.c.
  */
 
 
@@ -114,7 +114,6 @@ ngx_http_llm_filter_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_header_filter(ngx_http_request_t *r)
 {
-    ngx_uint_t           closed;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_llm_attempt_ctx(r);
@@ -141,7 +140,7 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
          * replay, and the attempt failed with invalid_response
          */
 
-        ctx->invalid = 1;
+        ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_INVALID);
 
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "llm attempt answer has no status line");
@@ -191,22 +190,14 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
         ctx->answer_body->last = ctx->answer_body->start;
     }
 
-    closed = ngx_http_llm_retry_closed(ctx);
-
-    if (closed != NGX_HTTP_LLM_DECISION_NONE) {
-
-        /*
-         * nothing may follow: the answer goes on as it comes; the reason
-         * decides x-should-retry, and a decision that knows the error's
-         * category is taken when the attempt ends
-         */
-
-        ctx->decision = closed;
-
+    if (ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_HEADER)
+        != NGX_HTTP_LLM_DECISION_NONE)
+    {
+        /* nothing may follow: the answer goes on as it comes */
         return ngx_http_llm_commit(r->main, r);
     }
 
-    ctx->held = 1;
+    ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_HELD);
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "llm attempt answer %ui held", r->headers_out.status);
@@ -227,7 +218,7 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
-    if (ctx->committed) {
+    if (ngx_http_llm_committed(ctx)) {
 
         /*
          * an attempt that ends well ends with its last buffer; one cut
@@ -271,9 +262,11 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
-    /* a held answer decided on from its beginning: the rest is dropped */
+    /* an answer kept back while it is not decided on */
 
-    if (ctx->held && !ctx->decided) {
+    if (ctx->state == NGX_HTTP_LLM_ATTEMPT_HELD
+        || ctx->state == NGX_HTTP_LLM_ATTEMPT_CHECKING)
+    {
         return ngx_http_llm_hold(r, ctx, in);
     }
 
@@ -425,6 +418,7 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
 {
     size_t        n;
     ngx_int_t     rc;
+    ngx_uint_t    d;
     ngx_buf_t    *b, *kept;
     ngx_chain_t  *cl, out;
 
@@ -464,10 +458,8 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
         return NGX_OK;
     }
 
-    if (ctx->checking) {
+    if (ctx->state == NGX_HTTP_LLM_ATTEMPT_CHECKING) {
         /* a good answer too long to check: it goes on unchecked */
-        ctx->checking = 0;
-        ctx->held = 0;
         ctx->answer = NULL;
 
         if (ngx_http_llm_read_answer(sr, ctx) != NGX_OK) {
@@ -493,11 +485,13 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
     ctx->error = ngx_http_llm_classify_response(sr->headers_out.status,
                                                 kept->pos,
                                                 kept->last - kept->pos);
-    ctx->decision = ngx_http_llm_decide(ctx);
+    d = ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_EARLY);
 
-    if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY
-        || ctx->decision == NGX_HTTP_LLM_DECISION_FALLBACK)
+    if (d == NGX_HTTP_LLM_DECISION_RETRY
+        || d == NGX_HTTP_LLM_DECISION_FALLBACK)
     {
+        ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_DROPPED);
+
         for ( /* void */ ; cl; cl = cl->next) {
             cl->buf->pos = cl->buf->last;
             cl->buf->file_pos = cl->buf->file_last;
@@ -506,7 +500,7 @@ ngx_http_llm_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
         return NGX_OK;
     }
 
-    ctx->held = 0;
+    ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_PASSED);
 
     rc = ngx_http_llm_commit(sr->main, sr);
 
@@ -536,13 +530,13 @@ ngx_http_llm_check_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
         || ctx->family == NGX_HTTP_LLM_FAMILY_OTHER
         || sr->headers_out.content_length_n > NGX_HTTP_LLM_ERROR_BODY_MAX
         || !(ctx->conf->retry_on & (1 << NGX_HTTP_LLM_ERR_INVALID_RESPONSE))
-        || ngx_http_llm_retry_closed(ctx) != NGX_HTTP_LLM_DECISION_NONE)
+        || ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_ASK)
+           != NGX_HTTP_LLM_DECISION_NONE)
     {
         return 0;
     }
 
-    ctx->checking = 1;
-    ctx->held = 1;
+    ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_CHECKING);
     ctx->answer = sr;
     ctx->answer_partial = 0;
     ctx->reading = NULL;
@@ -556,57 +550,6 @@ ngx_http_llm_check_hold(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
     sr->filter_need_in_memory = 1;
 
     return 1;
-}
-
-
-/*
- * The held good answer's shape, read once it is whole: an answer that is
- * not the family's (an error object, another family's object, no JSON)
- * is invalid_response.  The reader is left with the answer's usage and
- * model for the variables.
- */
-
-ngx_uint_t
-ngx_http_llm_check_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
-{
-    ngx_buf_t              *b;
-    ngx_http_llm_answer_t  *a;
-
-    if (!ctx->answered) {
-        /* cut: no whole answer to pass on */
-        return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
-    }
-
-    a = ngx_palloc(sr->pool, sizeof(ngx_http_llm_answer_t));
-    if (a == NULL
-        || ngx_http_llm_answer_init(a, sr->pool, ctx->family, 0) != NGX_OK)
-    {
-        return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
-    }
-
-    b = ctx->answer_body;
-
-    if (b) {
-        ngx_http_llm_answer_feed(a, b->pos, b->last);
-    }
-
-    ngx_http_llm_answer_end(a);
-
-    ctx->reading = a;
-
-    if (a->shape == NGX_HTTP_LLM_SHAPE_OK) {
-        /* the client's first byte follows at once */
-        ctx->first_byte = ngx_current_msec;
-        return NGX_HTTP_LLM_ERR_NONE;
-    }
-
-    ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
-                  "llm route \"%V\": answer %ui of target \"%V\" is not "
-                  "of the %V family", &ctx->conf->route,
-                  sr->headers_out.status, &ctx->target->uri,
-                  &ngx_http_llm_family_names[ctx->family]);
-
-    return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
 }
 
 
@@ -659,7 +602,10 @@ ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr)
         return NGX_ERROR;
     }
 
-    ctx->committed = 1;
+    if (!ngx_http_llm_committed(ctx)) {
+        /* a held answer decided on early stays PASSED */
+        ngx_http_llm_attempt_set_state(ctx, NGX_HTTP_LLM_ATTEMPT_COMMITTED);
+    }
 
     /* an answer to a POST is never turned into a 304 */
     r->disable_not_modified = 1;
@@ -811,240 +757,4 @@ ngx_http_llm_header_multi(ngx_http_request_t *r, ngx_table_elt_t *h)
     *ph = h;
 
     return NGX_OK;
-}
-
-
-/*
- * 503 from the gateway when every target of the plan is cooling down,
- * with a Retry-After of the soonest end.
- */
-
-ngx_int_t
-ngx_http_llm_cooling_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
-{
-    u_char                  *p;
-    ngx_uint_t               i;
-    ngx_msec_int_t           left, soonest;
-    ngx_http_llm_attempt_t  *at;
-
-    at = ctx->tried.elts;
-    soonest = 0;
-
-    for (i = 0; i < ctx->tried.nelts; i++) {
-        left = ngx_http_llm_target_cooling(at[i].target);
-
-        if (left && (soonest == 0 || left < soonest)) {
-            soonest = left;
-        }
-    }
-
-    ngx_http_llm_outage(ctx, NGX_HTTP_LLM_OUTAGE_COOLING, 1);
-
-    p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (ngx_http_llm_add_header(r, "Retry-After", p,
-                                ngx_sprintf(p, "%T",
-                                            (time_t) (soonest + 999) / 1000)
-                                - p)
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_llm_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                   "server_error",
-                                   "every target of the route is cooling "
-                                   "down", "targets_cooling_down");
-}
-
-
-ngx_int_t
-ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
-{
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
-
-    rc = ngx_http_llm_commit(r, ctx->answer);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    b = ctx->answer_body;
-
-    if (b == NULL || b->pos == b->last) {
-        return ngx_http_send_special(r, NGX_HTTP_LAST);
-    }
-
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
-}
-
-
-/*
- * x-should-retry: false on a final failure when the gateway has spent
- * retries or may not spend more: the OpenAI and Anthropic SDKs honour it,
- * so client retries do not multiply ours
- */
-
-ngx_int_t
-ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    if (!ctx->retried
-        && ctx->decision != NGX_HTTP_LLM_DECISION_EXHAUSTED
-        && ctx->decision != NGX_HTTP_LLM_DECISION_DEADLINE
-        && ctx->decision != NGX_HTTP_LLM_DECISION_BUDGET)
-    {
-        return NGX_OK;
-    }
-
-    /* the provider's own x-should-retry is the gateway's to answer now */
-
-    part = &r->headers_out.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("x-should-retry") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "x-should-retry",
-                               h[i].key.len) == 0)
-        {
-            h[i].hash = 0;
-        }
-    }
-
-    return ngx_http_llm_add_header(r, "x-should-retry", (u_char *) "false",
-                                   sizeof("false") - 1);
-}
-
-
-/*
- * llm_response_headers: the attempts made and whether the latest went to
- * a fallback, on any answer of the route (a provider's, replayed or
- * streamed, or the gateway's own), as they stand when its headers go
- * out; for a committed answer that is final.  nginx's own answers
- * before the route's handler ran (413 for a body too large) have none
- * made.  A provider's (or another gateway's) headers of these names are
- * dropped: the caller is told about this gateway's attempts only.
- */
-
-ngx_int_t
-ngx_http_llm_response_headers(ngx_http_request_t *r)
-{
-    u_char                   *p;
-    ngx_uint_t                i, attempts, fallback;
-    ngx_list_part_t          *part;
-    ngx_table_elt_t          *h;
-    ngx_http_llm_ctx_t       *ctx;
-    ngx_http_llm_loc_conf_t  *llcf;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
-    llcf = ctx ? ctx->conf
-               : ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
-
-    if (llcf->route.len == 0 || !llcf->response_headers) {
-        return NGX_OK;
-    }
-
-    attempts = ctx ? ctx->attempts : 0;
-    fallback = ctx && ctx->target && ctx->target->fallback;
-
-    part = &r->headers_out.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if ((h[i].key.len == sizeof("x-llm-attempts") - 1
-             && ngx_strncasecmp(h[i].key.data, (u_char *) "x-llm-attempts",
-                                h[i].key.len) == 0)
-            || (h[i].key.len == sizeof("x-llm-fallback") - 1
-                && ngx_strncasecmp(h[i].key.data,
-                                   (u_char *) "x-llm-fallback",
-                                   h[i].key.len) == 0))
-        {
-            h[i].hash = 0;
-        }
-    }
-
-    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (ngx_http_llm_add_header(r, "x-llm-attempts", p,
-                                ngx_sprintf(p, "%ui", attempts) - p)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return ngx_http_llm_add_header(r, "x-llm-fallback",
-                                   (u_char *) (fallback ? "1" : "0"), 1);
-}
-
-
-/*
- * Whether a good answer that arrived whole at the HTTP level is whole
- * for its protocol too: a stream of a family with a documented end
- * (chat [DONE], Responses response.completed, Anthropic message_stop)
- * that lacks it, or that carried the provider's own error event, is a
- * half answer.
- */
-
-ngx_uint_t
-ngx_http_llm_stream_whole(ngx_http_llm_ctx_t *ctx)
-{
-    ngx_http_llm_answer_t  *a;
-
-    a = ctx->reading;
-
-    if (a == NULL || !a->sse) {
-        return 1;
-    }
-
-    if (a->error != NGX_HTTP_LLM_ERR_NONE) {
-        return 0;
-    }
-
-    switch (ctx->family) {
-    case NGX_HTTP_LLM_FAMILY_CHAT:
-    case NGX_HTTP_LLM_FAMILY_RESPONSES:
-    case NGX_HTTP_LLM_FAMILY_MESSAGES:
-        return a->done;
-    default:
-        return 1;
-    }
 }

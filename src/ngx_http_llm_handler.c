@@ -11,57 +11,25 @@
 
 
 /*
- * The attempt engine of an llm route (design.md 2).  Once the client body is
- * read and inspected, each attempt is a subrequest to an internal target
- * location, where the operator's own proxy_pass lives.  The filters
- * (ngx_http_llm_filter.c) pass a good answer on to the client as it comes,
- * or hold back an error answer while another attempt may follow.  When an
- * attempt ends, the client request resumes here, classifies the failure
- * and decides: the same target again (after a backoff), the next target of
- * the plan at once, or the final answer.
+ * The content handler of an llm route (design.md 2): it reads and
+ * inspects the client body, picks the plan and starts the first attempt
+ * (ngx_http_llm_attempt.c).  When an attempt ends, the client request
+ * resumes here with the decision ngx_http_llm_decide() took: the same
+ * target again after a backoff (an nginx timer), the next target of the
+ * plan at once, or the final answer (ngx_http_llm_final.c).
  */
 
 
 static void ngx_http_llm_body_read(ngx_http_request_t *r);
 static void ngx_http_llm_next(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
-static ngx_int_t ngx_http_llm_attempt_start(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-static ngx_int_t ngx_http_llm_attempt_headers(ngx_http_request_t *sr,
-    off_t content_length);
-static ngx_int_t ngx_http_llm_attempt_done(ngx_http_request_t *sr,
-    void *data, ngx_int_t rc);
-static ngx_uint_t ngx_http_llm_attempt_error(ngx_http_request_t *sr,
-    ngx_http_llm_ctx_t *ctx, ngx_int_t rc);
-static ngx_uint_t ngx_http_llm_client_gone(ngx_http_request_t *sr,
-    ngx_int_t rc);
-static ngx_int_t ngx_http_llm_keep_upstream_states(ngx_http_request_t *sr);
-static void ngx_http_llm_attempt_finished(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_wait(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_msec_t delay);
 static void ngx_http_llm_wait_handler(ngx_event_t *ev);
 static void ngx_http_llm_wait_cleanup(void *data);
-static void ngx_http_llm_final(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-static void ngx_http_llm_terminated(void *data);
 static ngx_int_t ngx_http_llm_method_not_allowed(ngx_http_request_t *r);
 static ngx_log_t *ngx_http_llm_request_log(ngx_http_request_t *r);
 static u_char *ngx_http_llm_log_context(ngx_log_t *log, u_char *buf,
     size_t len);
-
-
-static ngx_str_t  ngx_http_llm_post_method = ngx_string("POST");
-
-
-ngx_str_t  ngx_http_llm_decision_names[] = {
-    ngx_string("-"),
-    ngx_string("retry"),
-    ngx_string("fallback"),
-    ngx_string("not_retryable"),
-    ngx_string("attempts_exhausted"),
-    ngx_string("deadline"),
-    ngx_string("budget_exhausted"),
-    ngx_null_string
-};
 
 
 ngx_int_t
@@ -213,461 +181,12 @@ ngx_http_llm_next(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 }
 
 
-static ngx_int_t
-ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
-{
-    off_t                        len;
-    ngx_chain_t                 *body;
-    ngx_http_request_t          *sr;
-    ngx_http_llm_target_t       *target;
-    ngx_http_llm_attempt_t      *at;
-    ngx_http_request_body_t     *rb;
-    ngx_http_post_subrequest_t  *ps;
-
-    target = ngx_http_llm_plan_skip(ctx);
-
-    if (target == NULL) {
-        return NGX_DECLINED;
-    }
-
-    ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
-    if (ps == NULL) {
-        return NGX_ERROR;
-    }
-
-    ps->handler = ngx_http_llm_attempt_done;
-    ps->data = ctx;
-
-    /* the client's query string goes on, as it would with proxy_pass */
-
-    if (ngx_http_subrequest(r, &target->uri, &r->args, &sr, ps, 0)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    /* what proxy sends: the method (POST never retried blindly upstream) */
-
-    sr->method = NGX_HTTP_POST;
-    sr->method_name = ngx_http_llm_post_method;
-
-    if (ngx_http_llm_request_body(r, ctx, target, &body, &len) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    rb = ngx_palloc(r->pool, sizeof(ngx_http_request_body_t));
-    if (rb == NULL) {
-        return NGX_ERROR;
-    }
-
-    *rb = *r->request_body;
-    rb->bufs = body;
-    sr->request_body = rb;
-
-    if (ngx_http_llm_attempt_headers(sr, len) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    at = ngx_array_push(&ctx->tried);
-    if (at == NULL) {
-        return NGX_ERROR;
-    }
-
-    at->target = target;
-    at->status = 0;
-    at->error = NGX_HTTP_LLM_ERR_NONE;
-    at->time = 0;
-    at->skipped = 0;
-
-    ngx_http_llm_count_attempt(ctx, target);
-
-    if (ctx->attempts == 1) {
-        ngx_http_llm_outage(ctx, NGX_HTTP_LLM_OUTAGE_COOLING, 0);
-    }
-
-    ctx->attempt = sr;
-    ctx->target = target;
-    ctx->step_tries++;
-    ctx->attempt_start = ngx_current_msec;
-    ctx->attempt_done = 0;
-    ctx->invalid = 0;
-    ctx->answered = 0;
-    ctx->held = 0;
-    ctx->checking = 0;
-    ctx->decided = 0;
-    ctx->attempt_rc = NGX_OK;
-    ctx->attempt_status = 0;
-    ctx->error = NGX_HTTP_LLM_ERR_NONE;
-    ctx->retry_after = -1;
-
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "llm attempt %ui to \"%V\", step %ui",
-                   ctx->attempts, &target->uri, ctx->step);
-
-    return NGX_OK;
-}
-
-
-/*
- * The attempt's request headers: the client's, with the length of the
- * body the attempt sends (proxy derives Content-Length from
- * content_length_n), and without Accept-Encoding, so that the answer is
- * one the module can read.  ngx_http_subrequest() shares the parent's
- * header list; pushing to it would corrupt the client request's headers,
- * so a list without Accept-Encoding is a new one.
- */
-
-static ngx_int_t
-ngx_http_llm_attempt_headers(ngx_http_request_t *sr, off_t content_length)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *ho;
-
-    sr->headers_in.content_length = NULL;
-    sr->headers_in.transfer_encoding = NULL;
-    sr->headers_in.content_length_n = content_length;
-    sr->headers_in.chunked = 0;
-
-#if (NGX_HTTP_GZIP || NGX_HTTP_HEADERS)
-
-    /*
-     * proxy_pass makes Content-Length and Transfer-Encoding itself and
-     * ignores the client's; only Accept-Encoding has to go, and the
-     * shared list is good as it is without one (the attempt never adds
-     * to it)
-     */
-
-    if (sr->headers_in.accept_encoding == NULL) {
-        return NGX_OK;
-    }
-
-    sr->headers_in.accept_encoding = NULL;
-
-#endif
-
-    if (ngx_list_init(&sr->headers_in.headers, sr->pool, 20,
-                      sizeof(ngx_table_elt_t))
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    part = &sr->main->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if ((h[i].key.len == sizeof("Content-Length") - 1
-             && ngx_strncasecmp(h[i].key.data, (u_char *) "Content-Length",
-                                h[i].key.len) == 0)
-            || (h[i].key.len == sizeof("Transfer-Encoding") - 1
-                && ngx_strncasecmp(h[i].key.data,
-                                   (u_char *) "Transfer-Encoding",
-                                   h[i].key.len) == 0)
-            || (h[i].key.len == sizeof("Accept-Encoding") - 1
-                && ngx_strncasecmp(h[i].key.data,
-                                   (u_char *) "Accept-Encoding",
-                                   h[i].key.len) == 0))
-        {
-            continue;
-        }
-
-        ho = ngx_list_push(&sr->headers_in.headers);
-        if (ho == NULL) {
-            return NGX_ERROR;
-        }
-
-        *ho = h[i];
-
-#if (nginx_version >= 1023000)
-        ho->next = NULL;
-#endif
-    }
-
-    return NGX_OK;
-}
-
-
-/*
- * post_subrequest handler.  It always returns NGX_OK: a status >= 300
- * here would make nginx send its own error page through the attempt.
- * The client request decides what the client sees, in
- * ngx_http_llm_attempt_finished().  nginx calls this again when the
- * subrequest still had buffered output; only the first call counts.
- */
-
-static ngx_int_t
-ngx_http_llm_attempt_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
-{
-    ngx_http_llm_ctx_t  *ctx = data;
-
-    ngx_uint_t               gone;
-    ngx_http_llm_attempt_t  *at;
-
-    if (ctx->attempt != sr || ctx->attempt_done) {
-        return NGX_OK;
-    }
-
-    if ((sr->buffered || sr->postponed)
-        && rc != NGX_ERROR && rc < NGX_HTTP_SPECIAL_RESPONSE)
-    {
-        /*
-         * the end of the answer is still in a filter (e.g. the copy
-         * filter writing to a slow client); nginx calls again once it
-         * has gone, and only then is it known whether it went whole
-         */
-        return NGX_OK;
-    }
-
-    ctx->attempt_done = 1;
-    ctx->attempt_rc = rc;
-
-    if (ctx->invalid) {
-        /* as nginx would answer had it refused the reply */
-        ctx->attempt_status = NGX_HTTP_BAD_GATEWAY;
-
-    } else if (rc >= NGX_HTTP_SPECIAL_RESPONSE && !ctx->held
-               && !ctx->committed)
-    {
-        ctx->attempt_status = rc;
-
-    } else if (sr->headers_out.status) {
-        ctx->attempt_status = sr->headers_out.status;
-
-    } else if (sr->upstream && sr->upstream->state) {
-        ctx->attempt_status = sr->upstream->state->status;
-    }
-
-    if (ctx->held && !ctx->answered) {
-        /* the provider's error answer broke off: it cannot be replayed */
-        ctx->answer_partial = 1;
-    }
-
-    if (ctx->reading) {
-        ngx_http_llm_answer_end(ctx->reading);
-    }
-
-    gone = ngx_http_llm_client_gone(sr, rc);
-
-    if (gone) {
-        /*
-         * the client closed or reset its connection: whatever the
-         * attempt got so far says nothing of the provider
-         */
-        ctx->error = NGX_HTTP_LLM_ERR_CLIENT_CLOSED;
-        ctx->decided = 1;
-        ctx->decision = NGX_HTTP_LLM_DECISION_NONE;
-
-        ngx_http_llm_count(ctx->conf->node,
-                           errors[NGX_HTTP_LLM_ERR_CLIENT_CLOSED], 1);
-
-    } else if (!ctx->decided) {
-        ctx->error = ngx_http_llm_attempt_error(sr, ctx, rc);
-
-        if (ctx->committed && ctx->error != NGX_HTTP_LLM_ERR_NONE) {
-            /* for the record: it was committed as nothing could follow */
-            ctx->decision = ngx_http_llm_decide(ctx);
-        }
-    }
-
-    at = ctx->tried.elts;
-    at = &at[ctx->tried.nelts - 1];
-    at->status = ctx->attempt_status;
-    at->error = ctx->error;
-    at->time = ngx_current_msec - ctx->attempt_start;
-
-    if (ctx->error != NGX_HTTP_LLM_ERR_NONE && !gone) {
-        ngx_http_llm_target_failed(ctx, ctx->target, ctx->error,
-                                   ngx_http_llm_cooldown_wait(ctx));
-    }
-
-    if (ctx->target->canary && !gone) {
-        ngx_http_llm_canary_count(ctx);
-    }
-
-    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, sr->connection->log, 0,
-                   "llm attempt %ui done: rc:%i status:%ui error:%V",
-                   ctx->tried.nelts, rc, ctx->attempt_status,
-                   &ngx_http_llm_err_names[ctx->error]);
-
-    if (ngx_http_llm_keep_upstream_states(sr) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    if (gone) {
-        /*
-         * nginx terminates the client request; 499 is its status when
-         * nothing reached the client yet, as with proxy_pass
-         */
-        return NGX_HTTP_CLIENT_CLOSED_REQUEST;
-    }
-
-    sr->parent->write_event_handler = ngx_http_llm_attempt_finished;
-
-    return NGX_OK;
-}
-
-
-/*
- * Whether the attempt ended because the client went away: the upstream
- * module saw the client connection closed or reset (499), or writing to
- * it failed.  With HTTP/2 the connection is the stream's own, so a
- * RST_STREAM of the client counts too.
- */
-
-static ngx_uint_t
-ngx_http_llm_client_gone(ngx_http_request_t *sr, ngx_int_t rc)
-{
-    return rc == NGX_HTTP_CLIENT_CLOSED_REQUEST || sr->connection->error;
-}
-
-
-/* the error category of the attempt that just ended */
-
-static ngx_uint_t
-ngx_http_llm_attempt_error(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx,
-    ngx_int_t rc)
-{
-    ngx_buf_t                  *b;
-    ngx_http_upstream_state_t  *state;
-
-    b = ctx->answer_body;
-
-    if (ctx->invalid) {
-        return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
-    }
-
-    if (ctx->checking) {
-        /* a good answer held by llm_check_answer */
-        return ngx_http_llm_check_answer(sr, ctx);
-    }
-
-    if (ctx->committed && ctx->attempt_status < NGX_HTTP_SPECIAL_RESPONSE) {
-
-        if (!ctx->answered || rc == NGX_ERROR
-            || rc >= NGX_HTTP_SPECIAL_RESPONSE)
-        {
-            return NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED;
-        }
-
-        return ngx_http_llm_stream_whole(ctx)
-               ? NGX_HTTP_LLM_ERR_NONE : NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED;
-    }
-
-    /*
-     * a final error answer passed on, whole or cut, is classified from
-     * its status and the beginning observed: the provider failed before
-     * the cut did
-     */
-
-    if (ctx->held || ctx->committed) {
-        /* a provider's error answer */
-        ctx->retry_after = ngx_http_llm_retry_after(sr);
-
-        return ngx_http_llm_classify_response(ctx->attempt_status,
-                                              b ? b->pos : NULL,
-                                              b ? (size_t) (b->last - b->pos)
-                                                : 0);
-    }
-
-    /* no answer: nginx's own 502 or 504 */
-
-    if (sr->upstream && sr->upstream->state
-        && (rc == NGX_HTTP_BAD_GATEWAY || rc == NGX_HTTP_GATEWAY_TIME_OUT))
-    {
-        state = sr->upstream->state;
-
-        if (state->connect_time == (ngx_msec_t) -1) {
-            return rc == NGX_HTTP_GATEWAY_TIME_OUT
-                   ? NGX_HTTP_LLM_ERR_TIMEOUT : NGX_HTTP_LLM_ERR_CONNECT;
-        }
-
-        if (rc == NGX_HTTP_GATEWAY_TIME_OUT) {
-            return NGX_HTTP_LLM_ERR_TIMEOUT;
-        }
-
-        /* connected, but no valid response header: reset, garbage */
-        return NGX_HTTP_LLM_ERR_SERVER;
-    }
-
-    return ngx_http_llm_classify_response(rc >= NGX_HTTP_SPECIAL_RESPONSE
-                                          ? (ngx_uint_t) rc
-                                          : NGX_HTTP_BAD_GATEWAY,
-                                          NULL, 0);
-}
-
-
-/*
- * Stock $upstream_addr, $upstream_status, ... read the client request's
- * upstream_states: append the attempt's, after a separator entry (printed
- * as " : ", as nginx does between internal redirects).
- */
-
-static ngx_int_t
-ngx_http_llm_keep_upstream_states(ngx_http_request_t *sr)
-{
-    ngx_uint_t                  i;
-    ngx_array_t                *states;
-    ngx_http_request_t         *r;
-    ngx_http_upstream_state_t  *state, *st;
-
-    r = sr->main;
-    states = sr->upstream_states;
-
-    if (states == NULL || states->nelts == 0) {
-        return NGX_OK;
-    }
-
-    if (r->upstream_states == NULL) {
-        states = ngx_array_create(r->pool, sr->upstream_states->nelts,
-                                  sizeof(ngx_http_upstream_state_t));
-        if (states == NULL) {
-            return NGX_ERROR;
-        }
-
-        r->upstream_states = states;
-
-    } else if (r->upstream_states->nelts) {
-        st = ngx_array_push(r->upstream_states);
-        if (st == NULL) {
-            return NGX_ERROR;
-        }
-
-        ngx_memzero(st, sizeof(ngx_http_upstream_state_t));
-    }
-
-    states = sr->upstream_states;
-    state = states->elts;
-
-    for (i = 0; i < states->nelts; i++) {
-        st = ngx_array_push(r->upstream_states);
-        if (st == NULL) {
-            return NGX_ERROR;
-        }
-
-        *st = state[i];
-    }
-
-    return NGX_OK;
-}
-
-
 /* the client request's write_event_handler once an attempt has ended */
 
-static void
+void
 ngx_http_llm_attempt_finished(ngx_http_request_t *r)
 {
+    ngx_uint_t           d;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
@@ -677,23 +196,27 @@ ngx_http_llm_attempt_finished(ngx_http_request_t *r)
     ctx->attempt = NULL;
 
     /*
-     * a good answer held by llm_check_answer is replayed there, and the
-     * decision of an earlier attempt stays, as for any good answer
+     * a good answer is final (one held by llm_check_answer is replayed
+     * there); the decision of an earlier attempt stays for the record
      */
 
-    if (ctx->committed
-        || (ctx->checking && ctx->error == NGX_HTTP_LLM_ERR_NONE))
+    if (ngx_http_llm_committed(ctx)
+        || (ctx->state == NGX_HTTP_LLM_ATTEMPT_CHECKING
+            && ctx->error == NGX_HTTP_LLM_ERR_NONE))
     {
         ngx_http_llm_final(r, ctx);
         return;
     }
 
-    if (!ctx->decided) {
-        ctx->decision = ngx_http_llm_decide(ctx);
-    }
+    /*
+     * after the target's counters and cooldown know of the failure: a
+     * target its own failure put in cooldown is not tried again
+     */
 
-    if (ctx->decision == NGX_HTTP_LLM_DECISION_RETRY
-        || ctx->decision == NGX_HTTP_LLM_DECISION_FALLBACK)
+    d = ngx_http_llm_decide(ctx, NGX_HTTP_LLM_DECIDE_NEXT);
+
+    if (d == NGX_HTTP_LLM_DECISION_RETRY
+        || d == NGX_HTTP_LLM_DECISION_FALLBACK)
     {
         ngx_log_error(NGX_LOG_INFO, ctx->log, 0,
                       "llm route \"%V\": target \"%V\" failed with %V, %V",
@@ -786,161 +309,6 @@ ngx_http_llm_wait_cleanup(void *data)
     if (ctx->backoff.timer_set) {
         ngx_del_timer(&ctx->backoff);
     }
-}
-
-
-/* no more attempts: end the client's response */
-
-static void
-ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
-{
-    ngx_int_t   rc;
-    ngx_uint_t  level;
-
-    rc = ctx->attempt_rc;
-
-    if (ctx->error != NGX_HTTP_LLM_ERR_NONE
-        && ctx->error != NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
-        && ctx->target)
-    {
-        /*
-         * error level when the gateway spent retries in vain or no
-         * provider answered at all; a provider's single answer passed on
-         * as it is (its refusal, its rate limit) is the access log's
-         */
-
-        level = (ctx->retried || ctx->answer == NULL)
-                ? NGX_LOG_ERR : NGX_LOG_INFO;
-
-        ngx_log_error(level, ctx->log, 0,
-                      "llm route \"%V\": target \"%V\" failed with %V, "
-                      "%V after %ui attempt%s",
-                      &ctx->conf->route, &ctx->target->uri,
-                      &ngx_http_llm_err_names[ctx->error],
-                      &ngx_http_llm_decision_names[ctx->decision],
-                      ctx->tried.nelts, ctx->tried.nelts == 1 ? "" : "s");
-    }
-
-    if (ctx->committed) {
-
-        if (!ctx->answered || rc == NGX_ERROR
-            || rc >= NGX_HTTP_SPECIAL_RESPONSE)
-        {
-            ngx_log_error(NGX_LOG_ERR, ctx->log, 0,
-                          "llm route \"%V\": answer of target \"%V\" "
-                          "ended prematurely", &ctx->conf->route,
-                          &ctx->target->uri);
-
-            if (ctx->sse && !r->connection->error) {
-                /* a stream ends with the protocol's error event */
-                ngx_http_finalize_request(r,
-                                          ngx_http_llm_stream_error(r, ctx));
-                return;
-            }
-
-            /*
-             * any other answer broke after its headers reached the
-             * client: end the connection rather than the response, so the
-             * client cannot take a half answer for a whole one
-             */
-            ngx_http_finalize_request(r, NGX_ERROR);
-            return;
-        }
-
-        if (ctx->error == NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED) {
-
-            ngx_log_error(NGX_LOG_ERR, ctx->log, 0,
-                          "llm route \"%V\": stream of target \"%V\" %s",
-                          &ctx->conf->route, &ctx->target->uri,
-                          ctx->reading->error != NGX_HTTP_LLM_ERR_NONE
-                          ? "carried an error event"
-                          : "ended without its end event");
-
-            if (ctx->reading->error == NGX_HTTP_LLM_ERR_NONE) {
-                /* the provider said nothing: the gateway says it */
-                ngx_http_finalize_request(r,
-                                          ngx_http_llm_stream_error(r, ctx));
-                return;
-            }
-        }
-
-        rc = ngx_http_send_special(r, NGX_HTTP_LAST);
-        ngx_http_finalize_request(r, rc);
-        return;
-    }
-
-    if (ctx->answer && !ctx->answer_partial) {
-        /* the provider's own last answer, unchanged */
-        ngx_http_finalize_request(r, ngx_http_llm_replay(r, ctx));
-        return;
-    }
-
-    if (ctx->attempts == 0) {
-        /* every target was cooling down: not even a first attempt */
-        ngx_http_finalize_request(r, ngx_http_llm_cooling_answer(r, ctx));
-        return;
-    }
-
-    /*
-     * no provider answer, or only the beginning of one that was dropped
-     * for a retry: the gateway's 502 or 504 in the family's shape
-     */
-
-    if (ngx_http_llm_no_retry_header(r, ctx) != NGX_OK) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    ngx_http_finalize_request(r, ngx_http_llm_gateway_error(r,
-                                     rc >= NGX_HTTP_SPECIAL_RESPONSE
-                                     ? rc : NGX_HTTP_BAD_GATEWAY));
-}
-
-
-/*
- * The client request's cleanup.  It finds an attempt still in flight only
- * when nginx ended the request without finalizing the attempt: a worker
- * that reached worker_shutdown_timeout after a reload, a connection
- * closed under it.  The attempt is recorded as it stood, a stream that
- * had begun as stream_interrupted; nothing was the target's fault, so
- * nothing is counted against it.  The connection is gone by then: no
- * error event can follow.
- */
-
-static void
-ngx_http_llm_terminated(void *data)
-{
-    ngx_http_request_t *r = data;
-
-    ngx_http_request_t      *sr;
-    ngx_http_llm_ctx_t      *ctx;
-    ngx_http_llm_attempt_t  *at;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
-
-    if (ctx == NULL || ctx->attempt == NULL || ctx->attempt_done) {
-        return;
-    }
-
-    sr = ctx->attempt;
-
-    ctx->attempt_done = 1;
-    ctx->attempt_status = sr->headers_out.status;
-    ctx->error = ctx->committed ? NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
-                                : NGX_HTTP_LLM_ERR_NONE;
-
-    at = ctx->tried.elts;
-    at = &at[ctx->tried.nelts - 1];
-    at->status = ctx->attempt_status;
-    at->error = ctx->error;
-    at->time = ngx_current_msec - ctx->attempt_start;
-
-    ngx_log_error(NGX_LOG_ERR, ctx->log, 0,
-                  "llm route \"%V\": attempt to target \"%V\" ended by "
-                  "nginx after %M ms, %s", &ctx->conf->route,
-                  &ctx->target->uri, at->time,
-                  ctx->committed ? "its answer cut"
-                                 : "before its answer");
 }
 
 

@@ -19,6 +19,12 @@
 #include "ngx_http_llm_catalog.h"
 
 
+typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
+
+
+#include "ngx_http_llm_decide.h"
+
+
 /* the module's version: logged at start, on the status page, in CHANGES */
 #define NGX_HTTP_LLM_VERSION             "0.2.0"
 
@@ -174,7 +180,7 @@ typedef struct {
 
 /* per client request, kept on the main request */
 
-typedef struct {
+struct ngx_http_llm_ctx_s {
     ngx_http_llm_loc_conf_t     *conf;      /* the route's location */
 
     ngx_http_llm_scan_t         *scan;      /* of the request body */
@@ -217,16 +223,14 @@ typedef struct {
     ngx_chain_t                 *sse_free;
     ngx_chain_t                 *sse_busy;
 
-    unsigned                     committed:1;   /* client got the headers */
-    unsigned                     answered:1;    /* ... and the last byte */
-    unsigned                     attempt_done:1;
-    unsigned                     invalid:1;     /* no HTTP answer at all */
-    unsigned                     held:1;        /* error answer kept back */
-    unsigned                     checking:1;    /* ... or a good one */
+    ngx_http_llm_state_e         state;     /* of the latest attempt */
+
+    /* what the latest attempt's answer showed, whatever its state */
+    unsigned                     answered:1;    /* its last byte passed */
+    unsigned                     attempt_done:1;    /* post_subrequest ran */
     unsigned                     answer_partial:1;  /* kept, not whole */
     unsigned                     can_retry:1;
     unsigned                     retried:1;     /* a retry was spent */
-    unsigned                     decided:1;
     unsigned                     sse:1;         /* text/event-stream */
     unsigned                     sse_bol:1;     /* at a line's start */
     unsigned                     sse_cr:1;      /* after a CR */
@@ -234,10 +238,11 @@ typedef struct {
     unsigned                     sse_open:1;    /* client has half an event */
     unsigned                     budget_cluster:1;  /* judged on Redis' */
     unsigned                     canary_hold:1; /* picked a held canary */
-} ngx_http_llm_ctx_t;
+};
 
 
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
+void ngx_http_llm_attempt_finished(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
 ngx_flag_t ngx_http_llm_answer_variables_used(ngx_conf_t *cf);
@@ -250,12 +255,6 @@ ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,
 ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_target_t *target,
     ngx_chain_t **out, off_t *len);
-ngx_int_t ngx_http_llm_add_header(ngx_http_request_t *r, char *key,
-    u_char *value, size_t len);
-ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *type, const char *message, const char *code);
-ngx_int_t ngx_http_llm_gateway_error(ngx_http_request_t *r,
-    ngx_int_t status);
 
 char *ngx_http_llm_catalog(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_llm_models(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
@@ -300,26 +299,14 @@ ngx_http_llm_target_t *ngx_http_llm_pick(ngx_http_request_t *r,
 ngx_http_llm_target_t *ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx,
     ngx_uint_t step);
 ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
-ngx_msec_int_t ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_outage(ngx_http_llm_ctx_t *ctx, ngx_uint_t outage,
     ngx_uint_t on);
-ngx_uint_t ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx);
-ngx_uint_t ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
-ngx_int_t ngx_http_llm_no_retry_header(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_response_headers(ngx_http_request_t *r);
-ngx_int_t ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_stream_error(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_sse_forward(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_chain_t *in,
     ngx_http_output_body_filter_pt next);
-ngx_uint_t ngx_http_llm_stream_whole(ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_cooling_answer(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_uint_t ngx_http_llm_check_answer(ngx_http_request_t *sr,
-    ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_target_t *target);
 void ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx);
@@ -332,6 +319,10 @@ ngx_int_t ngx_http_llm_wiring_check(ngx_conf_t *cf);
 extern ngx_str_t     ngx_http_llm_family_names[];
 extern ngx_str_t     ngx_http_llm_decision_names[];
 extern ngx_module_t  ngx_http_llm_module;
+
+
+#include "ngx_http_llm_attempt.h"
+#include "ngx_http_llm_final.h"
 
 
 #endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */

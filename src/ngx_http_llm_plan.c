@@ -13,18 +13,13 @@
 /*
  * The attempt plan of a request (design.md 2): the weighted pick among the
  * route's targets, then its fallbacks in order, targets in cooldown
- * passed over; and what follows a failed attempt: the same target after
- * a backoff, the next step at once, or no further attempt, within
- * llm_retry_on, llm_attempts, llm_deadline and the retry budget.
+ * passed over.  What follows a failed attempt is decided in
+ * ngx_http_llm_decide.c.
  */
 
 
-static ngx_uint_t ngx_http_llm_plan_usable(ngx_http_llm_ctx_t *ctx,
-    ngx_uint_t step);
 static void ngx_http_llm_split_value(ngx_http_request_t *r,
     ngx_http_llm_loc_conf_t *conf, ngx_str_t *key);
-static ngx_uint_t ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx);
-static ngx_msec_t ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx);
 
 
 /*
@@ -234,187 +229,6 @@ ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx)
 
 
 /*
- * Whether a step from "step" on has a target that may be tried now: not
- * cooling down, serving the client's model.
- */
-
-static ngx_uint_t
-ngx_http_llm_plan_usable(ngx_http_llm_ctx_t *ctx, ngx_uint_t step)
-{
-    ngx_http_llm_target_t  *target;
-
-    for ( /* void */ ; (target = ngx_http_llm_plan_target(ctx, step)); step++)
-    {
-        if (ngx_http_llm_target_cooling(target) == 0
-            && ngx_http_llm_catalog_serves(ctx, target))
-        {
-            return 1;
-        }
-    }
-
-    return 0;
-}
-
-
-/*
- * Whether any attempt may follow the one in flight, whatever its error:
- * NGX_HTTP_LLM_DECISION_NONE if one may (then an error answer is held
- * back to be classified), else why not.
- */
-
-ngx_uint_t
-ngx_http_llm_retry_closed(ngx_http_llm_ctx_t *ctx)
-{
-    ngx_http_llm_loc_conf_t  *conf;
-
-    conf = ctx->conf;
-
-    if (!ctx->can_retry) {
-        return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
-    }
-
-    if (ctx->attempts >= conf->attempts) {
-        return NGX_HTTP_LLM_DECISION_EXHAUSTED;
-    }
-
-    if (conf->deadline && ngx_current_msec - ctx->start >= conf->deadline) {
-        return NGX_HTTP_LLM_DECISION_DEADLINE;
-    }
-
-    if (ctx->step_tries < ctx->target->tries
-        || ngx_http_llm_plan_usable(ctx, ctx->step + 1))
-    {
-        return NGX_HTTP_LLM_DECISION_NONE;
-    }
-
-    return NGX_HTTP_LLM_DECISION_EXHAUSTED;
-}
-
-
-/*
- * What follows a failed attempt, by design.md 2: only categories listed in
- * llm_retry_on go on; the same target again while its tries= last
- * (never for errors that the same target would repeat), else the next
- * step of the plan; within llm_attempts and llm_deadline.  A Retry-After
- * longer than llm_backoff max moves on to the next target at once.
- */
-
-ngx_uint_t
-ngx_http_llm_decide(ngx_http_llm_ctx_t *ctx)
-{
-    ngx_uint_t  d, step;
-
-    step = ctx->step;
-
-    d = ngx_http_llm_decide_plan(ctx);
-
-    /* every attempt after the first needs the route's budget */
-
-    if ((d == NGX_HTTP_LLM_DECISION_RETRY
-         || d == NGX_HTTP_LLM_DECISION_FALLBACK)
-        && ngx_http_llm_budget_withdraw(ctx) != NGX_OK)
-    {
-        if (ctx->step != step) {
-            ctx->step = step;
-            ctx->step_tries = ctx->target->tries;
-        }
-
-        ctx->wait = 0;
-        d = NGX_HTTP_LLM_DECISION_BUDGET;
-
-        ngx_http_llm_outage(ctx, NGX_HTTP_LLM_OUTAGE_BUDGET, 1);
-
-    } else if (d == NGX_HTTP_LLM_DECISION_RETRY
-               || d == NGX_HTTP_LLM_DECISION_FALLBACK)
-    {
-        ngx_http_llm_outage(ctx, NGX_HTTP_LLM_OUTAGE_BUDGET, 0);
-    }
-
-    if (ctx->conf->node && d < NGX_HTTP_LLM_DECISIONS) {
-        (void) ngx_atomic_fetch_add(&ctx->conf->node->decisions[d], 1);
-    }
-
-    return d;
-}
-
-
-static ngx_uint_t
-ngx_http_llm_decide_plan(ngx_http_llm_ctx_t *ctx)
-{
-    ngx_uint_t                err, same, late;
-    ngx_msec_t                elapsed, wait;
-    ngx_http_llm_loc_conf_t  *conf;
-
-    conf = ctx->conf;
-    err = ctx->error;
-
-    ctx->decided = 1;
-    ctx->wait = 0;
-
-    if (err == NGX_HTTP_LLM_ERR_NONE
-        || err == NGX_HTTP_LLM_ERR_STREAM_INTERRUPTED
-        || !(conf->retry_on & (1 << err))
-        || !ctx->can_retry)
-    {
-        return NGX_HTTP_LLM_DECISION_NOT_RETRYABLE;
-    }
-
-    if (ctx->attempts >= conf->attempts) {
-        return NGX_HTTP_LLM_DECISION_EXHAUSTED;
-    }
-
-    elapsed = ngx_current_msec - ctx->start;
-
-    if (conf->deadline && elapsed >= conf->deadline) {
-        return NGX_HTTP_LLM_DECISION_DEADLINE;
-    }
-
-    late = 0;
-
-    /* a target its own failure put in cooldown is not tried again */
-
-    same = ctx->step_tries < ctx->target->tries
-           && ngx_http_llm_target_cooling(ctx->target) == 0
-           && err != NGX_HTTP_LLM_ERR_QUOTA
-           && err != NGX_HTTP_LLM_ERR_AUTH
-           && err != NGX_HTTP_LLM_ERR_CONTEXT_LENGTH
-           && err != NGX_HTTP_LLM_ERR_INVALID_REQUEST
-           && err != NGX_HTTP_LLM_ERR_CONTENT_FILTER;
-
-    if (same) {
-        if (ctx->retry_after >= 0) {
-            wait = (ngx_msec_t) ctx->retry_after;
-            same = (wait <= conf->backoff_max);
-
-        } else {
-            wait = ngx_http_llm_backoff_delay(ctx);
-        }
-
-        if (same && conf->deadline && elapsed + wait >= conf->deadline) {
-            same = 0;
-            late = 1;
-        }
-
-        if (same) {
-            ctx->wait = wait;
-            return NGX_HTTP_LLM_DECISION_RETRY;
-        }
-    }
-
-    /* moving to a fallback does not wait */
-
-    if (ngx_http_llm_plan_usable(ctx, ctx->step + 1)) {
-        ctx->step++;
-        ctx->step_tries = 0;
-        return NGX_HTTP_LLM_DECISION_FALLBACK;
-    }
-
-    return late ? NGX_HTTP_LLM_DECISION_DEADLINE
-                : NGX_HTTP_LLM_DECISION_EXHAUSTED;
-}
-
-
-/*
  * A route's outage, logged as it begins and as it ends, with the count of
  * what happened meanwhile, never once per request: "on" tells that a
  * request met it (every target cooling down, the retry budget spent),
@@ -492,56 +306,6 @@ ngx_http_llm_outage(ngx_http_llm_ctx_t *ctx, ngx_uint_t outage,
                       "after %uA retr%s refused", &ctx->conf->route, n,
                       n == 1 ? "y" : "ies");
     }
-}
-
-
-/*
- * Exponential backoff with full jitter: a random wait in
- * [0, min(max, base * 2^(n-1))] before the n-th retry on a target.
- */
-
-static ngx_msec_t
-ngx_http_llm_backoff_delay(ngx_http_llm_ctx_t *ctx)
-{
-    ngx_uint_t                n;
-    ngx_msec_t                cap;
-    ngx_http_llm_loc_conf_t  *conf;
-
-    conf = ctx->conf;
-    cap = conf->backoff_base;
-
-    for (n = 1; n < ctx->step_tries && cap < conf->backoff_max; n++) {
-        cap *= 2;
-    }
-
-    cap = ngx_min(cap, conf->backoff_max);
-
-    if (cap == 0) {
-        return 0;
-    }
-
-    return (ngx_msec_t) ngx_random() % (cap + 1);
-}
-
-
-/*
- * A provider that asks for a wait longer than the route waits (rate
- * limits, quota, overload with a Retry-After above llm_backoff max) is
- * left alone for that long by every worker.
- */
-
-ngx_msec_int_t
-ngx_http_llm_cooldown_wait(ngx_http_llm_ctx_t *ctx)
-{
-    if (ctx->retry_after > (ngx_msec_int_t) ctx->conf->backoff_max
-        && (ctx->error == NGX_HTTP_LLM_ERR_RATE_LIMITED
-            || ctx->error == NGX_HTTP_LLM_ERR_QUOTA
-            || ctx->error == NGX_HTTP_LLM_ERR_OVERLOADED))
-    {
-        return ctx->retry_after;
-    }
-
-    return 0;
 }
 
 
