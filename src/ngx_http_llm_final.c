@@ -181,6 +181,12 @@ ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_buf_t    *b;
     ngx_chain_t   out;
 
+    /* a held answer passed on: its header is the client's first byte */
+
+    if (ctx->first_byte == 0) {
+        ctx->first_byte = ngx_current_msec;
+    }
+
     rc = ngx_http_llm_commit(r, ctx->answer);
 
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {

@@ -432,6 +432,8 @@ my @cases = (
             'llm.attempt_statuses' => '401',
             'llm.attempt_errors' => 'auth_error',
         },
+        # an error answer passed on is the first byte too
+        ttft => 1,
     },
     {
         name => 'provider error message', case => 'provider-error',
