@@ -73,6 +73,7 @@ typedef struct {
                                                in the script call */
     ngx_array_t                  argv;      /* of the script call */
     ngx_array_t                  argvlen;
+    ngx_uint_t                   script;    /* the script, not an MGET */
     ngx_uint_t                   evaled;    /* sent again as EVAL */
 } ngx_http_llm_batch_t;
 

@@ -19,58 +19,58 @@
  * node reads, with the cooldowns and the canaries' holds of all nodes.
  *
  *   KEYS   the cooldown keys, then the canary keys
- *   ARGV   now (Unix seconds), the number of cooldown keys, of canary
- *          keys, then for each route this node counted in within its
- *          window:
- *              "{prefix:route}", TTL (ms), seconds to read, deltas,
- *              then per delta: age (seconds before now), "r" or "x",
- *              delta
+ *   ARGV   now (Unix seconds), then for each route this node counted in
+ *          within its window: "{prefix:route}", TTL (ms), seconds to
+ *          read, deltas, then per delta: "r" or "x" and its age (seconds
+ *          before now, "r0"), the delta
  *
- * It returns { {r1..rN, x1..xN} per route, oldest second first; the
- * cooldown ends; the canaries' holds }, all read with one MGET (in parts
- * of 4000 keys, under Lua's unpack limit).  A key's PEXPIRE comes with
+ * It returns one MGET's values: the cooldown ends, the canaries' holds,
+ * then per route r1..rN and x1..xN, oldest second first (an MGET of 4000
+ * keys at most, under Lua's unpack limit).  A key's PEXPIRE comes with
  * the write that made it, whichever node's: one a key, not one a key and
- * node.  The keys are built in the script, so the call stays short; it
- * needs one Redis server (no Redis Cluster: the keys are in several
- * slots), as the module always did.  Redis runs a script whole, so a
- * tick's writes and reads are one step for the others.
+ * node.  The keys of the counts are built in the script, each suffix
+ * once a call, so the call stays short.  It needs one Redis server (no
+ * Redis Cluster: the keys are in several slots), as the module always
+ * did.  Redis runs a script whole: a tick's writes and reads are one
+ * step for the others.  A tick with no busy route sends a plain MGET of
+ * the KEYS, whose reply is laid out alike.
  */
 
 
 static const char  ngx_http_llm_sync_lua[] =
-    "local now = tonumber(ARGV[1]) "
-    "local ncd, ncn = tonumber(ARGV[2]), tonumber(ARGV[3]) "
-    "local ks, reads, i = {}, {}, 4 "
-    "for j = 1, ncd + ncn do ks[j] = KEYS[j] end "
-    "while i <= #ARGV do "
+    "local now, ks, wx, rx = tonumber(ARGV[1]), {}, {}, {} "
+    "for j = 1, #KEYS do ks[j] = KEYS[j] end "
+    "local c, i, m = #KEYS, 2, #ARGV "
+    "while i <= m do "
     "local tag, ttl = ARGV[i], ARGV[i + 1] "
     "local read, n = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) "
     "i = i + 4 "
-    "for j = 1, n do "
-    "local k = tag .. ':' .. ARGV[i + 1] .. ':' .. (now - ARGV[i]) "
-    "local d = tonumber(ARGV[i + 2]) "
+    "for j = i, i + 2 * n - 2, 2 do "
+    "local a = ARGV[j] "
+    "local s = wx[a] "
+    "if not s then "
+    "s = ':' .. string.sub(a, 1, 1) .. ':' "
+    ".. (now - tonumber(string.sub(a, 2))) "
+    "wx[a] = s end "
+    "local k, d = tag .. s, tonumber(ARGV[j + 1]) "
     "if redis.call('INCRBY', k, d) == d then "
-    "redis.call('PEXPIRE', k, ttl) end "
-    "i = i + 3 end "
-    "reads[#reads + 1] = read "
-    "for s = now - read + 1, now do ks[#ks + 1] = tag .. ':r:' .. s end "
-    "for s = now - read + 1, now do ks[#ks + 1] = tag .. ':x:' .. s end "
-    "end "
-    "local cd, cn, routes = {}, {}, {} "
-    "if #ks == 0 then return {routes, cd, cn} end "
+    "redis.call('PEXPIRE', k, ttl) end end "
+    "i = i + 2 * n "
+    "for age = read - 1, 0, -1 do "
+    "local p = rx[age] "
+    "if not p then "
+    "local s = now - age p = {':r:' .. s, ':x:' .. s} rx[age] = p end "
+    "c = c + 1 "
+    "ks[c] = tag .. p[1] "
+    "ks[c + read] = tag .. p[2] end "
+    "c = c + read end "
+    "if c == 0 then return {} end "
+    "if c <= 4000 then return redis.call('MGET', unpack(ks)) end "
     "local v = {} "
-    "for a = 1, #ks, 4000 do "
-    "local part = redis.call('MGET', unpack(ks, a, math.min(a + 3999, #ks))) "
+    "for a = 1, c, 4000 do "
+    "local part = redis.call('MGET', unpack(ks, a, math.min(a + 3999, c))) "
     "for j = 1, #part do v[a + j - 1] = part[j] end end "
-    "for j = 1, ncd do cd[j] = v[j] end "
-    "for j = 1, ncn do cn[j] = v[ncd + j] end "
-    "local at = ncd + ncn "
-    "for r = 1, #reads do "
-    "local sums = {} "
-    "for j = 1, 2 * reads[r] do sums[j] = tonumber(v[at + j]) or 0 end "
-    "at = at + 2 * reads[r] "
-    "routes[r] = sums end "
-    "return {routes, cd, cn}";
+    "return v";
 
 
 static ngx_int_t ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
@@ -102,7 +102,9 @@ ngx_int_t
 ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
 {
     u_char                      *p;
+    size_t                      *argvlen;
     ngx_uint_t                   i;
+    const char                 **argv;
     ngx_http_llm_syncer_t       *sy;
     ngx_http_llm_sync_route_t   *route;
     ngx_http_llm_sync_target_t  *st;
@@ -157,17 +159,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
     }
 
     if (ngx_http_llm_sync_arg(batch, p, ngx_sprintf(p, "%T", batch->now) - p)
-        != NGX_OK
-        || ngx_http_llm_sync_arg(batch, p + NGX_INT_T_LEN,
-                                 ngx_sprintf(p + NGX_INT_T_LEN, "%ui",
-                                             sy->targets.nelts)
-                                 - p - NGX_INT_T_LEN)
-           != NGX_OK
-        || ngx_http_llm_sync_arg(batch, p + 2 * NGX_INT_T_LEN,
-                                 ngx_sprintf(p + 2 * NGX_INT_T_LEN, "%ui",
-                                             sy->canaries.nelts)
-                                 - p - 2 * NGX_INT_T_LEN)
-           != NGX_OK)
+        != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -180,17 +172,31 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
         }
     }
 
-    /* nothing to write or read: no call */
+    batch->script = (batch->routes.nelts > 0);
 
-    if (batch->routes.nelts == 0 && sy->targets.nelts == 0
-        && sy->canaries.nelts == 0)
-    {
+    if (batch->script) {
+        return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT,
+                                         (int) batch->argv.nelts,
+                                         batch->argv.elts,
+                                         batch->argvlen.elts);
+    }
+
+    /* no busy route: an MGET of the keys, its reply laid out alike */
+
+    if (sy->targets.nelts + sy->canaries.nelts == 0) {
         return NGX_OK;
     }
 
+    argv = batch->argv.elts;
+    argvlen = batch->argvlen.elts;
+
+    argv[2] = "MGET";
+    argvlen[2] = sizeof("MGET") - 1;
+
     return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT,
-                                     (int) batch->argv.nelts,
-                                     batch->argv.elts, batch->argvlen.elts);
+                                     (int) (1 + sy->targets.nelts
+                                            + sy->canaries.nelts),
+                                     &argv[2], &argvlen[2]);
 }
 
 
@@ -260,19 +266,19 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
                 continue;
             }
 
-            p = ngx_pnalloc(batch->pool, NGX_INT_T_LEN + NGX_ATOMIC_T_LEN);
+            p = ngx_pnalloc(batch->pool,
+                            1 + NGX_INT_T_LEN + NGX_ATOMIC_T_LEN);
             if (p == NULL) {
                 ngx_shmtx_unlock(&shpool->mutex);
                 return NGX_ERROR;
             }
 
-            last = ngx_sprintf(p, "%ui", i);
+            /* "r0": requests of this second, "x1": retries of the last */
+
+            last = ngx_sprintf(p, "%c%ui",
+                               k == NGX_HTTP_LLM_REQUESTS ? 'r' : 'x', i);
 
             if (ngx_http_llm_sync_arg(batch, p, last - p) != NGX_OK
-                || ngx_http_llm_sync_arg(batch,
-                                         (u_char *) (k == NGX_HTTP_LLM_REQUESTS
-                                                     ? "r" : "x"), 1)
-                   != NGX_OK
                 || ngx_http_llm_sync_arg(batch, last,
                                          ngx_sprintf(last, "%A", d) - last)
                    != NGX_OK)
@@ -384,7 +390,7 @@ ngx_http_llm_sync_script_again(ngx_http_llm_batch_t *batch,
     const char  **argv;
     size_t       *argvlen;
 
-    if (reply->type != REDIS_REPLY_ERROR || batch->evaled
+    if (reply->type != REDIS_REPLY_ERROR || !batch->script || batch->evaled
         || reply->len < 8 || ngx_strncmp(reply->str, "NOSCRIPT", 8) != 0)
     {
         return 0;
@@ -404,32 +410,52 @@ ngx_http_llm_sync_script_again(ngx_http_llm_batch_t *batch,
 }
 
 
-/* { {r1..rN, x1..xN} per route; cooldowns; canaries } */
+/*
+ * The cooldown ends, the holds, then each route's r1..rN x1..xN: each
+ * part handed on as an array of its own (a view into the reply)
+ */
 
 void
 ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch, redisReply *reply)
 {
+    size_t                       n;
     ngx_uint_t                   i;
-    redisReply                  *sums;
+    redisReply                   part;
+    ngx_http_llm_syncer_t       *sy;
     ngx_http_llm_sync_route_t  **route;
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
-        || reply->element[0]->type != REDIS_REPLY_ARRAY
-        || reply->element[0]->elements != batch->routes.nelts)
-    {
+    sy = &ngx_http_llm_syncer;
+    route = batch->routes.elts;
+
+    n = sy->targets.nelts + sy->canaries.nelts;
+
+    for (i = 0; i < batch->routes.nelts; i++) {
+        n += 2 * route[i]->read;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n) {
         ngx_http_llm_sync_error(batch, "unexpected script reply");
         return;
     }
 
-    sums = reply->element[0];
-    route = batch->routes.elts;
+    ngx_memzero(&part, sizeof(redisReply));
+    part.type = REDIS_REPLY_ARRAY;
+    part.element = reply->element;
+    part.elements = sy->targets.nelts;
+
+    ngx_http_llm_sync_cooldowns_got(batch, &part);
+
+    part.element += part.elements;
+    part.elements = sy->canaries.nelts;
+
+    ngx_http_llm_sync_canaries_got(batch, &part);
 
     for (i = 0; i < batch->routes.nelts; i++) {
-        ngx_http_llm_sync_window(batch, route[i], sums->element[i]);
-    }
+        part.element += part.elements;
+        part.elements = 2 * route[i]->read;
 
-    ngx_http_llm_sync_cooldowns_got(batch, reply->element[1]);
-    ngx_http_llm_sync_canaries_got(batch, reply->element[2]);
+        ngx_http_llm_sync_window(batch, route[i], &part);
+    }
 }
 
 

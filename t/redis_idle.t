@@ -2,10 +2,10 @@
 
 # llm_redis: a route this node had no traffic on costs no Redis command
 # (issue 17).  Twenty routes with a retry budget, one target, sync=50ms:
-# idle, a tick is one script call and the one MGET it runs (the
-# cooldowns), no INCRBY.  Traffic on one route adds its writes (its
-# reads join the MGET) until its counts leave the window (2 s here), and
-# still one call a tick; its first request is judged on the node's own
+# idle, a tick is one MGET (the cooldowns), no INCRBY.  Traffic on one
+# route makes the tick a script call that writes its counts and reads
+# them with the cooldowns in one MGET, until its counts leave the window
+# (2 s here); its first request is judged on the node's own
 # counters ($llm_budget_source local: the node has no view of the route
 # yet), the next ones on the cluster's.  A busy route with a 60-s window
 # reads only the seconds that may still grow (a few hundred bytes a
