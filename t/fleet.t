@@ -14,7 +14,9 @@
 #     command: a node's idle commands a second stay those of one MGET a
 #     tick (the cooldowns) and its heartbeat script;
 #   - under load a node sends one script call a tick, whatever its busy
-#     routes: its calls a second are those of idle.
+#     routes: its calls a second are those of idle;
+#   - a cooldown begun on one node shows on every node's status page
+#     within about one sync (250ms; 2 x sync allowed for a busy machine).
 # About 25 s.
 
 use strict;
@@ -88,6 +90,10 @@ cmp_ok($cluster->{idle_calls} / 6, '<=', 4 + 1 + 0.5,
 cmp_ok($cluster->{load_calls} / 6, '<=', 4 + 1 + 0.5,
        sprintf('load: %.1f calls a second per node, a busy route',
                $cluster->{load_calls} / 6));
+
+cmp_ok($cluster->{cooldown_max}, '>=', 0, 'every node saw the cooldown');
+cmp_ok($cluster->{cooldown_max}, '<=', 500,
+       "cooldown news: $cluster->{cooldown_ms} ms");
 
 my @logs;
 find(sub { push @logs, $File::Find::name if /^error\.log$/ }, $dir)
