@@ -319,7 +319,8 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
         route->read = ngx_min(route->read, route->window);
 
     } else {
-        route->read = route->window;
+        /* and the second before it, which leaves the window smoothly */
+        route->read = ngx_min(route->window + 1, NGX_HTTP_LLM_SLOTS);
     }
 
     p = ngx_pnalloc(batch->pool, 3 * NGX_INT_T_LEN);
