@@ -123,7 +123,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
         return NGX_ERROR;
     }
 
-    p = ngx_pnalloc(batch->pool, 4 * NGX_INT_T_LEN);
+    p = ngx_pnalloc(batch->pool, 2 * NGX_INT_T_LEN);
     if (p == NULL) {
         return NGX_ERROR;
     }
