@@ -183,11 +183,13 @@ ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx)
         cluster = ngx_http_llm_route_fresh(llcf->zone, llcf->node);
         ctx->budget_cluster = cluster;
 
-        allowance = ngx_http_llm_budget_allowance(llcf, cluster);
-        retries = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_RETRIES,
-                                        llcf->budget_window, cluster);
+        /* thousandths, of a window that slides by the millisecond */
 
-        if (retries * 1000 > allowance
+        allowance = ngx_http_llm_budget_allowance(llcf, cluster);
+        retries = ngx_http_llm_slot_sum_smooth(n, NGX_HTTP_LLM_RETRIES,
+                                               llcf->budget_window, cluster);
+
+        if (retries > allowance
             || (cluster && ngx_http_llm_budget_share(llcf, allowance, retries)
                            != NGX_OK)
             || (cluster && ngx_http_llm_budget_back(llcf) != NGX_OK))
@@ -227,10 +229,10 @@ ngx_http_llm_budget_back(ngx_http_llm_loc_conf_t *llcf)
     }
 
     allowance = ngx_http_llm_budget_allowance(llcf, 0);
-    retries = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_RETRIES,
-                                    llcf->budget_window, 0);
+    retries = ngx_http_llm_slot_sum_smooth(llcf->node, NGX_HTTP_LLM_RETRIES,
+                                           llcf->budget_window, 0);
 
-    return retries * 1000 > allowance ? NGX_DECLINED : NGX_OK;
+    return retries > allowance ? NGX_DECLINED : NGX_OK;
 }
 
 
@@ -259,16 +261,16 @@ ngx_http_llm_budget_share(ngx_http_llm_loc_conf_t *llcf,
               * (int64_t) llcf->budget_ratio;
 
     /* the room as the view left it: what this node took since is back */
-    room = (int64_t) allowance - (int64_t) retries * 1000 + spent - deposit;
+    room = (int64_t) allowance - (int64_t) retries + spent - deposit;
 
     if (room < 0) {
         room = 0;
     }
 
-    own = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_REQUESTS,
-                                llcf->budget_window, 0);
-    all = ngx_http_llm_slot_sum(n, NGX_HTTP_LLM_REQUESTS,
-                                llcf->budget_window, 1);
+    own = ngx_http_llm_slot_sum_smooth(n, NGX_HTTP_LLM_REQUESTS,
+                                       llcf->budget_window, 0);
+    all = ngx_http_llm_slot_sum_smooth(n, NGX_HTTP_LLM_REQUESTS,
+                                       llcf->budget_window, 1);
 
     /*
      * A third of it when other nodes count too: what they spend between
@@ -320,8 +322,8 @@ ngx_http_llm_budget_allowance(ngx_http_llm_loc_conf_t *llcf,
     ngx_uint_t         nodes, rank;
     ngx_atomic_uint_t  requests, floor;
 
-    requests = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_REQUESTS,
-                                     llcf->budget_window, cluster);
+    requests = ngx_http_llm_slot_sum_smooth(llcf->node, NGX_HTTP_LLM_REQUESTS,
+                                            llcf->budget_window, cluster);
 
     floor = (ngx_atomic_uint_t) llcf->budget_min * llcf->budget_window;
 
@@ -332,7 +334,8 @@ ngx_http_llm_budget_allowance(ngx_http_llm_loc_conf_t *llcf,
         floor = floor * (rank + 1) / nodes - floor * rank / nodes;
     }
 
-    return floor * 1000 + (ngx_atomic_uint_t) llcf->budget_ratio * requests;
+    return floor * 1000
+           + (ngx_atomic_uint_t) llcf->budget_ratio * requests / 1000;
 }
 
 
@@ -350,11 +353,12 @@ ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf)
 
     cluster = ngx_http_llm_route_fresh(llcf->zone, llcf->node);
 
-    allowance = ngx_http_llm_budget_allowance(llcf, cluster) / 1000;
-    retries = ngx_http_llm_slot_sum(llcf->node, NGX_HTTP_LLM_RETRIES,
-                                    llcf->budget_window, cluster);
+    allowance = ngx_http_llm_budget_allowance(llcf, cluster);
+    retries = ngx_http_llm_slot_sum_smooth(llcf->node, NGX_HTTP_LLM_RETRIES,
+                                           llcf->budget_window, cluster);
 
-    return allowance > retries ? (ngx_msec_int_t) (allowance - retries) : 0;
+    return allowance > retries ? (ngx_msec_int_t) (allowance - retries) / 1000
+                               : 0;
 }
 
 

@@ -41,6 +41,8 @@ static ngx_http_llm_node_t *ngx_http_llm_zone_node(
 static void ngx_http_llm_zone_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static uint32_t ngx_http_llm_zone_hash(ngx_uint_t kind, ngx_str_t *name);
+static ngx_atomic_int_t ngx_http_llm_slot_value(ngx_http_llm_node_t *n,
+    time_t sec, ngx_uint_t counter, ngx_uint_t cluster);
 
 
 static char  *ngx_http_llm_zone_kinds[] = {
@@ -718,37 +720,78 @@ ngx_atomic_uint_t
 ngx_http_llm_slot_sum(ngx_http_llm_node_t *n, ngx_uint_t counter,
     ngx_uint_t window, ngx_uint_t cluster)
 {
-    time_t                now, sec;
-    ngx_uint_t            i;
-    ngx_atomic_int_t      count, synced, shared, sum;
-    ngx_http_llm_slot_t  *slot;
+    time_t            now;
+    ngx_uint_t        i;
+    ngx_atomic_int_t  sum;
 
     now = ngx_time();
     sum = 0;
 
     for (i = 0; i < window; i++) {
-        sec = now - i;
-        slot = &n->slots[sec % NGX_HTTP_LLM_SLOTS];
-
-        if ((time_t) slot->sec != sec) {
-            continue;
-        }
-
-        count = (ngx_atomic_int_t) slot->count[counter];
-
-        if (!cluster) {
-            sum += count;
-            continue;
-        }
-
-        synced = (ngx_atomic_int_t) slot->synced[counter];
-        shared = (ngx_atomic_int_t) slot->cluster[counter];
-
-        /* Redis may have lost what was sent: a restart, a lost batch */
-        sum += ngx_max(shared, synced) + count - synced;
+        sum += ngx_http_llm_slot_value(n, now - i, counter, cluster);
     }
 
     return sum > 0 ? (ngx_atomic_uint_t) sum : 0;
+}
+
+
+/*
+ * The same over a window that slides by the millisecond, in thousandths:
+ * the last window seconds and the part of the second before them that
+ * is still within window seconds of now, counted as spread evenly over
+ * it.  A second's counts leave the window over a second, not at once:
+ * a budget spent in one second is not all back at one instant
+ * (design.md 4).
+ */
+
+ngx_atomic_uint_t
+ngx_http_llm_slot_sum_smooth(ngx_http_llm_node_t *n, ngx_uint_t counter,
+    ngx_uint_t window, ngx_uint_t cluster)
+{
+    ngx_time_t        *tp;
+    ngx_atomic_int_t   sum, old;
+
+    tp = ngx_timeofday();
+
+    sum = (ngx_atomic_int_t) ngx_http_llm_slot_sum(n, counter, window,
+                                                   cluster) * 1000;
+
+    old = ngx_http_llm_slot_value(n, tp->sec - (time_t) window, counter,
+                                  cluster);
+    if (old > 0) {
+        sum += old * (1000 - (ngx_atomic_int_t) tp->msec);
+    }
+
+    return sum > 0 ? (ngx_atomic_uint_t) sum : 0;
+}
+
+
+/* a slot counter of a second, 0 if its slot holds another second */
+
+static ngx_atomic_int_t
+ngx_http_llm_slot_value(ngx_http_llm_node_t *n, time_t sec,
+    ngx_uint_t counter, ngx_uint_t cluster)
+{
+    ngx_atomic_int_t      count, synced, shared;
+    ngx_http_llm_slot_t  *slot;
+
+    slot = &n->slots[sec % NGX_HTTP_LLM_SLOTS];
+
+    if ((time_t) slot->sec != sec) {
+        return 0;
+    }
+
+    count = (ngx_atomic_int_t) slot->count[counter];
+
+    if (!cluster) {
+        return count;
+    }
+
+    synced = (ngx_atomic_int_t) slot->synced[counter];
+    shared = (ngx_atomic_int_t) slot->cluster[counter];
+
+    /* Redis may have lost what was sent: a restart, a lost batch */
+    return ngx_max(shared, synced) + count - synced;
 }
 
 

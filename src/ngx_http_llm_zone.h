@@ -219,6 +219,8 @@ ngx_http_llm_slot_t *ngx_http_llm_slot_locked(ngx_http_llm_node_t *n,
     time_t sec);
 ngx_atomic_uint_t ngx_http_llm_slot_sum(ngx_http_llm_node_t *n,
     ngx_uint_t counter, ngx_uint_t window, ngx_uint_t cluster);
+ngx_atomic_uint_t ngx_http_llm_slot_sum_smooth(ngx_http_llm_node_t *n,
+    ngx_uint_t counter, ngx_uint_t window, ngx_uint_t cluster);
 ngx_uint_t ngx_http_llm_cluster_fresh(ngx_shm_zone_t *shm_zone);
 ngx_uint_t ngx_http_llm_route_fresh(ngx_shm_zone_t *shm_zone,
     ngx_http_llm_node_t *n);

@@ -12,7 +12,11 @@
 #     window=10s): the six nodes keep about one floor of 10, within 20%;
 #   - idle: ten more routes with a budget and no traffic cost no
 #     command: a node's idle commands a second stay those of one MGET a
-#     tick (the cooldowns) and its heartbeat script.
+#     tick (the cooldowns) and its heartbeat script;
+#   - under load a node sends one script call a tick, whatever its busy
+#     routes: its calls a second are those of idle;
+#   - a cooldown begun on one node shows on every node's status page
+#     within about one sync (250ms; 2 x sync allowed for a busy machine).
 # About 25 s.
 
 use strict;
@@ -77,6 +81,19 @@ cmp_ok(abs($cluster->{outage_retries} - $floor), '<=', 0.2 * $floor,
 cmp_ok($cluster->{idle_cmds} / 6, '<=', 4 + 8 + 2,
        sprintf('idle: %.1f commands a second per node with 12 routes',
                $cluster->{idle_cmds} / 6));
+
+# calls, what a node sends: an MGET or the script call a tick, the
+# heartbeat a second
+cmp_ok($cluster->{idle_calls} / 6, '<=', 4 + 1 + 0.5,
+       sprintf('idle: %.1f calls a second per node',
+               $cluster->{idle_calls} / 6));
+cmp_ok($cluster->{load_calls} / 6, '<=', 4 + 1 + 0.5,
+       sprintf('load: %.1f calls a second per node, a busy route',
+               $cluster->{load_calls} / 6));
+
+cmp_ok($cluster->{cooldown_max}, '>=', 0, 'every node saw the cooldown');
+cmp_ok($cluster->{cooldown_max}, '<=', 500,
+       "cooldown news: $cluster->{cooldown_ms} ms");
 
 my @logs;
 find(sub { push @logs, $File::Find::name if /^error\.log$/ }, $dir)

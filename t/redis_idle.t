@@ -2,9 +2,10 @@
 
 # llm_redis: a route this node had no traffic on costs no Redis command
 # (issue 17).  Twenty routes with a retry budget, one target, sync=50ms:
-# idle, a tick is one MGET (the cooldowns) where it was one per route as
-# well.  Traffic on one route adds its reads until its counts leave the
-# window (2 s here); its first request is judged on the node's own
+# idle, a tick is one MGET (the cooldowns), no INCRBY.  Traffic on one
+# route makes the tick a script call that writes its counts and reads
+# them with the cooldowns in one MGET, until its counts leave the window
+# (2 s here); its first request is judged on the node's own
 # counters ($llm_budget_source local: the node has no view of the route
 # yet), the next ones on the cluster's.  A busy route with a 60-s window
 # reads only the seconds that may still grow (a few hundred bytes a
@@ -91,23 +92,30 @@ sub wait_until {
     return 0;
 }
 
-# MGETs and syncs (ticks) over a second
+# MGETs, INCRBYs and script calls a tick (syncs), over a second
 sub per_tick {
-    my $mget = sub {
+    my $calls = sub {
         my $s = redis_command($redis, 'INFO', 'commandstats');
-        return $s =~ /cmdstat_mget:calls=(\d+)/ ? $1 : 0;
+        my %c = $s =~ /cmdstat_(\w+):calls=(\d+)/g;
+        return { mget => $c{mget} // 0, incrby => $c{incrby} // 0,
+                 calls => ($c{evalsha} // 0) + ($c{eval} // 0),
+                 syncs => status()->{redis}{syncs} };
     };
-    my ($m0, $s0) = ($mget->(), status()->{redis}{syncs});
+    my $a = $calls->();
     sleep 1;
-    my ($m1, $s1) = ($mget->(), status()->{redis}{syncs});
-    return ($m1 - $m0) / (($s1 - $s0) || 1);
+    my $b = $calls->();
+    my $ticks = ($b->{syncs} - $a->{syncs}) || 1;
+    return { map { $_ => ($b->{$_} - $a->{$_}) / $ticks }
+             qw(mget incrby calls) };
 }
 
 ok(wait_until(sub { (status()->{redis}{state} // '') eq 'up' }, 5),
    'the link is up');
 
 my $idle = per_tick();
-cmp_ok($idle, '<=', 1.2, sprintf('idle: %.2f MGETs a tick, not 21', $idle));
+cmp_ok($idle->{mget}, '<=', 1.2,
+       sprintf('idle: %.2f MGETs a tick, not 21', $idle->{mget}));
+is($idle->{incrby}, 0, 'idle: no INCRBY');
 
 http_post("/r1/v1/chat/completions?id=a$_", $BODY, port => $port)
     for 1 .. 2;
@@ -115,8 +123,11 @@ sleep 0.2;
 http_post('/r1/v1/chat/completions?id=b', $BODY, port => $port);
 
 my $busy = per_tick();
-ok($busy > 1.5 && $busy <= 2.2,
-   sprintf('one route counted in: %.2f MGETs a tick', $busy));
+cmp_ok($busy->{mget}, '<=', 1.2,
+       sprintf('one route counted in: %.2f MGETs a tick', $busy->{mget}));
+cmp_ok($busy->{calls}, '<=', 1.2 + 0.1,
+       sprintf('one route counted in: %.2f script calls a tick (the '
+               . 'heartbeat\'s one a second)', $busy->{calls}));
 
 my @src = map { (split /\|/)[1] } split /\n/, $t->read_file('logs/src.log');
 is($src[0], 'local', 'the first request on an idle route: local');
@@ -125,7 +136,9 @@ is($src[-1], 'cluster', 'once read: cluster');
 # its counts leave the 2-s window: idle again
 sleep 2;
 my $again = per_tick();
-cmp_ok($again, '<=', 1.2, sprintf('idle again: %.2f MGETs a tick', $again));
+cmp_ok($again->{mget}, '<=', 1.2,
+       sprintf('idle again: %.2f MGETs a tick', $again->{mget}));
+is($again->{incrby}, 0, 'idle again: no INCRBY');
 
 # a busy route with a window of 60 s: once read whole, a tick reads the
 # seconds that may still grow (3 here: sync + timeout + 2 s), and a key

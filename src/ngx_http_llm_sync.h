@@ -1,0 +1,136 @@
+
+/*
+ * Copyright (C) The ngx_http_llm_module authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_SYNC_H_INCLUDED_
+#define _NGX_HTTP_LLM_SYNC_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * The syncer of llm_redis (design.md 4), in the worker that holds the
+ * link: ngx_http_llm_sync.c ticks and sends a batch, the script call of
+ * ngx_http_llm_sync_script.c carries the routes' counts and reads the
+ * news, ngx_http_llm_sync_news.c writes and takes the cooldowns, the
+ * canaries' holds and the nodes.
+ */
+
+
+#define NGX_HTTP_LLM_SYNC_WRITE       0
+#define NGX_HTTP_LLM_SYNC_SCRIPT      1
+#define NGX_HTTP_LLM_SYNC_NODES       2
+
+/* a node that did not say it is alive for this long is not counted, ms */
+#define NGX_HTTP_LLM_SYNC_NODE_TTL    65000
+
+/*
+ * A canary's hold in Redis, ms: long enough for a node restarted days
+ * later with the same weight to hold it still; a node that holds it
+ * writes it again when it is gone (docs/directives.md, "Canary guard")
+ */
+#define NGX_HTTP_LLM_SYNC_HOLD_TTL    "604800000"
+
+
+typedef struct {
+    ngx_shm_zone_t              *zone;
+    ngx_http_llm_node_t         *node;
+    ngx_str_t                    tag;       /* "{prefix:route}" */
+    ngx_uint_t                   window;
+    ngx_uint_t                   read;      /* seconds the script reads */
+} ngx_http_llm_sync_route_t;
+
+
+typedef struct {
+    ngx_http_llm_node_t         *node;
+    ngx_str_t                    key;       /* "{prefix:cd}:URI model" */
+} ngx_http_llm_sync_target_t;
+
+
+typedef struct {
+    ngx_shm_zone_t              *zone;
+    ngx_http_llm_node_t         *node;
+    ngx_str_t                    key;   /* "{prefix:canary}:route:URI model" */
+    ngx_uint_t                   weight;    /* the route gives the target */
+} ngx_http_llm_sync_canary_t;
+
+
+/* one pipeline in flight */
+
+typedef struct {
+    ngx_pool_t                  *pool;
+    ngx_uint_t                   pending;   /* replies still to come */
+    ngx_uint_t                   lost;      /* replies that never came */
+    u_char                       error[96]; /* Redis' first error reply */
+    size_t                       error_len;
+    time_t                       now;       /* last second of the windows */
+    ngx_array_t                  routes;    /* of ngx_http_llm_sync_route_t *
+                                               in the script call */
+    ngx_array_t                  argv;      /* of the script call */
+    ngx_array_t                  argvlen;
+    ngx_uint_t                   script;    /* the script, not an MGET */
+    ngx_uint_t                   evaled;    /* sent again as EVAL */
+} ngx_http_llm_batch_t;
+
+
+typedef struct {
+    ngx_http_llm_batch_t        *batch;
+    ngx_uint_t                   what;      /* NGX_HTTP_LLM_SYNC_* */
+} ngx_http_llm_sync_reply_t;
+
+
+typedef struct {
+    ngx_http_llm_redis_conf_t   *conf;
+    ngx_log_t                   *log;
+    ngx_array_t                 *zones;     /* of ngx_shm_zone_t * */
+    ngx_array_t                  routes;    /* of ngx_http_llm_sync_route_t */
+    ngx_array_t                  targets;   /* of ngx_http_llm_sync_target_t */
+    ngx_array_t                  canaries;  /* of ngx_http_llm_sync_canary_t */
+    ngx_event_t                  tick;
+    ngx_event_t                  quick;     /* news of a cooldown */
+    ngx_event_t                  timeout;   /* of the batch in flight */
+    ngx_connection_t             dummy;     /* timers' data: fd -1 */
+    ngx_http_llm_batch_t        *batch;
+    ngx_uint_t                   link;      /* NGX_HTTP_LLM_LINK_* */
+    ngx_str_t                    nodes_key; /* "{prefix:nodes}" */
+    ngx_str_t                    names_key; /* "{prefix:nodes}:ids" */
+    ngx_str_t                    node_id;   /* "hostname:random id" */
+    time_t                       alive;     /* when it last said so */
+    u_char                       sha[40];   /* the script's SHA1, hex */
+} ngx_http_llm_syncer_t;
+
+
+extern ngx_http_llm_syncer_t  ngx_http_llm_syncer;
+
+
+/* ngx_http_llm_sync.c */
+ngx_int_t ngx_http_llm_sync_command(ngx_http_llm_batch_t *batch,
+    ngx_uint_t what, int argc, const char **argv, const size_t *argvlen);
+void ngx_http_llm_sync_error(ngx_http_llm_batch_t *batch, const char *err);
+ngx_atomic_int_t ngx_http_llm_sync_number(redisReply *reply);
+
+/* ngx_http_llm_sync_script.c */
+void ngx_http_llm_sync_script_init(void);
+ngx_int_t ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch);
+ngx_uint_t ngx_http_llm_sync_script_again(ngx_http_llm_batch_t *batch,
+    redisReply *reply);
+void ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch,
+    redisReply *reply);
+
+/* ngx_http_llm_sync_news.c */
+ngx_int_t ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch);
+void ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
+    redisReply *reply);
+ngx_int_t ngx_http_llm_sync_canaries(ngx_http_llm_batch_t *batch);
+void ngx_http_llm_sync_canaries_got(ngx_http_llm_batch_t *batch,
+    redisReply *reply);
+ngx_int_t ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch);
+void ngx_http_llm_sync_nodes(ngx_http_llm_batch_t *batch, redisReply *reply);
+
+
+#endif /* _NGX_HTTP_LLM_SYNC_H_INCLUDED_ */

@@ -1,0 +1,215 @@
+#!/usr/bin/perl
+
+# llm_redis: a tick is one script call (EVALSHA), whatever the number of
+# busy routes (issue 17).  Covers:
+#
+#   - five routes counted in, sync=500ms: one script call a tick, and the
+#     per-second keys of each route hold what the node counted, each
+#     with its PEXPIRE;
+#   - Redis forgets the script (SCRIPT FLUSH, as after a restart): the
+#     tick's EVALSHA gets NOSCRIPT and goes again as EVAL, which loads
+#     it; no count is lost, the link never goes down, nothing is logged
+#     above notice;
+#   - 140 routes with a 60-s window, read whole at their first view in
+#     one tick or two (the requests take far less than a sync): one
+#     tick's MGET has 70 x 2 x 61 keys or more, over Lua's unpack limit
+#     of 8,000 results: it goes in parts, and every route's count comes
+#     back.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use Test::More;
+use Test::LLM;
+use Time::HiRes qw(time sleep);
+use JSON::PP ();
+
+my $JSON = JSON::PP->new;
+
+my $t = Test::LLM->new;
+$t->has_daemon('redis-server');
+
+my $redis = $t->run_redis;
+
+my $routes = join '', map { <<"EOF2" } 1 .. 5;
+        location = /r$_/v1/chat/completions {
+            llm_route r$_;
+            llm_target /_llm/ok;
+            llm_retry_budget ratio=0.2 min=1/s window=10s;
+        }
+EOF2
+
+$routes .= join '', map { <<"EOF2" } 1 .. 140;
+        location = /w$_/v1/chat/completions {
+            llm_route w$_;
+            llm_target /_llm/ok;
+            llm_retry_budget ratio=0.2 min=1/s window=60s;
+        }
+EOF2
+
+$t->write_file_expand('nginx.conf', <<"EOF2");
+worker_processes 2;
+
+events {}
+
+http {
+    log_format src '\$arg_id|\$llm_budget_source';
+    access_log %%TESTDIR%%/logs/src.log src;
+
+    llm_zone llm:8m;
+    llm_redis 127.0.0.1:$redis sync=500ms timeout=500ms;
+
+    server {
+        listen 127.0.0.1:%%PORT_8080%%;
+
+$routes
+        location = /_llm/ok {
+            internal;
+            return 200 '{"id":"x","object":"chat.completion","model":"m","choices":[]}';
+        }
+
+        location = /status {
+            llm_status;
+        }
+    }
+}
+EOF2
+
+$t->run;
+my $port = $t->port(8080);
+my $BODY = '{"model":"m","messages":[]}';
+
+sub status {
+    my $r = parse_response(http_get('/status', port => $port));
+    return eval { $JSON->decode($r->{body}) } || {};
+}
+
+sub wait_until {
+    my ($cond, $timeout) = @_;
+    my $deadline = time + ($timeout || 5);
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return 0;
+}
+
+sub calls {
+    my $s = redis_command($redis, 'INFO', 'commandstats');
+    my %c = $s =~ /cmdstat_(\w+):calls=(\d+)/g;
+    return { evalsha => $c{evalsha} // 0, eval => $c{eval} // 0,
+             mget => $c{mget} // 0, incrby => $c{incrby} // 0,
+             syncs => status()->{redis}{syncs} // 0 };
+}
+
+# the route's requests in Redis, all its seconds; and keys without a TTL
+sub in_redis {
+    my ($route) = @_;
+    my $keys = redis_command($redis, 'KEYS', "{llm:$route}:r:*") || [];
+    my ($sum, $forever) = (0, 0);
+    for my $k (@$keys) {
+        $sum += redis_command($redis, 'GET', $k) // 0;
+        $forever++ if redis_command($redis, 'PTTL', $k) < 0;
+    }
+    return ($sum, $forever, scalar @$keys);
+}
+
+ok(wait_until(sub { (status()->{redis}{state} // '') eq 'up' }, 5),
+   'the link is up');
+
+my %sent;
+
+sub load {
+    my ($n) = @_;
+    for my $i (1 .. $n) {
+        for my $r (1 .. 5) {
+            http_post("/r$r/v1/chat/completions", $BODY, port => $port);
+            $sent{$r}++;
+        }
+        sleep 0.1;
+    }
+}
+
+my ($a, $t0) = (calls(), time);
+load(20);
+my ($b, $t1) = (calls(), time);
+
+# and the heartbeat's EVAL once a second, and the first call's EVAL
+my $ticks = $b->{syncs} - $a->{syncs};
+my $script = $b->{evalsha} + $b->{eval} - $a->{evalsha} - $a->{eval};
+cmp_ok($ticks, '>=', 3, "$ticks ticks under load");
+cmp_ok($script, '<=', $ticks + int($t1 - $t0) + 2,
+       sprintf('five busy routes: %d script calls in %d ticks, %.1f s',
+               $script, $ticks, $t1 - $t0));
+my $mget = $b->{mget} - $a->{mget};
+cmp_ok($mget, '<=', $ticks + 2, "one MGET a tick for all: $mget");
+cmp_ok($b->{incrby} - $a->{incrby}, '>=', 5, 'the routes\' deltas written');
+
+sub counted {
+    for my $r (1 .. 5) {
+        my ($sum) = in_redis("r$r");
+        return 0 unless $sum == $sent{$r};
+    }
+    return 1;
+}
+
+ok(wait_until(\&counted, 3), 'each route\'s keys hold its requests');
+
+my ($forever) = (0);
+$forever += (in_redis("r$_"))[1] for 1 .. 5;
+is($forever, 0, 'every key has a TTL');
+
+# Redis forgets the script
+my $evals = calls()->{eval};
+is(redis_command($redis, 'SCRIPT', 'FLUSH'), 'OK', 'SCRIPT FLUSH');
+
+load(10);
+
+ok(wait_until(\&counted, 3), 'after SCRIPT FLUSH no count lost');
+ok(wait_until(sub { calls()->{eval} > $evals }, 2),
+   'the call went again as EVAL');
+
+my $before = calls();
+sleep 1.2;
+my $after = calls();
+cmp_ok($after->{evalsha}, '>', $before->{evalsha},
+       'and EVALSHA works again');
+
+# 140 first views in a tick or two
+{
+    my $syncs = status()->{redis}{syncs};
+
+    http_post("/w$_/v1/chat/completions?id=w", $BODY, port => $port)
+        for 1 .. 140;
+
+    # two ticks: the first view is the tick after the requests
+    ok(wait_until(sub { status()->{redis}{syncs} >= $syncs + 3 }, 5),
+       'the ticks go on');
+
+    my $seen = 0;
+    for my $r (1 .. 140) {
+        my ($sum) = in_redis("w$r");
+        $seen++ if $sum == 1;
+    }
+    is($seen, 140, 'a hundred and forty routes counted');
+
+    # each route has its view: the next request is judged on it
+    http_post("/w$_/v1/chat/completions?id=w2", $BODY, port => $port)
+        for 1 .. 140;
+    my @src = grep { /^w2\|/ } split /\n/, $t->read_file('logs/src.log');
+    is(scalar(grep { $_ eq 'w2|cluster' } @src), 140,
+       'each judged on the cluster\'s view');
+}
+
+my $st = status()->{redis};
+is($st->{link_downs}, 0, 'the link never went down');
+is($st->{sync_errors}, 0, 'no sync error');
+
+$t->stop;
+
+my $log = $t->read_file('logs/error.log');
+unlike($log, qr/\[(warn|error|crit|alert|emerg)\]/,
+       'nothing logged above notice');
+
+done_testing;
