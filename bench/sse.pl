@@ -750,10 +750,12 @@ sub rss_kb {
     # anonymous resident memory of the worker (heap, pools, buffers; not
     # the shared code and config pages the worker got from the master)
     my ($pid) = @_;
-    open my $fh, '<', "/proc/$pid/status" or return 0;
+    open my $fh, '<', "/proc/$pid/status"
+        or die "sse.pl: cannot read /proc/$pid/status: $!\n";
     local $/;
     my $s = <$fh>;
-    return $s =~ /^RssAnon:\s+(\d+) kB/m ? $1 : 0;
+    return $1 if $s =~ /^RssAnon:\s+(\d+) kB/m;
+    die "sse.pl: no RssAnon in /proc/$pid/status: no memory figure\n";
 }
 
 sub reload {

@@ -96,16 +96,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$conf =~ s/%%LUA%%/$lua_conf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'prov',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf, subst => { LUA => $lua_conf });
 my $NEW = '"gpt-4.1-mini"';
 
 # bodies: before the model value, the value, after it

@@ -17,10 +17,7 @@ use lib 't/lib';
 use Test::More;
 use Test::LLM;
 use Time::HiRes qw(time sleep);
-use JSON::PP ();
 use POSIX ();
-
-my $JSON = JSON::PP->new;
 
 my $t = Test::LLM->new;
 $t->has_daemon('redis-server');
@@ -53,7 +50,7 @@ http {
     access_log %%TESTDIR%%/logs/src.log src;
 
     llm_zone llm:1m;
-    llm_redis 127.0.0.1:$redis sync=50ms timeout=500ms;
+    llm_redis 127.0.0.1:%%REDIS%% sync=50ms timeout=500ms;
 
     server {
         listen 127.0.0.1:%%PORT_8080%%;
@@ -76,34 +73,19 @@ $t->run;
 my $port = $t->port(8080);
 my $BODY = '{"model":"m","messages":[]}';
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { $JSON->decode($r->{body}) } || {};
-}
-
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout || 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
 # MGETs and syncs (ticks) over a second
 sub per_tick {
     my $mget = sub {
         my $s = redis_command($redis, 'INFO', 'commandstats');
         return $s =~ /cmdstat_mget:calls=(\d+)/ ? $1 : 0;
     };
-    my ($m0, $s0) = ($mget->(), status()->{redis}{syncs});
+    my ($m0, $s0) = ($mget->(), $t->status_json->{redis}{syncs});
     sleep 1;
-    my ($m1, $s1) = ($mget->(), status()->{redis}{syncs});
+    my ($m1, $s1) = ($mget->(), $t->status_json->{redis}{syncs});
     return ($m1 - $m0) / (($s1 - $s0) || 1);
 }
 
-ok(wait_until(sub { (status()->{redis}{state} // '') eq 'up' }, 5),
+ok(wait_until(sub { ($t->status_json->{redis}{state} // '') eq 'up' }, 5),
    'the link is up');
 
 my $idle = per_tick();
@@ -148,7 +130,7 @@ cmp_ok($again, '<=', 1.2, sprintf('idle again: %.2f MGETs a tick', $again));
                 . redis_command($redis, 'INFO', 'stats');
         my ($px) = $s =~ /cmdstat_pexpire:calls=(\d+)/;
         my ($in) = $s =~ /total_net_input_bytes:(\d+)/;
-        return ($px // 0, $in // 0, status()->{redis}{syncs});
+        return ($px // 0, $in // 0, $t->status_json->{redis}{syncs});
     };
 
     my @a = $stats->();
