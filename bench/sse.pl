@@ -851,7 +851,7 @@ for my $mode (qw(whole split)) {
         $mode, sus(median(@p)), sus($p[0]), sus($p[-1]);
 }
 
-print "\n== verdicts: no added latency (SPEC 4)\n";
+print "\n== verdicts: no added latency (bench/README.md, goals)\n";
 verdict('whole events, every event:', $lat{whole}{b}{lat},
         $lat{whole}{a}{lat}, $lat{whole}{other});
 verdict('split events, from last piece:', $lat{split}{b}{lat},

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Request inspection (SPEC 3.1) when another module has read the client
+# Request inspection (docs/design.md section 1) when another module has read the client
 # body before the route's content handler: `mirror` (precontent phase,
 # mirror_request_body on by default), and lua's ngx.req.read_body() in
 # the access phase when libnginx-mod-http-lua is installed.  The module's

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Retry budgets in the shared zone (SPEC 3.3, issue 5).  Covers: the
+# Retry budgets in the shared zone (docs/design.md section 3, issue 5).  Covers: the
 # additive rule with min=0 ratio=0.1 and an always-failing target: 200
 # requests over 4 connections to 2 workers give exactly 20 retries at
 # the provider; a refused retry ends the request with the last provider

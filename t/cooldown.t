@@ -1,6 +1,7 @@
 #!/usr/bin/perl
 
-# Target cooldowns in the shared zone (SPEC 3.2/3.4 local half, issue 5).
+# Target cooldowns in the shared zone (docs/design.md sections 2-3, the
+# node's own half of section 4; issue 5).
 # Covers: a 429 with a Retry-After longer than llm_backoff max cools the
 # target for that long in every worker (requests go straight to the
 # fallback, recorded as skipped), and it is tried again afterwards;

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Attempt engine (SPEC 3.2): the error category of a failed attempt, seen
+# Attempt engine (docs/design.md section 2): the error category of a failed attempt, seen
 # through real nginx.  The route lists every category in llm_retry_on and
 # has an llm_fallback that answers 200, so the first attempt's category
 # shows in $llm_attempt_errors while the client gets the fallback's 200.

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Attempt engine (SPEC 3.2): what the client gets when no attempt follows.
+# Attempt engine (docs/design.md section 2): what the client gets when no attempt follows.
 # Covers: the last provider answer unchanged (status, body, Content-Type,
 # Content-Length, Retry-After, a custom header; a chunked one too) plus
 # one x-should-retry: false when retries were spent, also when the

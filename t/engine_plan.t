@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Attempt engine (SPEC 3.2): the attempt plan.  Covers: the weighted pick
+# Attempt engine (docs/design.md section 2): the attempt plan.  Covers: the weighted pick
 # among llm_target (3:1 over 200 requests within a loose statistical
 # bound, $llm_target agreeing with what the mock got, weight=0 never
 # picked, not even when the picked target fails); tries=2 on a target

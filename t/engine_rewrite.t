@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Attempt engine (SPEC 3.1, 3.2): the per-target model rewrite.  A
+# Attempt engine (docs/design.md sections 1-2): the per-target model rewrite.  A
 # target's model= replaces the top-level "model" value of the body sent
 # to it; every other byte stays as the client sent it (checked on the raw
 # bytes and on the JSON::PP-decoded structure) and Content-Length

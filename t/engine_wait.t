@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Attempt engine (SPEC 3.2): waits between attempts.  Covers: Retry-After
+# Attempt engine (docs/design.md section 2): waits between attempts.  Covers: Retry-After
 # in seconds, as an HTTP-date and retry-after-ms (which wins over
 # Retry-After) honoured before the retry on the same target (the gap
 # between the two requests the mock got is at least the wait, and not

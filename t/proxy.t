@@ -464,8 +464,8 @@ for my $round (1, 2) {
 # The client must be able to tell: a JSON answer with a Content-Length
 # comes short and the connection closes (as with a plain proxy_pass); an
 # SSE stream (chunked) ends with the protocol's own error event after the
-# events that came, then the end of the stream (SPEC 3.2).  Once each,
-# with "Connection: close" and on a keepalive connection.
+# events that came, then the end of the stream (docs/design.md section
+# 5).  Once each, with "Connection: close" and on a keepalive connection.
 
 for my $case ([ 'partial', 'cut answer with Content-Length' ],
               [ 'chunked-cut', 'cut chunked answer' ])

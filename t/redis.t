@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# llm_redis on one node against a real Redis (SPEC 3.4, issue 6): what the
+# llm_redis on one node against a real Redis (docs/design.md section 4, issue 6): what the
 # syncer writes (key names, values equal to the node's counts, TTLs of
 # window + 2 s, prefix=, db=, a unix socket), and that decisions use what
 # other nodes wrote: retries another node spent in the current second

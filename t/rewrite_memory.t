@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 
-# Memory cost of a per-target model rewrite (SPEC 3.1: "a multi-MB body
-# with images must not be copied for a rewrite").  One worker; a 5 MB
+# Memory cost of a per-target model rewrite (docs/design.md section 1: a
+# rewrite splices buffers around the model, never copies the body).  One worker; a 5 MB
 # body held in memory goes first through a route without a rewrite, then
 # through one that rewrites the model, then with the model inserted.  The
 # worker's peak RSS (VmHWM) may not grow by anything like the body's size

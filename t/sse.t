@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Streaming answers (SPEC 3.2, issue 4 items 1-3).  Covers: an SSE answer
+# Streaming answers (docs/design.md section 2, issue 4 items 1-3).  Covers: an SSE answer
 # reaches the client event by event although the target keeps nginx's
 # default proxy_buffering on (the first event arrives long before the
 # provider sends the last); the bytes arrive unchanged and the stream ends
