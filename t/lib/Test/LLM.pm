@@ -705,7 +705,14 @@ sub nginx_pid { $_[0]->{nginx} }
 # 0 - 0 (a container without /proc, a kernel that hides it).
 sub worker_hwm_kb {
     my ($self) = @_;
+
+    # just after run the master may not have forked its workers yet
     my ($pid) = $self->worker_pids;
+    my $deadline = time + 5;
+    while (!$pid && $self->{nginx} && time < $deadline) {
+        sleep 0.05;
+        ($pid) = $self->worker_pids;
+    }
     die "worker_hwm_kb: no nginx worker found under /proc\n" unless $pid;
 
     open my $fh, '<', "/proc/$pid/status"
