@@ -11,35 +11,17 @@
 #
 #   bench/check_answer.sh         (make bench-check)
 #
-# Environment: MODULE (default build/ngx_http_llm_module.so), NGINX
-# (default /usr/sbin/nginx), N1 N2 (request counts, 500 and 2500), KEEP=1.
+# Environment: N1 N2 (request counts, 500 and 2500); MODULE, NGINX,
+# KEEP=1 as in bench/cg.sh (the callgrind harness).
 
 set -eu
 
-BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$BENCH_DIR/.." && pwd)
-MODULE=${MODULE:-$REPO/build/ngx_http_llm_module.so}
-NGINX_BIN=${NGINX:-/usr/sbin/nginx}
-unset NGINX    # nginx reads it itself (binary upgrades)
+. "$(dirname "$0")/cg.sh"
+
 N1=${N1:-500}
 N2=${N2:-2500}
 
-command -v valgrind >/dev/null || { echo "check: valgrind missing" >&2; exit 2; }
-[ -f "$MODULE" ] || { echo "check: $MODULE missing (make)" >&2; exit 2; }
-
-TMP=$(mktemp -d /tmp/llm-check.XXXXXX)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-    [ "${KEEP:-0}" = 1 ] && echo "kept $TMP" || rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-    perl -MIO::Socket::INET -e \
-        'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0")
-               ->sockport'
-}
+cg_init check
 PORT=$(free_port)
 PORT2=$(free_port)
 [ "$PORT" != "$PORT2" ] || PORT2=$(free_port)
@@ -52,8 +34,6 @@ TAIL='"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,'
 TAIL+='"completion_tokens":60,"total_tokens":72}}'
 TEXT=$(printf 'lorem ipsum %.0s' $(seq 1 60))
 ANSWER=$HEAD${TEXT:0:$(( 600 - ${#HEAD} - ${#TAIL} ))}$TAIL
-
-mkdir -p "$TMP/logs"
 
 # conf FILE LOG: the routes with access_log LOG: "off", or a log of a
 # usage variable (then the answer reader runs for every answer)
@@ -116,30 +96,6 @@ conf usage.conf "/dev/null usage"
 printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}' \
     > "$TMP/body.json"
 
-ir() {
-    # ir CAND N CONF: total Ir of nginx serving exactly N requests to CAND
-    local cand=$1 n=$2 out="$TMP/cg.$1.$2.$3.out" res
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
-        --log-file="$TMP/logs/valgrind.$cand.$n.log" \
-        "$NGINX_BIN" -p "$TMP" -c "$TMP/$3" \
-        > "$TMP/logs/nginx.$cand.$n.out" 2>&1 &
-    PID=$!
-    for _ in $(seq 1 300); do
-        perl -MIO::Socket::INET -e \
-            "exit !IO::Socket::INET->new('127.0.0.1:$PORT')" && break
-        sleep 0.1
-    done
-    if ! res=$("$BENCH_DIR/client.pl" "$PORT" "/$cand/v1/chat/completions" \
-               "$TMP/body.json" "$n")
-    then
-        kill "$PID" 2>/dev/null
-        echo "check: $cand: ${res:-no answer}" >&2
-        exit 2
-    fi
-    kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=
-    sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$out" | head -1
-}
-
 echo "answer: ${#ANSWER} bytes"
 
 declare -A PER
@@ -147,8 +103,11 @@ for run in plain:nginx.conf checked:nginx.conf plain:usage.conf \
            checked:usage.conf
 do
     cand=${run%%:*} cf=${run#*:}
-    a=$(ir "$cand" "$N1" "$cf")
-    b=$(ir "$cand" "$N2" "$cf")
+    a=$(cg_requests "cg.$cand.$N1.$cf" "$cf" "$PORT" \
+                    "/$cand/v1/chat/completions" "$N1")
+    b=$(cg_requests "cg.$cand.$N2.$cf" "$cf" "$PORT" \
+                    "/$cand/v1/chat/completions" "$N2")
+    [ -n "$a" ] && [ -n "$b" ] || die "$cand: no callgrind totals"
     [ "$cf" = nginx.conf ] || cand=${cand}_usage
     PER[$cand]=$(( (b - a) / (N2 - N1) ))
     echo "$cand: $(( b - a )) Ir over $(( N2 - N1 )) requests," \

@@ -8,35 +8,19 @@
 #
 #   bench/pick.sh                 (make bench-pick)
 #
-# Environment: MODULE (default build/ngx_http_llm_module.so), NGINX
-# (default /usr/sbin/nginx), N1 N2 (request counts, 500 and 2500), KEEP=1.
+# Environment: N1 N2 (request counts, 500 and 2500); MODULE, NGINX,
+# KEEP=1 as in bench/cg.sh (the callgrind harness).
 
 set -eu
 
-BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$BENCH_DIR/.." && pwd)
-MODULE=${MODULE:-$REPO/build/ngx_http_llm_module.so}
-NGINX_BIN=${NGINX:-/usr/sbin/nginx}
-unset NGINX    # nginx reads it itself (binary upgrades)
+. "$(dirname "$0")/cg.sh"
+
 N1=${N1:-500}
 N2=${N2:-2500}
 
-command -v valgrind >/dev/null || { echo "pick: valgrind missing" >&2; exit 2; }
-[ -f "$MODULE" ] || { echo "pick: $MODULE missing (make)" >&2; exit 2; }
+cg_init pick
+PORT=$(free_port)
 
-TMP=$(mktemp -d /tmp/llm-pick.XXXXXX)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-    [ "${KEEP:-0}" = 1 ] && echo "kept $TMP" || rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-PORT=$(perl -MIO::Socket::INET -e \
-    'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0")
-           ->sockport')
-
-mkdir -p "$TMP/logs"
 cat > "$TMP/nginx.conf" <<EOF
 load_module $MODULE;
 daemon off;
@@ -74,34 +58,13 @@ EOF
 printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}' \
     > "$TMP/body.json"
 
-ir() {
-    # ir CAND N: total Ir of nginx serving exactly N requests to CAND
-    local cand=$1 n=$2 out="$TMP/cg.$1.$2.out" res
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
-        --log-file="$TMP/logs/valgrind.$cand.$n.log" \
-        "$NGINX_BIN" -p "$TMP" -c "$TMP/nginx.conf" \
-        > "$TMP/logs/nginx.$cand.$n.out" 2>&1 &
-    PID=$!
-    for _ in $(seq 1 300); do
-        perl -MIO::Socket::INET -e \
-            "exit !IO::Socket::INET->new('127.0.0.1:$PORT')" && break
-        sleep 0.1
-    done
-    if ! res=$("$BENCH_DIR/client.pl" "$PORT" "/$cand/v1/chat/completions" \
-               "$TMP/body.json" "$n")
-    then
-        kill "$PID" 2>/dev/null
-        echo "pick: $cand: ${res:-no answer}" >&2
-        exit 2
-    fi
-    kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=
-    sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$out" | head -1
-}
-
 declare -A PER
 for cand in random sticky; do
-    a=$(ir "$cand" "$N1")
-    b=$(ir "$cand" "$N2")
+    a=$(cg_requests "cg.$cand.$N1" nginx.conf "$PORT" \
+                    "/$cand/v1/chat/completions" "$N1")
+    b=$(cg_requests "cg.$cand.$N2" nginx.conf "$PORT" \
+                    "/$cand/v1/chat/completions" "$N2")
+    [ -n "$a" ] && [ -n "$b" ] || die "$cand: no callgrind totals"
     PER[$cand]=$(( (b - a) / (N2 - N1) ))
     echo "$cand: $(( b - a )) Ir over $(( N2 - N1 )) requests," \
          "${PER[$cand]} per request"

@@ -750,10 +750,12 @@ sub rss_kb {
     # anonymous resident memory of the worker (heap, pools, buffers; not
     # the shared code and config pages the worker got from the master)
     my ($pid) = @_;
-    open my $fh, '<', "/proc/$pid/status" or return 0;
+    open my $fh, '<', "/proc/$pid/status"
+        or die "sse.pl: cannot read /proc/$pid/status: $!\n";
     local $/;
     my $s = <$fh>;
-    return $s =~ /^RssAnon:\s+(\d+) kB/m ? $1 : 0;
+    return $1 if $s =~ /^RssAnon:\s+(\d+) kB/m;
+    die "sse.pl: no RssAnon in /proc/$pid/status: no memory figure\n";
 }
 
 sub reload {
@@ -849,7 +851,7 @@ for my $mode (qw(whole split)) {
         $mode, sus(median(@p)), sus($p[0]), sus($p[-1]);
 }
 
-print "\n== verdicts: no added latency (SPEC 4)\n";
+print "\n== verdicts: no added latency (bench/README.md, goals)\n";
 verdict('whole events, every event:', $lat{whole}{b}{lat},
         $lat{whole}{a}{lat}, $lat{whole}{other});
 verdict('split events, from last piece:', $lat{split}{b}{lat},

@@ -13,63 +13,22 @@
 # each one is a read and a write of its own, as in a real stream), a last
 # chunk with usage (stream_options.include_usage) and "[DONE]".
 #
-# Environment: EVENTS=50 GAP_MS=3 N1=2 N2=10,
-# MODULE=build/ngx_http_llm_module.so, NGINX_BIN=/usr/sbin/nginx, KEEP=1
-# (keep the temp dir: callgrind_annotate its cg.b.N2).  Exits 2 when the
-# setup failed.
+# Environment: EVENTS=50 GAP_MS=3 N1=2 N2=10; MODULE, NGINX_BIN, KEEP=1
+# (keep the temp dir: callgrind_annotate its cg.b.N2.out) as in
+# bench/cg.sh (the callgrind harness).  Exits 2 when the setup failed.
 
 set -eu
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-MODULE=${MODULE:-$ROOT/build/ngx_http_llm_module.so}
-NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}
+. "$(dirname "$0")/cg.sh"
+
 EVENTS=${EVENTS:-50}
 GAP_MS=${GAP_MS:-3}
 N1=${N1:-2}
 N2=${N2:-10}
 
-die() { echo "sse_cg: $*" >&2; exit 2; }
-
-[ -f "$MODULE" ] || die "$MODULE not found: run make first"
-command -v valgrind >/dev/null || die "valgrind not found"
 command -v curl >/dev/null || die "curl not found"
-MODULE=$(cd "$(dirname "$MODULE")" && pwd)/$(basename "$MODULE")
-
-TMP=$(mktemp -d /tmp/llm-sse-cg.XXXXXX)
-MOCK_PID=
-NGX_PID=
-
-cleanup() {
-    [ -n "$NGX_PID" ] && kill "$NGX_PID" 2>/dev/null || true
-    [ -n "$MOCK_PID" ] && kill "$MOCK_PID" 2>/dev/null || true
-    if [ "${KEEP:-0}" = 1 ]; then
-        echo "sse_cg: kept $TMP (callgrind files cg.CAND.N)" >&2
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-
-mkdir -p "$TMP/logs" "$TMP/tmp"
-
-free_port() {
-    perl -MIO::Socket::INET -e \
-        'print IO::Socket::INET->new(Listen => 1, LocalAddr =>
-             "127.0.0.1:0")->sockport'
-}
-
-wait_port() {
-    local i
-    for i in $(seq 1 300); do
-        if perl -MIO::Socket::INET -e \
-            'exit !IO::Socket::INET->new("127.0.0.1:$ARGV[0]")' "$1"
-        then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
+cg_init sse_cg
+mkdir -p "$TMP/tmp"
 
 MOCK_PORT=$(free_port)
 PROXY_PORT=$(free_port)
@@ -124,7 +83,7 @@ while (my $c = $l->accept) {
     exit;
 }
 EOF
-MOCK_PID=$!
+CG_KILL=$!
 wait_port "$MOCK_PORT" || die "the mock did not start"
 
 cat > "$TMP/nginx.conf" <<EOF
@@ -173,12 +132,8 @@ BODY='{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":tru
 
 one() {
     # one CAND N: Ir of nginx serving N streams; prints it
-    local cand=$1 n=$2 out=$TMP/cg.$1.$2 i got
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
-        --log-file="$TMP/logs/valgrind.$cand.$n" \
-        "$NGINX_BIN" -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log" &
-    NGX_PID=$!
-    wait_port "$PROXY_PORT" || die "nginx under valgrind did not start"
+    local cand=$1 n=$2 i got
+    cg_start "cg.$cand.$n" nginx.conf "$PROXY_PORT"
     for i in $(seq 1 "$n"); do
         got=$(curl -sN --max-time 60 -H 'Content-Type: application/json' \
                   -d "$BODY" "http://127.0.0.1:$PROXY_PORT/$cand/v1/chat/completions" \
@@ -186,10 +141,7 @@ one() {
         [ "$got" = $((EVENTS + 2)) ] \
             || die "$cand: stream $i brought $got events, not $((EVENTS + 2))"
     done
-    kill -QUIT "$NGX_PID"
-    wait "$NGX_PID" || true
-    NGX_PID=
-    sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$out" | head -1
+    cg_stop QUIT
 }
 
 declare -A PER

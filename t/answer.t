@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# What the module reads of an answer as it passes (SPEC 3.1, 3.6): a unit
+# What the module reads of an answer as it passes (docs/design.md section 2, docs/logging.md): a unit
 # test of src/ngx_http_llm_answer*.c without nginx.  A small C driver
 # written here is compiled against the build tree's nginx headers and fed
 # cases on stdin; it feeds each answer whole, then cut into pieces every

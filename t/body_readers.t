@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Request inspection (SPEC 3.1) when another module has read the client
+# Request inspection (docs/design.md section 1) when another module has read the client
 # body before the route's content handler: `mirror` (precontent phase,
 # mirror_request_body on by default), and lua's ngx.req.read_body() in
 # the access phase when libnginx-mod-http-lua is installed.  The module's
@@ -96,16 +96,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$conf =~ s/%%LUA%%/$lua_conf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'prov',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf, subst => { LUA => $lua_conf });
 my $NEW = '"gpt-4.1-mini"';
 
 # bodies: before the model value, the value, after it

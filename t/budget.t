@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Retry budgets in the shared zone (SPEC 3.3, issue 5).  Covers: the
+# Retry budgets in the shared zone (docs/design.md section 3, issue 5).  Covers: the
 # additive rule with min=0 ratio=0.1 and an always-failing target: 200
 # requests over 4 connections to 2 workers give exactly 20 retries at
 # the provider; a refused retry ends the request with the last provider
@@ -86,15 +86,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'prov',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf);
 
 my $REQ = '{"model":"gpt-4o-mini","messages":[{"role":"user",'
     . '"content":"budget me"}]}';

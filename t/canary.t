@@ -20,7 +20,6 @@ use Test::More;
 use Test::LLM;
 use Test::LLM::Engine;
 
-use JSON::PP qw(decode_json);
 use Time::HiRes qw(time sleep);
 
 my $t = Test::LLM->new;
@@ -132,14 +131,9 @@ sub post {
                                port => $port) // '');
 }
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { decode_json($r->{body}) } || {};
-}
-
 sub canary {
     my ($route, $key) = @_;
-    return status()->{routes}{$route // 'chat'}{canary}{targets}
+    return $t->status_json->{routes}{$route // 'chat'}{canary}{targets}
            {$key // $CANARY} || {};
 }
 
@@ -177,9 +171,9 @@ is(entry('probe-user-1')->{canary}, '-', '$llm_canary: not found without '
 my $c = canary();
 is($c->{state}, 'ok', 'status: the canary is ok');
 is($c->{weight}, 10, 'status: its weight');
-is(status()->{routes}{chat}{canary}{heaviest}, '/_llm/base base',
+is($t->status_json->{routes}{chat}{canary}{heaviest}, '/_llm/base base',
    'status: the heaviest target');
-is(status()->{routes}{probe}{canary}, undef, 'status: no guard, null');
+is($t->status_json->{routes}{probe}{canary}, undef, 'status: no guard, null');
 
 ###############################################################################
 # not counted: errors of the request, clients that went away, attempts

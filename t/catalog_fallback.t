@@ -53,13 +53,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'provider',
-                      handler => \&scripted);
-$t->run;
+engine_run($t, $conf, mocks => [ provider => 8081 ]);
 
 sub post {
     my ($route, $id, $model, $case) = @_;

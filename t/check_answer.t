@@ -131,15 +131,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'prov',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf);
 
 my $REQ = '{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user",'
     . '"content":"the end"}]}';

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Error classification (SPEC 3.2), a unit test of the pure functions in
+# Error classification (docs/design.md section 2), a unit test of the pure functions in
 # src/ngx_http_llm_classify.c, without nginx: a small C driver written
 # here is compiled against the build tree's nginx headers and fed cases
 # on stdin.  Covers: real provider error bodies (OpenAI, Anthropic, Azure,

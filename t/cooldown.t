@@ -1,6 +1,7 @@
 #!/usr/bin/perl
 
-# Target cooldowns in the shared zone (design.md 4, issue 5).
+# Target cooldowns in the shared zone (docs/design.md sections 2-3, the
+# node's own half of section 4; issue 5).
 # Covers: a 429 with a Retry-After longer than llm_backoff max cools the
 # target for that long in every worker (requests go straight to the
 # fallback, recorded as skipped), and it is tried again afterwards;
@@ -28,10 +29,7 @@ worker_processes 2;
 events {}
 
 http {
-    %%LOG_FORMAT%%
-    access_log %%TESTDIR%%/logs/access.log engine;
-
-    proxy_set_header X-Attempt $llm_attempts;
+    %%ENGINE%%
     proxy_set_header Connection "";
     proxy_http_version 1.1;
 
@@ -104,15 +102,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'prov',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf);
 
 my $REQ = '{"model":"gpt-4o-mini","messages":[{"role":"user",'
     . '"content":"cool me"}]}';

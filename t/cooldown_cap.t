@@ -18,7 +18,6 @@ use Test::More;
 use Test::LLM;
 use Test::LLM::Engine;
 
-use JSON::PP;
 use Time::HiRes qw(time sleep);
 
 my $t = Test::LLM->new;
@@ -30,10 +29,7 @@ worker_processes 2;
 events {}
 
 http {
-    %%LOG_FORMAT%%
-    access_log %%TESTDIR%%/logs/access.log engine;
-
-    proxy_set_header X-Attempt $llm_attempts;
+    %%ENGINE%%
     proxy_set_header Connection "";
     proxy_http_version 1.1;
 
@@ -112,23 +108,14 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$conf =~ s/%%REDIS%%/$redis/;
-
+# nginx.conf with llm_cooldown max=$shrink on /ms (for a reload)
 sub config {
     my ($shrink) = @_;
-    (my $c = $conf) =~ s/%%SHRINK%%/$shrink/;
-    $t->write_file_expand('nginx.conf', $c);
+    engine_run($t, $conf, subst => { SHRINK => $shrink }, mocks => [],
+               run => 0);
 }
 
-config('60s');
-
-$t->run_mock_provider(port => $t->port(8081), name => 'prov',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf, subst => { SHRINK => '60s' });
 
 my $REQ = '{"model":"gpt-4o-mini","messages":[{"role":"user",'
     . '"content":"cap me"}]}';
@@ -140,25 +127,11 @@ sub post {
                                     headers => { 'X-Case' => $case }));
 }
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { decode_json($r->{body}) } || {};
-}
-
 # ms left of a target's cooldown, as the status page shows it
 sub left {
     my ($target) = @_;
-    return status()->{targets}{"/_llm/$target"}{cooldown_remaining_ms} // -1;
-}
-
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout || 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
+    return $t->status_json->{targets}{"/_llm/$target"}{cooldown_remaining_ms}
+           // -1;
 }
 
 sub now_ms { int(time * 1000) }
@@ -168,7 +141,7 @@ sub redis_end {
     return redis_command($redis, 'GET', "{llm:cd}:/_llm/$target") // 0;
 }
 
-ok(wait_until(sub { (status()->{redis}{state} // '') eq 'up' }),
+ok(wait_until(sub { ($t->status_json->{redis}{state} // '') eq 'up' }),
    'the Redis link is up');
 
 ###############################################################################

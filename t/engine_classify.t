@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Attempt engine (SPEC 3.2): the error category of a failed attempt, seen
+# Attempt engine (docs/design.md section 2): the error category of a failed attempt, seen
 # through real nginx.  The route lists every category in llm_retry_on and
 # has an llm_fallback that answers 200, so the first attempt's category
 # shows in $llm_attempt_errors while the client gets the fallback's 200.
@@ -29,10 +29,7 @@ my $conf = <<'EOF';
 events {}
 
 http {
-    %%LOG_FORMAT%%
-    access_log %%TESTDIR%%/logs/access.log engine;
-
-    proxy_set_header X-Attempt $llm_attempts;
+    %%ENGINE%%
 
     server {
         listen 127.0.0.1:%%PORT_8080%%;
@@ -92,17 +89,8 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'primary',
-                      handler => \&scripted);
-$t->run_mock_provider(port => $t->port(8082), name => 'backup',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf,
+           mocks => [ primary => 8081, backup => 8082 ]);
 
 my $REQ = '{"model":"gpt-4o-mini","messages":[{"role":"user",'
     . '"content":"classify me"}]}';

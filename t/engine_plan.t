@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Attempt engine (SPEC 3.2): the attempt plan.  Covers: the weighted pick
+# Attempt engine (docs/design.md section 2): the attempt plan.  Covers: the weighted pick
 # among llm_target (3:1 over 200 requests within a loose statistical
 # bound, $llm_target agreeing with what the mock got, weight=0 never
 # picked, not even when the picked target fails); tries=2 on a target
@@ -27,10 +27,7 @@ my $conf = <<'EOF';
 events {}
 
 http {
-    %%LOG_FORMAT%%
-    access_log %%TESTDIR%%/logs/access.log engine;
-
-    proxy_set_header X-Attempt $llm_attempts;
+    %%ENGINE%%
     proxy_set_header Connection "";
     proxy_http_version 1.1;
 
@@ -121,15 +118,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'prov',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf);
 
 my $REQ = '{"model":"gpt-4o-mini","messages":[{"role":"user",'
     . '"content":"plan me"}]}';

@@ -24,10 +24,7 @@ my $conf = <<'EOF';
 events {}
 
 http {
-    %%LOG_FORMAT%%
-    access_log %%TESTDIR%%/logs/access.log engine;
-
-    proxy_set_header X-Attempt $llm_attempts;
+    %%ENGINE%%
 
     llm_zone llm:1m;
 
@@ -68,16 +65,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'provider',
-                      handler => \&scripted);
-
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf, mocks => [ provider => 8081 ]);
 my $body = '{"model":"gpt-4o-mini","messages":[]}';
 
 sub post {

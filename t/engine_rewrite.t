@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Attempt engine (SPEC 3.1, 3.2): the per-target model rewrite.  A
+# Attempt engine (docs/design.md sections 1-2): the per-target model rewrite.  A
 # target's model= replaces the top-level "model" value of the body sent
 # to it; every other byte stays as the client sent it (checked on the raw
 # bytes and on the JSON::PP-decoded structure) and Content-Length
@@ -32,10 +32,7 @@ my $conf = <<'EOF';
 events {}
 
 http {
-    %%LOG_FORMAT%%
-    access_log %%TESTDIR%%/logs/access.log engine;
-
-    proxy_set_header X-Attempt $llm_attempts;
+    %%ENGINE%%
 
     client_max_body_size 20m;
 
@@ -83,15 +80,7 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'prov',
-                      handler => \&scripted);
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf);
 my $JSON = JSON::PP->new->canonical;
 my $NEW = '"gpt-4.1-mini"';
 

@@ -27,10 +27,7 @@ my $conf = <<'EOF';
 events {}
 
 http {
-    %%LOG_FORMAT%%
-    access_log %%TESTDIR%%/logs/access.log engine;
-
-    proxy_set_header X-Attempt $llm_attempts;
+    %%ENGINE%%
 
     upstream two {
         # nothing listens there; never marked down
@@ -87,17 +84,10 @@ http {
 }
 EOF
 
-my $lf = log_format_conf();
-$conf =~ s/%%LOG_FORMAT%%/$lf/;
-$t->write_file_expand('nginx.conf', $conf);
-
-$t->run_mock_provider(port => $t->port(8081), name => 'ok',
-                      handler => \&scripted);
-$t->run_mock_provider(port => $t->port(8082), name => 'rst',
-                      handler => sub { $_[1]->reset; return });
-$t->run;
-
-my $port = $t->port(8080);
+my $port = engine_run($t, $conf, mocks => [
+    ok  => 8081,
+    rst => [ 8082, sub { $_[1]->reset; return } ],
+]);
 
 my $REQ = '{"model":"gpt-4o-mini","messages":[{"role":"user",'
     . '"content":"next upstream"}]}';

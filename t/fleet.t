@@ -25,35 +25,16 @@ use warnings;
 use lib 't/lib';
 use Test::More;
 use Test::LLM;
-use JSON::PP ();
-use File::Find qw(find);
 use File::Path qw(rmtree);
 
-my $bench = "$Test::LLM::REPO/bench/fleet";
+my $f = Test::LLM::run_fleet(NODES => 6, SYNC => '250ms', SECS => 6,
+                             OUTAGE => 5, IDLE => 2, IDLE_ROUTES => 10,
+                             RATE => 100, LOCAL => 1);
+my $out = $f->{out};
+is($f->{status}, 0, 'bench/fleet ran') or diag $out;
 
-plan(skip_all => 'no redis-server')
-    unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH};
-
-local $ENV{MODULE} = $Test::LLM::MODULE;
-local $ENV{NGINX} = $Test::LLM::NGINX;
-local $ENV{NODES} = 6;
-local $ENV{SYNC} = '250ms';
-local $ENV{SECS} = 6;
-local $ENV{OUTAGE} = 5;
-local $ENV{IDLE} = 2;
-local $ENV{IDLE_ROUTES} = 10;
-local $ENV{RATE} = 100;
-local $ENV{LOCAL} = 1;
-local $ENV{JSON} = 1;
-local $ENV{KEEP} = 1;
-
-my $out = `$bench 2>&1`;
-is($? >> 8, 0, 'bench/fleet ran') or diag $out;
-
-my @runs = map { JSON::PP->new->decode($_) } grep { /^\{/ } split /\n/, $out;
-my ($dir) = map { $_->{dir} } grep { $_->{dir} } @runs;
-my ($cluster) = grep { defined $_->{redis} && $_->{redis} } @runs;
-my ($local) = grep { defined $_->{redis} && !$_->{redis} } @runs;
+my ($cluster) = grep { defined $_->{redis} && $_->{redis} } @{$f->{runs}};
+my ($local) = grep { defined $_->{redis} && !$_->{redis} } @{$f->{runs}};
 
 ok($cluster && $local, 'a run with Redis and one without') or diag $out;
 
@@ -95,13 +76,10 @@ cmp_ok($cluster->{cooldown_max}, '>=', 0, 'every node saw the cooldown');
 cmp_ok($cluster->{cooldown_max}, '<=', 500,
        "cooldown news: $cluster->{cooldown_ms} ms");
 
-my @logs;
-find(sub { push @logs, $File::Find::name if /^error\.log$/ }, $dir)
-    if $dir && -d $dir;
-ok(@logs >= 12, 'the nodes\' error logs are there');
-my %r = Test::LLM::scan_logs(files => \@logs, base => $dir);
+ok(@{$f->{logs}} >= 12, 'the nodes\' error logs are there');
+my %r = Test::LLM::scan_logs(files => $f->{logs}, base => $f->{dir});
 is_deeply($r{problems}, [], 'no alert, crash or sanitizer report');
 
-rmtree($dir) if $dir && -d $dir;
+rmtree($f->{dir}) if $f->{dir} && -d $f->{dir};
 
 done_testing;

@@ -17,32 +17,16 @@ use warnings;
 use lib 't/lib';
 use Test::More;
 use Test::LLM;
-use JSON::PP ();
-use File::Find qw(find);
 use File::Path qw(rmtree);
 
-plan(skip_all => 'no redis-server')
-    unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH};
+my $f = Test::LLM::run_fleet(NODES => 3, SYNC => '1s', SECS => 12,
+                             OUTAGE => 0, IDLE => 1, RATE => 100,
+                             LOCAL => 0,
+                             BUDGET => 'ratio=0 min=10/s window=10s');
+my $out = $f->{out};
+is($f->{status}, 0, 'bench/fleet ran') or diag $out;
 
-local $ENV{MODULE} = $Test::LLM::MODULE;
-local $ENV{NGINX} = $Test::LLM::NGINX;
-local $ENV{NODES} = 3;
-local $ENV{SYNC} = '1s';
-local $ENV{SECS} = 12;
-local $ENV{OUTAGE} = 0;
-local $ENV{IDLE} = 1;
-local $ENV{RATE} = 100;
-local $ENV{LOCAL} = 0;
-local $ENV{BUDGET} = 'ratio=0 min=10/s window=10s';
-local $ENV{JSON} = 1;
-local $ENV{KEEP} = 1;
-
-my $out = `$Test::LLM::REPO/bench/fleet 2>&1`;
-is($? >> 8, 0, 'bench/fleet ran') or diag $out;
-
-my @runs = map { JSON::PP->new->decode($_) } grep { /^\{/ } split /\n/, $out;
-my ($dir) = map { $_->{dir} } grep { $_->{dir} } @runs;
-my ($r) = grep { defined $_->{redis} } @runs;
+my ($r) = grep { defined $_->{redis} } @{$f->{runs}};
 
 ok($r, 'a run') or diag $out;
 
@@ -54,12 +38,9 @@ cmp_ok($r->{worst}, '<=', $r->{goal}, 'the worst window within the goal');
 cmp_ok($r->{retries}, '>=', 0.8 * $r->{ideal},
        'the budget was spent (a node spends a room over a few views)');
 
-my @logs;
-find(sub { push @logs, $File::Find::name if /^error\.log$/ }, $dir)
-    if $dir && -d $dir;
-my %s = Test::LLM::scan_logs(files => \@logs, base => $dir);
+my %s = Test::LLM::scan_logs(files => $f->{logs}, base => $f->{dir});
 is_deeply($s{problems}, [], 'no alert, crash or sanitizer report');
 
-rmtree($dir) if $dir && -d $dir;
+rmtree($f->{dir}) if $f->{dir} && -d $f->{dir};
 
 done_testing;

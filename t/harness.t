@@ -88,6 +88,13 @@ EOF
     ok(scalar $t3->test_config, 'echo module loaded on request');
 }
 
+# a module that is not there: the file is skipped when no test has run
+# yet (see load_module), and past that a clear error, not an nginx -t
+# failure later
+ok(!eval { Test::LLM->new->load_module($t->testdir . '/none.so'); 1 }
+   && $@ =~ /none\.so not found \(install /,
+   'load_module: a missing module named');
+
 ###############################################################################
 # nginx run, reload, stop
 
@@ -106,10 +113,13 @@ ok(@w2 && !grep({ my $o = $_; grep { $_ == $o } @w2 } @w1),
    'new workers after reload');
 is(parse_response(http_get('/', port => $t->port(8080)))->{status}, 200,
    'answers after reload');
+cmp_ok($t->worker_hwm_kb, '>', 0, 'worker peak RSS read from /proc');
 
 $t->stop;
 ok(!kill(0, $master), 'master gone after stop');
 ok(!grep({ kill 0, $_ } @w2), 'workers gone after stop');
+ok(!eval { $t->worker_hwm_kb; 1 } && $@ =~ /no nginx worker/,
+   'worker peak RSS: dies when /proc has no worker, never 0');
 
 ###############################################################################
 # mock provider
@@ -238,11 +248,25 @@ $t->stop_daemons;
 ok(!kill(0, $dpid), 'daemon stopped');
 
 SKIP: {
-    skip 'no redis-server', 2 unless grep { -x "$_/redis-server" }
+    skip 'no redis-server', 4 unless grep { -x "$_/redis-server" }
                                      split /:/, $ENV{PATH};
     my $rport = $t->run_redis;
     is(redis_command($rport, 'SET', 'k', 'v'), 'OK', 'redis SET');
     is(redis_command($rport, 'GET', 'k'), 'v', 'redis GET');
+    is($t->expand('a %%REDIS%% b'), "a $rport b",
+       '%%REDIS%%: the last redis-server started');
+    fake_nodes($rport, 'n1', 'n2');
+    is_deeply([ map { scalar @{redis_command($rport, 'ZRANGE', $_, 0, -1)} }
+                '{llm:nodes}', '{llm:nodes}:ids' ], [ 2, 2 ],
+              'fake_nodes: listed in both node keys');
+}
+
+{
+    my $n = 0;
+    ok(wait_until(sub { ++$n == 3 }, 2), 'wait_until: true once it holds');
+    my $start = time;
+    ok(!wait_until(sub { 0 }, 0.3) && time - $start >= 0.3,
+       'wait_until: false after its timeout');
 }
 
 ###############################################################################

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# The shipped access log format (issue 7 items 2-3, SPEC 3.6): the
+# The shipped access log format (issue 7 items 2-3, docs/logging.md): the
 # `log_format llm_json escape=json` of conf.example, read out of that
 # file (so a broken format breaks this test), on a route with retries and
 # a fallback, in front of a scripted mock provider.  A mix of requests:

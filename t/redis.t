@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# llm_redis on one node against a real Redis (SPEC 3.4, issue 6): what the
+# llm_redis on one node against a real Redis (docs/design.md section 4, issue 6): what the
 # syncer writes (key names, values equal to the node's counts, TTLs of
 # window + 2 s, prefix=, db=, a unix socket), and that decisions use what
 # other nodes wrote: retries another node spent in the current second
@@ -23,12 +23,9 @@ use lib 't/lib';
 use Test::More;
 use Test::LLM;
 use Time::HiRes qw(time sleep);
-use JSON::PP ();
 use IO::Select;
 use IO::Socket::IP;
 use POSIX ();
-
-my $JSON = JSON::PP->new;
 
 my $t = Test::LLM->new;
 
@@ -132,29 +129,6 @@ sub post {
                                     $BODY, port => $port));
 }
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { $JSON->decode($r->{body}) } || {};
-}
-
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout || 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
-sub cluster_up {
-    return wait_until(sub {
-        my $r = status()->{redis} || {};
-        return ($r->{state} // '') eq 'up'
-               && ($r->{budget_source} // '') eq 'cluster';
-    }, 5);
-}
-
 # the access log lines of a request: written just after its answer
 sub log_lines {
     my ($id) = @_;
@@ -179,9 +153,10 @@ config(redis => "127.0.0.1:$redis");
 $t->run;
 $port = $t->port(8080);
 
-ok(cluster_up(), 'the link comes up: state up, budget source cluster');
+ok($t->wait_redis(cluster => 1),
+   'the link comes up: state up, budget source cluster');
 
-my $s = status();
+my $s = $t->status_json;
 is($s->{redis}{address}, "127.0.0.1:$redis", 'status: address as written');
 ok($s->{redis}{syncs} > 0, 'status: syncs counted');
 is($s->{redis}{sync_errors}, 0, 'status: no sync error');
@@ -228,7 +203,7 @@ my $member;
     ok($age >= -100 && $age < 2000, "nodes: heard of lately ($age ms ago)");
     my $ttl = redis('PTTL', '{llm:nodes}');
     ok($ttl > 60000 && $ttl <= 65000, "nodes: the set expires ($ttl ms)");
-    is(status()->{redis}{nodes}, 1, 'status: nodes 1');
+    is($t->status_json->{redis}{nodes}, 1, 'status: nodes 1');
 }
 
 # a route idle on this node is not read from Redis: its first requests
@@ -257,7 +232,7 @@ is((log_lines('ok7'))[0], 'ok7|cluster|-|1|200',
     redis('PEXPIRE', "{llm:fail}:x:$now", 12000);
     sleep 0.3;
 
-    is(status()->{routes}{fail}{budget}{left}, 0,
+    is($t->status_json->{routes}{fail}{budget}{left}, 0,
        'status: the budget left counts the other node\'s retries');
 
     my $r = post('fail', 'f3');
@@ -275,10 +250,12 @@ is((log_lines('ok7'))[0], 'ok7|cluster|-|1|200',
     my $until = int(time * 1000) + 20000;
     redis('SET', '{llm:cd}:/_llm/cool m1', $until, 'PX', 20000);
 
-    ok(wait_until(sub { status()->{targets}{'/_llm/cool m1'}{cooling} }, 2),
+    ok(wait_until(sub {
+           $t->status_json->{targets}{'/_llm/cool m1'}{cooling} }, 2),
        'a cooldown another node wrote is honoured');
 
-    my $left = status()->{targets}{'/_llm/cool m1'}{cooldown_remaining_ms};
+    my $left =
+        $t->status_json->{targets}{'/_llm/cool m1'}{cooldown_remaining_ms};
     ok($left > 15000 && $left <= 20000, "it ends when Redis says ($left ms)");
 
     my $r = post('cool', 'c1');
@@ -300,14 +277,16 @@ is((log_lines('ok7'))[0], 'ok7|cluster|-|1|200',
     redis('DEL', '{llm:nodes}');
     redis('SET', '{llm:nodes}', 'not a sorted set');
 
-    ok(wait_until(sub { (status()->{redis}{state} // '') eq 'down' }, 3),
+    ok(wait_until(sub {
+           ($t->status_json->{redis}{state} // '') eq 'down' }, 3),
        'error reply: the link goes down');
     is((post('ok', 'e1'))->{status}, 200, 'error reply: requests served');
     is((log_lines('e1'))[0], 'e1|local|-|1|200', 'error reply: local');
 
     sleep 1.5;
     redis('DEL', '{llm:nodes}');
-    ok(cluster_up(), 'error reply: the link is back once the key is gone');
+    ok($t->wait_redis(cluster => 1),
+       'error reply: the link is back once the key is gone');
 
     my @lines = grep { /llm redis/ }
                 split /\n/, $t->read_from('logs/error.log', $off);
@@ -323,7 +302,7 @@ $t->stop;
 redis('FLUSHALL');
 config(redis => "127.0.0.1:$redis");
 $t->run;
-ok(cluster_up(), 'restart: the link comes up');
+ok($t->wait_redis(cluster => 1), 'restart: the link comes up');
 
 {
     my $r = post('cool', 'c2');
@@ -409,13 +388,14 @@ ok(cluster_up(), 'restart: the link comes up');
     ok($ok > 50, "reloads under load: $ok requests answered 200");
     is($other, 0, 'reloads under load: no other answer');
 
-    ok(cluster_up(), 'reloads under load: the new worker 0 is linked');
+    ok($t->wait_redis(cluster => 1),
+       'reloads under load: the new worker 0 is linked');
     sleep 0.3;
 
     my $sum = 0;
     $sum += redis('GET', "{llm:long}:r:$_") // 0 for $start .. int(time);
     is($sum, $ok, 'reloads under load: Redis counted each request once');
-    is(status()->{routes}{long}{requests}, $ok,
+    is($t->status_json->{routes}{long}{requests}, $ok,
        'reloads under load: so did the zone');
     is_deeply(redis('ZRANGE', '{llm:nodes}', 0, -1), [ $member ],
               'reloads under load: the node kept its id');
@@ -430,7 +410,7 @@ redis('FLUSHALL');
 config(redis => "unix:$sock", extra => ' prefix=fleet-a db=3');
 $t->run;
 
-ok(cluster_up(), 'unix socket: the link comes up');
+ok($t->wait_redis(cluster => 1), 'unix socket: the link comes up');
 post('ok', 'u0');
 sleep 0.3;
 post('ok', 'u1');
@@ -477,8 +457,8 @@ SKIP: {
     config(redis => "[::1]:$port6");
     $t->run;
 
-    ok(cluster_up(), 'IPv6: the link comes up');
-    is(status()->{redis}{address}, "[::1]:$port6", 'IPv6: the address');
+    ok($t->wait_redis(cluster => 1), 'IPv6: the link comes up');
+    is($t->status_json->{redis}{address}, "[::1]:$port6", 'IPv6: the address');
 
     $t->stop;
 }
@@ -490,7 +470,7 @@ config(none => 1);
 $t->run;
 post('ok', 'n1');
 
-is(status()->{redis}, undef, 'without llm_redis: "redis" is null');
+is($t->status_json->{redis}, undef, 'without llm_redis: "redis" is null');
 unlike(parse_response(http_get('/status?format=prometheus',
                                port => $port))->{body},
        qr/nginx_llm_redis/, 'without llm_redis: no redis family');

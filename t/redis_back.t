@@ -16,23 +16,20 @@ use lib 't/lib';
 use Test::More;
 use Test::LLM;
 use Time::HiRes qw(time sleep);
-use JSON::PP ();
-
-my $JSON = JSON::PP->new;
 
 my $t = Test::LLM->new;
 $t->has_daemon('redis-server');
 
 my $redis = $t->run_redis;
 
-$t->write_file_expand('nginx.conf', <<"EOF2");
+$t->write_file_expand('nginx.conf', <<'EOF2');
 worker_processes 1;
 
 events {}
 
 http {
     llm_zone llm:1m;
-    llm_redis 127.0.0.1:$redis sync=100ms timeout=300ms;
+    llm_redis 127.0.0.1:%%REDIS%% sync=100ms timeout=300ms;
 
     server {
         listen 127.0.0.1:%%PORT_8080%%;
@@ -61,43 +58,23 @@ EOF2
 $t->run;
 my $port = $t->port(8080);
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { $JSON->decode($r->{body}) } || {};
-}
-
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout || 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
 # two more nodes, their ids before this node's: it ranks 2 of 3, its
 # part of the floor is 10 - floor(10 * 2 / 3) = 4
-sub plant {
-    my $now = int(time * 1000);
-    for my $id ('!fake:1', '!fake:2') {
-        redis_command($redis, 'ZADD', '{llm:nodes}', $now, $id);
-        redis_command($redis, 'ZADD', '{llm:nodes}:ids', 0, $id);
-    }
-}
+sub plant { fake_nodes($redis, '!fake:1', '!fake:2') }
 
 sub burst {
     http_post('/v1/chat/completions', '{"model":"m","messages":[]}',
               port => $port) for 1 .. 6;
-    return status()->{routes}{chat}{retries};
+    return $t->status_json->{routes}{chat}{retries};
 }
 
 plant();
-ok(wait_until(sub { (status()->{redis}{nodes} // 0) == 3 }, 4),
+ok(wait_until(sub { ($t->status_json->{redis}{nodes} // 0) == 3 }, 4),
    'the node counts 3 nodes');
 
 eval { redis_command($redis, 'SHUTDOWN', 'NOSAVE') };
-ok(wait_until(sub { (status()->{redis}{budget_source} // '') eq 'local' }),
+ok(wait_until(sub {
+       ($t->status_json->{redis}{budget_source} // '') eq 'local' }),
    'Redis away: local');
 
 is(burst(), 4, 'alone: its part of the floor, 4');
@@ -106,7 +83,7 @@ $t->run_redis(port => $redis);
 plant();
 
 ok(wait_until(sub {
-    my $r = status()->{redis};
+    my $r = $t->status_json->{redis};
     ($r->{budget_source} // '') eq 'cluster' && ($r->{nodes} // 0) == 3
 }, 5), 'Redis back: cluster, 3 nodes');
 sleep 0.3;

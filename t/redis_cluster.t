@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 
 # llm_redis: retry budgets and cooldowns shared by several nginx nodes
-# through one real redis-server (SPEC 3.4).  Covers:
+# through one real redis-server (docs/design.md section 4).  Covers:
 #
 #   - budget: three nodes, one Redis, an always-failing target, requests
 #     paced round-robin over the nodes: the cluster spends one budget

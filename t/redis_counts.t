@@ -20,15 +20,12 @@ use lib 't/lib';
 use Test::More;
 use Test::LLM;
 use Time::HiRes qw(time sleep);
-use JSON::PP ();
 use POSIX ();
-
-my $JSON = JSON::PP->new;
 
 my $t = Test::LLM->new;
 my $redis = $t->run_redis;
 
-$t->write_file_expand('nginx.conf', <<"EOF");
+$t->write_file_expand('nginx.conf', <<'EOF');
 worker_processes 4;
 
 events {}
@@ -37,7 +34,7 @@ http {
     access_log off;
 
     llm_zone llm:1m;
-    llm_redis 127.0.0.1:$redis sync=10ms timeout=1s;
+    llm_redis 127.0.0.1:%%REDIS%% sync=10ms timeout=1s;
 
     server {
         listen 127.0.0.1:%%PORT_8080%%;
@@ -67,29 +64,6 @@ $t->run;
 
 my $port = $t->port(8080);
 my $BODY = '{"model":"m","messages":[{"role":"user","content":"hi"}]}';
-
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { $JSON->decode($r->{body}) } || {};
-}
-
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout || 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
-sub cluster_up {
-    return wait_until(sub {
-        my $r = status()->{redis} || {};
-        return ($r->{state} // '') eq 'up'
-               && ($r->{budget_source} // '') eq 'cluster';
-    }, 5);
-}
 
 # a client: requests on one keepalive connection (a new one if nginx
 # closes it) for $secs seconds, at most $max; writes "ok other"
@@ -121,7 +95,7 @@ sub client {
     close $fh;
 }
 
-ok(cluster_up(), 'the link is up');
+ok($t->wait_redis(cluster => 1), 'the link is up');
 
 my $CLIENTS = 6;
 my ($total, $others) = (0, 0);
@@ -154,14 +128,14 @@ ok($total > 1000, "$total requests answered 200");
 is($others, 0, 'no other answer');
 
 # a few syncs more: every delta counted has been sent
-ok(cluster_up(), 'the link is still up');
+ok($t->wait_redis(cluster => 1), 'the link is still up');
 sleep 0.3;
 
 my $sum = 0;
 $sum += redis_command($redis, 'GET', "{llm:cnt}:r:$_") // 0
     for $start .. int(time);
 
-is(status()->{routes}{cnt}{requests}, $total,
+is($t->status_json->{routes}{cnt}{requests}, $total,
    'the zone counted every request');
 is($sum, $total, 'Redis counted every request once');
 

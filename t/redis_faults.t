@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Faults of the Redis link of llm_redis (SPEC 3.4), with a real nginx, a
+# Faults of the Redis link of llm_redis (docs/design.md section 4), with a real nginx, a
 # real redis-server and real sockets.  Covers: the config errors of
 # llm_redis at nginx -t (a host name, a duplicate, sync= out of range,
 # braces in prefix=, an unknown or mistyped parameter whose value is not

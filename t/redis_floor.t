@@ -16,9 +16,7 @@ use lib 't/lib';
 use Test::More;
 use Test::LLM;
 use Time::HiRes qw(time sleep);
-use JSON::PP ();
 
-my $JSON = JSON::PP->new;
 
 my $t = Test::LLM->new;
 $t->has_daemon('redis-server');
@@ -63,47 +61,26 @@ EOF2
 my $port;
 my $BODY = '{"model":"m","messages":[]}';
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { $JSON->decode($r->{body}) } || {};
-}
-
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout || 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
 # 11 more nodes in Redis, ids before ('!') or after ('~') this node's;
 # then Redis goes away and $n requests that each want one retry are made
 sub outage {
     my ($mark, $n) = @_;
 
     my $redis = $t->run_redis;
-    (my $c = $conf) =~ s/%%REDIS%%/$redis/;
     $t->stop;
-    $t->write_file_expand('nginx.conf', $c);
+    $t->write_file_expand('nginx.conf', $conf);
     $t->run;
     $port = $t->port(8080);
 
-    my $now = int(time * 1000);
-    for my $i (1 .. 11) {
-        my $id = sprintf('%sfake:%02d', $mark, $i);
-        redis_command($redis, 'ZADD', '{llm:nodes}', $now, $id);
-        redis_command($redis, 'ZADD', '{llm:nodes}:ids', 0, $id);
-    }
+    fake_nodes($redis, map { sprintf '%sfake:%02d', $mark, $_ } 1 .. 11);
 
-    ok(wait_until(sub { (status()->{redis}{nodes} // 0) == 12 }, 4),
+    ok(wait_until(sub { ($t->status_json->{redis}{nodes} // 0) == 12 }, 4),
        "$mark: this node counts 12 nodes");
 
     eval { redis_command($redis, 'SHUTDOWN', 'NOSAVE') };
 
     ok(wait_until(sub {
-        (status()->{redis}{budget_source} // '') eq 'local' }, 3),
+        ($t->status_json->{redis}{budget_source} // '') eq 'local' }, 3),
        "$mark: Redis away, the node counts alone");
 
     my $retries = 0;
@@ -113,7 +90,7 @@ sub outage {
         is($r->{status}, 500, "$mark: request $i answered") if $i == 1;
     }
 
-    return status()->{routes}{chat}{retries};
+    return $t->status_json->{routes}{chat}{retries};
 }
 
 # rank 11 of 12: floor(10 * 12 / 12) - floor(10 * 11 / 12) = 1 retry

@@ -18,10 +18,7 @@ use lib 't/lib';
 use Test::More;
 use Test::LLM;
 use Time::HiRes qw(time sleep);
-use JSON::PP ();
 use POSIX ();
-
-my $JSON = JSON::PP->new;
 
 my $t = Test::LLM->new;
 $t->has_daemon('redis-server');
@@ -54,7 +51,7 @@ http {
     access_log %%TESTDIR%%/logs/src.log src;
 
     llm_zone llm:1m;
-    llm_redis 127.0.0.1:$redis sync=50ms timeout=500ms;
+    llm_redis 127.0.0.1:%%REDIS%% sync=50ms timeout=500ms;
 
     server {
         listen 127.0.0.1:%%PORT_8080%%;
@@ -77,21 +74,6 @@ $t->run;
 my $port = $t->port(8080);
 my $BODY = '{"model":"m","messages":[]}';
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { $JSON->decode($r->{body}) } || {};
-}
-
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout || 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
 # MGETs, INCRBYs and script calls a tick (syncs), over a second
 sub per_tick {
     my $calls = sub {
@@ -99,7 +81,7 @@ sub per_tick {
         my %c = $s =~ /cmdstat_(\w+):calls=(\d+)/g;
         return { mget => $c{mget} // 0, incrby => $c{incrby} // 0,
                  calls => ($c{evalsha} // 0) + ($c{eval} // 0),
-                 syncs => status()->{redis}{syncs} };
+                 syncs => $t->status_json->{redis}{syncs} };
     };
     my $a = $calls->();
     sleep 1;
@@ -109,7 +91,7 @@ sub per_tick {
              qw(mget incrby calls) };
 }
 
-ok(wait_until(sub { (status()->{redis}{state} // '') eq 'up' }, 5),
+ok(wait_until(sub { ($t->status_json->{redis}{state} // '') eq 'up' }, 5),
    'the link is up');
 
 my $idle = per_tick();
@@ -161,7 +143,7 @@ is($again->{incrby}, 0, 'idle again: no INCRBY');
                 . redis_command($redis, 'INFO', 'stats');
         my ($px) = $s =~ /cmdstat_pexpire:calls=(\d+)/;
         my ($in) = $s =~ /total_net_input_bytes:(\d+)/;
-        return ($px // 0, $in // 0, status()->{redis}{syncs});
+        return ($px // 0, $in // 0, $t->status_json->{redis}{syncs});
     };
 
     my @a = $stats->();

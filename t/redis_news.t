@@ -20,14 +20,14 @@ $t->has_daemon('redis-server');
 
 my $redis = $t->run_redis;
 
-$t->write_file_expand('nginx.conf', <<"EOF2");
+$t->write_file_expand('nginx.conf', <<'EOF2');
 worker_processes 2;
 
 events {}
 
 http {
     llm_zone llm:1m;
-    llm_redis 127.0.0.1:$redis sync=8s timeout=500ms;
+    llm_redis 127.0.0.1:%%REDIS%% sync=8s timeout=500ms;
 
     server {
         listen 127.0.0.1:%%PORT_8080%%;

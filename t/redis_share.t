@@ -19,26 +19,23 @@ use lib 't/lib';
 use Test::More;
 use Test::LLM;
 use Time::HiRes qw(time sleep);
-use JSON::PP ();
-
-my $JSON = JSON::PP->new;
 
 my $t = Test::LLM->new;
 $t->has_daemon('redis-server');
 
 my $redis = $t->run_redis;
 
-$t->write_file_expand('nginx.conf', <<"EOF2");
+$t->write_file_expand('nginx.conf', <<'EOF2');
 worker_processes 1;
 
 events {}
 
 http {
-    log_format src '\$arg_id|\$llm_budget_source|\$llm_attempts';
+    log_format src '$arg_id|$llm_budget_source|$llm_attempts';
     access_log %%TESTDIR%%/logs/src.log src;
 
     llm_zone llm:1m;
-    llm_redis 127.0.0.1:$redis sync=200ms timeout=500ms;
+    llm_redis 127.0.0.1:%%REDIS%% sync=200ms timeout=500ms;
 
     server {
         listen 127.0.0.1:%%PORT_8080%%;
@@ -75,32 +72,17 @@ $t->run;
 my $port = $t->port(8080);
 my $BODY = '{"model":"m","messages":[]}';
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { $JSON->decode($r->{body}) } || {};
-}
-
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout || 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
 sub burst {
     my ($route) = @_;
     for my $i (1 .. 10) {
         http_post("/$route/v1/chat/completions?id=$route$i", $BODY,
                   port => $port);
     }
-    return status()->{routes}{$route}{retries};
+    return $t->status_json->{routes}{$route}{retries};
 }
 
 ok(wait_until(sub {
-    (status()->{redis}{budget_source} // '') eq 'cluster' }, 5),
+    ($t->status_json->{redis}{budget_source} // '') eq 'cluster' }, 5),
    'the link is up');
 
 # a route this node has no traffic on is not read from Redis: one

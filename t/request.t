@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Request inspection (SPEC 3.1): the structural scan of the JSON body.
+# Request inspection (docs/design.md section 1): the structural scan of the JSON body.
 # Covers: the top-level "model" found (after messages, with whitespace,
 # escaped key or value) and nested "model" keys in messages/tools not
 # taken for it, in bodies held in memory, spilled to a temp file, and

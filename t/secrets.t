@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# Nothing secret in a line the module writes (SPEC 3.6, issue 7 item 3).
+# Nothing secret in a line the module writes (docs/design.md section 5, issue 7 item 3).
 # Canaries in the query string (?key=), the Authorization, x-api-key and
 # api-key headers, the prompt and the completion; requests that make the
 # module write at every level it uses: a bad body (info), a retry and a

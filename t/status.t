@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# llm_status (SPEC 3.7, docs/status.md).  Covers: configuration errors
+# llm_status (docs/status.md).  Covers: configuration errors
 # (arguments, duplicate, another content handler before or after it,
 # wrong context); GET and HEAD only (405 with Allow), ?format=json,
 # ?format=prometheus, 400 for another format; the JSON document parsed

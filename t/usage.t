@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 
-# What the module reads from good answers as they pass (SPEC 3.6, issue 4
+# What the module reads from good answers as they pass (docs/logging.md, issue 4
 # items 3-5), through nginx: $llm_usage_input_tokens/_output_tokens,
 # $llm_response_model, $llm_response_shape, $llm_ttft for a chat
 # completion, chat streams with and without include_usage, an Anthropic

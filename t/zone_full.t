@@ -60,11 +60,6 @@ EOF
 
 my $port;
 
-sub status {
-    my $r = parse_response(http_get('/status', port => $port));
-    return eval { decode_json($r->{body}) } || {};
-}
-
 sub prometheus {
     return parse_response(http_get('/status?format=prometheus',
                                    port => $port))->{body} // '';
@@ -100,7 +95,7 @@ config(@old);
 $t->run;
 $port = $t->port(8080);
 
-my $s = status();
+my $s = $t->status_json;
 my $z = $s->{zones}[0] || {};
 
 is($z->{name}, 'small', 'the zone');
@@ -131,7 +126,7 @@ like($p, qr/^nginx_llm_zone_bytes\{zone="small",kind="total"\} $z->{total_bytes}
 # a request on a counted route: its nodes are in use
 my $busy = $counted[0];
 is(post($busy)->{status}, 200, "a request on $busy");
-is(status()->{routes}{$busy}{requests}, 1, "$busy counted it");
+is($t->status_json->{routes}{$busy}{requests}, 1, "$busy counted it");
 
 ###############################################################################
 # a reload drops every old route and adds four new ones (8 nodes)
@@ -142,7 +137,7 @@ my $offset = $t->log_offset('logs/error.log');
 config(@new);
 ok($t->reload, 'reload with new routes');
 
-$s = status();
+$s = $t->status_json;
 $z = $s->{zones}[0] || {};
 
 is_deeply([ counted($s) ], [ @new ], 'reclaimed: every new route counted');
@@ -157,7 +152,7 @@ like(prometheus(), qr/^nginx_llm_zone_full\{zone="small"\} 0$/m,
      'prometheus: full 0');
 
 is(post('new1')->{status}, 200, 'a new route answers');
-is(status()->{routes}{new1}{requests}, 1, 'a new route counts');
+is($t->status_json->{routes}{new1}{requests}, 1, 'a new route counts');
 
 ###############################################################################
 # the busy route was kept: back after another reload, with its counters
@@ -165,7 +160,7 @@ is(status()->{routes}{new1}{requests}, 1, 'a new route counts');
 config(@new, $busy);
 ok($t->reload, "reload with $busy back");
 
-$s = status();
+$s = $t->status_json;
 is($s->{routes}{$busy}{requests}, 1,
    "$busy, dropped while in use, kept its node");
 is($s->{routes}{new1}{requests}, 1, 'a kept route keeps its counters');

@@ -7,6 +7,9 @@ set -eu
 pkgs_build="gcc make nginx nginx-dev libyajl-dev libhiredis-dev"
 pkgs_build="$pkgs_build libcurl4-openssl-dev"
 pkgs_test="perl redis-server curl"
+# the echo module (t/harness.t loads it) and lua (t/body_readers.t reads
+# the body in lua's access phase); without them those tests are skipped
+pkgs_test="$pkgs_test libnginx-mod-http-echo libnginx-mod-http-lua"
 # promtool (t/status.t checks the Prometheus text with it)
 pkgs_test="$pkgs_test prometheus"
 # node and npm (t/sdk.t runs the official SDKs, npm ci in t/sdk); Debian

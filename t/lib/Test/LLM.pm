@@ -35,12 +35,16 @@ package Test::LLM;
 #     read_from(name, offset), wait_for_lines(name, n, timeout),
 #     wait_for_log(name, re, timeout)
 #     run, stop, reload (true when new workers replaced the old ones),
-#     test_config (list: exit ok, output), nginx_pid, worker_pids
+#     test_config (list: exit ok, output), nginx_pid, worker_pids,
+#     worker_hwm_kb (dies when /proc cannot tell)
 #     run_daemon(code | program, @args), stop_daemons,
-#     waitforsocket(host:port, timeout), run_redis (port),
+#     waitforsocket(host:port, timeout), run_redis (port; %%REDIS%% in
+#     expanded text is the last one started), status_json(port => P,
+#     uri => U), wait_redis(cluster => 1, timeout => S),
 #     run_mock_provider(port => P, handler => sub, name => N),
 #     mock_requests(name), mock_count(name), check_logs
 #     Test::LLM::scan_logs(files => [...], canaries => [...], allow => [...])
+#     Test::LLM::run_fleet(NAME => value, ...) (bench/fleet)
 #
 # Functions (exported):
 #     http(raw, port => P, timeout => S), http_get(uri, %o),
@@ -53,7 +57,8 @@ package Test::LLM;
 #     read_response(socket, timeout), read_until(socket, re, timeout),
 #     read_some(socket, timeout), read_all(socket, timeout),
 #     conn_closed(socket, timeout), sse_events(body),
-#     redis_command(port, @args)
+#     redis_command(port, @args), fake_nodes(redis port, @ids),
+#     wait_until(sub, timeout)
 #
 # Environment:
 #     TEST_LLM_NGINX      nginx binary (default /usr/sbin/nginx)
@@ -70,7 +75,7 @@ use base qw(Exporter);
 our @EXPORT = qw(
     http http_get http_post http_request http_keepalive parse_response
     http_start http_send read_response read_until read_some read_all
-    conn_closed dechunk sse_events redis_command
+    conn_closed dechunk sse_events redis_command fake_nodes wait_until
 );
 
 use Cwd qw(abs_path);
@@ -83,6 +88,7 @@ use File::Spec;
 use File::Temp qw(tempdir);
 use IO::Select;
 use IO::Socket::INET;
+use JSON::PP ();
 use POSIX qw(WNOHANG);
 use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time sleep);
@@ -182,10 +188,26 @@ sub plan {
     return $self;
 }
 
-# extra modules to load_module in nginx.conf (before write_file_expand)
+# extra modules to load_module in nginx.conf (before write_file_expand).
+# A module that is not installed skips the file's tests when none has run
+# yet: `make test` installs the packages (tools/deps.sh test), a prove run
+# by hand may lack them.
 sub load_module {
     my ($self, $path) = @_;
-    $path = $ECHO_MODULE if $path eq 'echo';
+    my $pkg = 'the package that has it';
+
+    if ($path eq 'echo') {
+        $path = $ECHO_MODULE;
+        $pkg = 'libnginx-mod-http-echo';
+    }
+
+    unless (-f $path) {
+        my $why = "$path not found (install $pkg)";
+        Test::More::plan(skip_all => $why)
+            unless Test::More->builder->current_test;
+        die "load_module: $why\n";
+    }
+
     push @{$self->{modules}}, $path;
     return $self;
 }
@@ -291,6 +313,8 @@ sub expand {
     my ($self, $content) = @_;
     $content =~ s/%%PORT_(\d+)%%/$self->port($1)/ge;
     $content =~ s/%%TESTDIR%%/$self->{dir}/g;
+    $content =~ s/%%REDIS%%/$self->{redis_port}/g
+        if defined $self->{redis_port};
     return $content;
 }
 
@@ -676,6 +700,29 @@ sub run {
 
 sub nginx_pid { $_[0]->{nginx} }
 
+# the peak resident memory (VmHWM, kB) of the first worker.  Dies when
+# /proc does not tell, so a memory test fails instead of passing on
+# 0 - 0 (a container without /proc, a kernel that hides it).
+sub worker_hwm_kb {
+    my ($self) = @_;
+
+    # just after run the master may not have forked its workers yet
+    my ($pid) = $self->worker_pids;
+    my $deadline = time + 5;
+    while (!$pid && $self->{nginx} && time < $deadline) {
+        sleep 0.05;
+        ($pid) = $self->worker_pids;
+    }
+    die "worker_hwm_kb: no nginx worker found under /proc\n" unless $pid;
+
+    open my $fh, '<', "/proc/$pid/status"
+        or die "worker_hwm_kb: cannot read /proc/$pid/status: $!\n";
+    local $/;
+    my ($kb) = <$fh> =~ /^VmHWM:\s+(\d+)\s+kB/m;
+    die "worker_hwm_kb: no VmHWM in /proc/$pid/status\n" unless $kb;
+    return $kb;
+}
+
 sub worker_pids {
     my ($self) = @_;
     return () unless $self->{nginx};
@@ -780,11 +827,59 @@ sub run_redis {
     my $deadline = time + 10;
     while (time < $deadline) {
         my $r = eval { redis_command($port, 'PING') };
-        return $port if defined $r && $r eq 'PONG';
+        return $self->{redis_port} = $port if defined $r && $r eq 'PONG';
         sleep 0.05;
     }
 
     die "redis-server did not start on port $port\n";
+}
+
+# the llm_status page (uri => '/status') of the server on port => P (this
+# object's 8080), decoded; {} when it did not answer JSON
+sub status_json {
+    my ($self, %o) = @_;
+    my $r = parse_response(http_get($o{uri} || '/status',
+                                    port => $o{port} || $self->port(8080),
+                                    timeout => $o{timeout} // 10));
+    return eval { JSON::PP::decode_json($r->{body}) } || {};
+}
+
+# until the status page shows the link to Redis up (and, with cluster =>
+# 1, the budgets counted across the fleet); true when it did in time
+sub wait_redis {
+    my ($self, %o) = @_;
+    return wait_until(sub {
+        my $r = $self->status_json(%o)->{redis} || {};
+        return ($r->{state} // '') eq 'up'
+               && (!$o{cluster} || ($r->{budget_source} // '') eq 'cluster');
+    }, $o{timeout} || 5);
+}
+
+# bench/fleet (N nginx nodes, one Redis) run with the variables of %env
+# and the module and nginx under test; its JSON lines kept (KEEP=1).
+# Returns { status, out, runs => [ the JSON lines decoded ], dir (the
+# run's prefix), logs => [ its error.log files ] }.  A file without
+# redis-server is skipped.
+sub run_fleet {
+    my (%env) = @_;
+
+    Test::More::plan(skip_all => 'no redis-server')
+        unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH} || '';
+
+    local %ENV = (%ENV, MODULE => $MODULE, NGINX => $NGINX, JSON => 1,
+                  KEEP => 1, %env);
+    my $out = `$REPO/bench/fleet 2>&1`;
+
+    my %f = (status => $? >> 8, out => $out, logs => []);
+    $f{runs} = [ map { JSON::PP->new->decode($_) } grep { /^\{/ }
+                 split /\n/, $out ];
+    ($f{dir}) = map { $_->{dir} } grep { $_->{dir} } @{$f{runs}};
+
+    find(sub { push @{$f{logs}}, $File::Find::name if /^error\.log$/ },
+         $f{dir})
+        if $f{dir} && -d $f{dir};
+
+    return \%f;
 }
 
 # the mock LLM provider, see Test::LLM::Mock; returns the daemon's pid
@@ -1368,6 +1463,29 @@ sub sse_events {
 
 ###############################################################################
 # Redis
+
+# polls $cond every 50 ms for $timeout seconds (5); true when it held
+sub wait_until {
+    my ($cond, $timeout) = @_;
+    my $deadline = time + ($timeout || 5);
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return 0;
+}
+
+# nodes of the fleet that run nowhere, as a node's sync registers itself
+# (docs/design.md section 4): seen now in {llm:nodes}, listed in
+# {llm:nodes}:ids
+sub fake_nodes {
+    my ($port, @ids) = @_;
+    my $now = int(time * 1000);
+    for my $id (@ids) {
+        redis_command($port, 'ZADD', '{llm:nodes}', $now, $id);
+        redis_command($port, 'ZADD', '{llm:nodes}:ids', 0, $id);
+    }
+}
 
 # one command over RESP; returns the reply (errors die), bounded
 sub redis_command {

@@ -50,6 +50,24 @@ package Test::LLM::Engine;
 #
 # Every answer carries X-Mock-Attempt (the X-Attempt it saw) and
 # X-Mock-Path, so a test sees which attempt and target produced it.
+#
+# The preamble of a test file: in the http{} block of its nginx.conf
+#
+#     %%ENGINE%%
+#
+# stands for the access log format below (logs/access.log, read with
+# log_entry), the attempt log format and the X-Attempt header; a target
+# location with
+#
+#     %%ATTEMPT_LOG%%
+#
+# logs each attempt subrequest to logs/attempts.log (read with attempts:
+# when it began and ended by nginx's clock, so timings do not depend on
+# how fast the client or the mock were scheduled).  Then
+#
+#     my $port = engine_run($t, $conf, mocks => [ prov => 8081 ]);
+#
+# writes nginx.conf, starts a scripted mock per name and port and nginx.
 
 use strict;
 use warnings;
@@ -58,7 +76,7 @@ use base qw(Exporter);
 
 our @EXPORT = qw(
     scripted action_response error_body completion log_format_conf
-    log_entry mock_for completion_body
+    log_entry mock_for completion_body engine_run attempts
 );
 
 use JSON::PP ();
@@ -257,7 +275,8 @@ sub scripted {
 # the request's ?id=
 our @LOG_FIELDS = qw(
     id status route attempts target target_model model error decision
-    fallback targets statuses errors times upstream_status
+    fallback targets statuses errors times upstream_status request_time
+    msec
 );
 
 sub log_format_conf {
@@ -267,7 +286,69 @@ sub log_format_conf {
         . "\$llm_target|\$llm_target_model|\$llm_model|\$llm_error_type|"
         . "\$llm_retry_decision|\$llm_fallback|\$llm_attempt_targets|"
         . "\$llm_attempt_statuses|\$llm_attempt_errors|\$llm_attempt_times|"
-        . "\$upstream_status';";
+        . "\$upstream_status|\$request_time|\$msec';";
+}
+
+# what %%ENGINE%% and %%ATTEMPT_LOG%% stand for
+sub engine_conf {
+    return log_format_conf() . "\n"
+        . "    log_format attempt '\$arg_id|\$msec|\$request_time|\$uri';\n"
+        . "    access_log %%TESTDIR%%/logs/access.log engine;\n\n"
+        . '    proxy_set_header X-Attempt $llm_attempts;';
+}
+
+our $ATTEMPT_LOG = 'log_subrequest on; '
+    . 'access_log %%TESTDIR%%/logs/attempts.log attempt;';
+
+# writes nginx.conf from $conf (%%ENGINE%%, %%ATTEMPT_LOG%%, %%LOG_FORMAT%%
+# (the access log format alone), %%NAME%% for each NAME => text of
+# subst => {}, then the harness's own tokens), starts a scripted mock for
+# each name => port of mocks => [] (prov => 8081 by default; a port may
+# be [ port, handler ]) and nginx (unless run => 0); returns the port of
+# %%PORT_8080%%
+sub engine_run {
+    my ($t, $conf, %o) = @_;
+
+    my %subst = (ENGINE => engine_conf(), ATTEMPT_LOG => $ATTEMPT_LOG,
+                 LOG_FORMAT => log_format_conf(), %{$o{subst} || {}});
+    $conf =~ s/%%(\w+)%%/exists $subst{$1} ? $subst{$1} : "%%$1%%"/ge;
+    $t->write_file_expand('nginx.conf', $conf);
+
+    my @mocks = @{$o{mocks} || [ prov => 8081 ]};
+    while (my ($name, $m) = splice @mocks, 0, 2) {
+        my ($n, $handler) = ref $m ? @$m : ($m, \&scripted);
+        $t->run_mock_provider(port => $t->port($n), name => $name,
+                              handler => $handler);
+    }
+
+    $t->run unless defined $o{run} && !$o{run};
+    return $t->port(8080);
+}
+
+# the attempts of the request with ?id=$id as nginx logged them, in order:
+# { start, end, uri } (seconds by nginx's clock); waits until $n of them
+# are logged (1), for at most $timeout seconds (5)
+sub attempts {
+    my ($t, $id, $n, $timeout) = @_;
+    $n ||= 1;
+
+    my @a;
+    my $deadline = time + ($timeout // 5);
+
+    while (1) {
+        @a = ();
+        my $log = -e $t->testdir . '/logs/attempts.log'
+                  ? $t->read_file('logs/attempts.log') : '';
+        for (split /\n/, $log) {
+            my ($aid, $msec, $rt, $uri) = split /\|/, $_, -1;
+            next unless defined $uri && $aid eq $id;
+            push @a, { start => $msec - $rt, end => $msec, uri => $uri };
+        }
+        last if @a >= $n || time > $deadline;
+        select undef, undef, undef, 0.05;
+    }
+
+    return sort { $a->{start} <=> $b->{start} } @a;
 }
 
 # the access log entry of the request with ?id=$id, as a hash (empty when
