@@ -66,4 +66,15 @@ ngx_int_t ngx_http_llm_models_init(ngx_conf_t *cf,
     ngx_http_llm_catalog_conf_t *ccf, ngx_http_llm_models_t *m);
 
 
+/* the directives and their use (module.h declares the types named) */
+char *ngx_http_llm_catalog(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_llm_models(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_catalog_use(ngx_conf_t *cf, ngx_array_t *list,
+    ngx_str_t *name);
+ngx_int_t ngx_http_llm_catalog_init(ngx_conf_t *cf);
+ngx_uint_t ngx_http_llm_catalog_serves(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target);
+ngx_int_t ngx_http_llm_catalog_check(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+
 #endif /* _NGX_HTTP_LLM_CATALOG_H_INCLUDED_ */

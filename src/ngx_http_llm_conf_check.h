@@ -25,4 +25,6 @@ ngx_int_t ngx_http_llm_conf_check(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_bind_zones(ngx_conf_t *cf);
 
 
+ngx_int_t ngx_http_llm_wiring_check(ngx_conf_t *cf);
+
 #endif /* _NGX_HTTP_LLM_CONF_CHECK_H_INCLUDED_ */

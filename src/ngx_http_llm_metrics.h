@@ -45,4 +45,6 @@ typedef struct {
 } ngx_http_llm_metrics_t;
 
 
+ngx_int_t ngx_http_llm_metrics_init(ngx_conf_t *cf);
+
 #endif /* _NGX_HTTP_LLM_METRICS_H_INCLUDED_ */

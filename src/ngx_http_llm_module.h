@@ -11,15 +11,18 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+
+/* named by the concern headers before they are defined below */
+typedef struct ngx_http_llm_ctx_s     ngx_http_llm_ctx_t;
+typedef struct ngx_http_llm_target_s  ngx_http_llm_target_t;
+
+
 #include "ngx_http_llm_scan.h"
 #include "ngx_http_llm_classify.h"
 #include "ngx_http_llm_zone.h"
 #include "ngx_http_llm_answer.h"
 #include "ngx_http_llm_redis.h"
 #include "ngx_http_llm_catalog.h"
-
-
-typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
 
 
 #include "ngx_http_llm_decide.h"
@@ -74,7 +77,7 @@ typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
 #define NGX_HTTP_LLM_ERROR_BODY_MAX      65536
 
 
-typedef struct {
+struct ngx_http_llm_target_s {
     ngx_str_t                    uri;       /* internal target location */
     ngx_str_t                    model;     /* model=; empty: the client's */
     ngx_str_t                    model_json;    /* model, JSON-encoded */
@@ -89,7 +92,7 @@ typedef struct {
     ngx_str_t                    conf_file; /* of its directive */
     ngx_uint_t                   conf_line;
     unsigned                     fallback:1;
-} ngx_http_llm_target_t;
+};
 
 
 typedef struct {
@@ -241,88 +244,26 @@ struct ngx_http_llm_ctx_s {
 };
 
 
-ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
-void ngx_http_llm_attempt_finished(ngx_http_request_t *r);
-ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
-ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
-ngx_flag_t ngx_http_llm_answer_variables_used(ngx_conf_t *cf);
-
-ngx_int_t ngx_http_llm_request_init(ngx_conf_t *cf);
-ngx_int_t ngx_http_llm_request_scan_read(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_request_inspect(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_http_llm_target_t *target,
-    ngx_chain_t **out, off_t *len);
-
-char *ngx_http_llm_catalog(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-char *ngx_http_llm_models(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_catalog_use(ngx_conf_t *cf, ngx_array_t *list,
-    ngx_str_t *name);
-ngx_int_t ngx_http_llm_catalog_init(ngx_conf_t *cf);
-ngx_uint_t ngx_http_llm_catalog_serves(ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_target_t *target);
-ngx_int_t ngx_http_llm_catalog_check(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-
-ngx_int_t ngx_http_llm_commit(ngx_http_request_t *r, ngx_http_request_t *sr);
-
-char *ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-char *ngx_http_llm_cooldown(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_metrics_init(ngx_conf_t *cf);
-ngx_int_t ngx_http_llm_budget_withdraw(ngx_http_llm_ctx_t *ctx);
-ngx_msec_int_t ngx_http_llm_budget_left(ngx_http_llm_loc_conf_t *llcf);
-void ngx_http_llm_target_failed(ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_target_t *target, ngx_uint_t err, ngx_msec_int_t wait);
-ngx_msec_int_t ngx_http_llm_target_cooling(ngx_http_llm_target_t *target);
-ngx_int_t ngx_http_llm_window(ngx_conf_t *cf, ngx_str_t *param,
-    ngx_uint_t *seconds);
-
-char *ngx_http_llm_canary(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_canary_want(ngx_conf_t *cf, ngx_shm_zone_t *zone,
-    ngx_http_llm_loc_conf_t *llcf);
-ngx_uint_t ngx_http_llm_canary_held(ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_target_t *target);
-void ngx_http_llm_canary_count(ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_canary_name(ngx_http_llm_node_t *n, ngx_str_t *route,
-    ngx_str_t *target);
-ngx_uint_t ngx_http_llm_canary_adopt(ngx_shm_zone_t *zone,
-    ngx_http_llm_node_t *n, ngx_uint_t weight, ngx_msec_t since,
-    ngx_uint_t attempts, ngx_uint_t failures, ngx_log_t *log);
-
-char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
-ngx_http_llm_target_t *ngx_http_llm_pick(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_http_llm_target_t *ngx_http_llm_plan_target(ngx_http_llm_ctx_t *ctx,
-    ngx_uint_t step);
-ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_outage(ngx_http_llm_ctx_t *ctx, ngx_uint_t outage,
-    ngx_uint_t on);
-ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
-ngx_int_t ngx_http_llm_stream_error(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
-ngx_int_t ngx_http_llm_sse_forward(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_chain_t *in,
-    ngx_http_output_body_filter_pt next);
-void ngx_http_llm_count_attempt(ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_target_t *target);
-void ngx_http_llm_count_request(ngx_http_llm_ctx_t *ctx);
-ngx_uint_t ngx_http_llm_family(ngx_http_request_t *r);
-ngx_uint_t ngx_http_llm_family_of(ngx_str_t *uri);
-ngx_int_t ngx_http_llm_family_value(ngx_str_t *name);
-ngx_int_t ngx_http_llm_wiring_check(ngx_conf_t *cf);
-
-
 extern ngx_str_t     ngx_http_llm_family_names[];
 extern ngx_str_t     ngx_http_llm_decision_names[];
 extern ngx_module_t  ngx_http_llm_module;
 
 
+/* each concern's functions, in its own header */
+
+#include "ngx_http_llm_request.h"
+#include "ngx_http_llm_handler.h"
+#include "ngx_http_llm_plan.h"
 #include "ngx_http_llm_attempt.h"
+#include "ngx_http_llm_filter.h"
+#include "ngx_http_llm_sse.h"
 #include "ngx_http_llm_final.h"
+#include "ngx_http_llm_budget.h"
+#include "ngx_http_llm_cooldown.h"
+#include "ngx_http_llm_canary.h"
+#include "ngx_http_llm_var.h"
+#include "ngx_http_llm_status.h"
+#include "ngx_http_llm_conf_check.h"
 
 
 #endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */

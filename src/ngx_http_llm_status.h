@@ -121,4 +121,7 @@ void ngx_http_llm_metrics_json(ngx_http_llm_status_t *st,
 void ngx_http_llm_metrics_prometheus(ngx_http_llm_status_t *st);
 
 
+char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
+
 #endif /* _NGX_HTTP_LLM_STATUS_H_INCLUDED_ */
