@@ -11,10 +11,11 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include "ngx_http_llm_limits.h"
 
 
 /* the longest model id a catalog holds, as the longest model= */
-#define NGX_HTTP_LLM_CATALOG_ID_MAX  256
+#define NGX_HTTP_LLM_CATALOG_ID_MAX  NGX_HTTP_LLM_MODEL_MAX
 
 
 typedef struct {

@@ -17,6 +17,7 @@ typedef struct ngx_http_llm_ctx_s     ngx_http_llm_ctx_t;
 typedef struct ngx_http_llm_target_s  ngx_http_llm_target_t;
 
 
+#include "ngx_http_llm_limits.h"
 #include "ngx_http_llm_scan.h"
 #include "ngx_http_llm_classify.h"
 #include "ngx_http_llm_zone.h"
@@ -251,6 +252,7 @@ extern ngx_module_t  ngx_http_llm_module;
 
 /* each concern's functions, in its own header */
 
+#include "ngx_http_llm_route.h"
 #include "ngx_http_llm_request.h"
 #include "ngx_http_llm_handler.h"
 #include "ngx_http_llm_plan.h"
