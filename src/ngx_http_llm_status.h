@@ -113,6 +113,7 @@ void ngx_http_llm_status_bool(ngx_http_llm_status_t *st,
     ngx_uint_t v);
 void ngx_http_llm_status_string(ngx_http_llm_status_t *st,
     ngx_str_t *s);
+void ngx_http_llm_status_json(ngx_http_llm_status_t *st);
 void ngx_http_llm_status_prometheus(ngx_http_llm_status_t *st);
 void ngx_http_llm_status_label(ngx_http_llm_status_t *st, ngx_str_t *s);
 
