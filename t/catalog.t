@@ -152,15 +152,24 @@ $t->run;
 
 my $port = $t->port(8080);
 
+my $posted = 0;
+
 sub post {
     my ($uri, $body) = @_;
+    $posted++;
     return parse_response(http_post($uri, $body, port => $port));
 }
 
 sub upstream { $t->mock_count('p') }
 
+# the line of the latest post: nginx may write it a little after the
+# answer, so the log is read once it has a line for every post
 sub last_log {
-    my @lines = split /\n/, $t->read_file('logs/access.log');
+    my @lines;
+    wait_until(sub {
+        @lines = split /\n/, $t->read_file('logs/access.log');
+        @lines >= $posted;
+    }, 5);
     return $lines[-1] // '';
 }
 
