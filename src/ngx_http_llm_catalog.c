@@ -558,11 +558,9 @@ ngx_http_llm_catalog_refuse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     u_char       *p;
     size_t        len;
-    ngx_int_t     rc;
     ngx_str_t    *model;
     ngx_buf_t    *b;
     ngx_uint_t    messages;
-    ngx_chain_t   out;
 
     static u_char  openai_head[] = "{\"error\":{\"message\":\"";
     static u_char  openai_tail[] = "\",\"type\":\"invalid_request_error\","
@@ -638,23 +636,6 @@ ngx_http_llm_catalog_refuse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = NGX_HTTP_BAD_REQUEST;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_llm_send_json(r, NGX_HTTP_BAD_REQUEST, b);
 }

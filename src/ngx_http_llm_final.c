@@ -376,26 +376,14 @@ ngx_int_t
 ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, const char *message, const char *code)
 {
-    u_char                    *p;
-    size_t                     len, mlen;
-    ngx_int_t                  rc;
-    ngx_buf_t                 *b;
-    ngx_uint_t                 i, family;
-    ngx_chain_t                out;
-    ngx_http_llm_ctx_t        *ctx;
-    ngx_http_err_page_t       *err_page;
-    ngx_http_core_loc_conf_t  *clcf;
+    u_char              *p;
+    size_t               len, mlen;
+    ngx_buf_t           *b;
+    ngx_uint_t           family;
+    ngx_http_llm_ctx_t  *ctx;
 
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-    if (clcf->error_pages && !r->error_page) {
-        err_page = clcf->error_pages->elts;
-
-        for (i = 0; i < clcf->error_pages->nelts; i++) {
-            if ((ngx_uint_t) err_page[i].status == status) {
-                return status;
-            }
-        }
+    if (ngx_http_llm_error_page(r, status)) {
+        return status;
     }
 
     ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
@@ -436,6 +424,50 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     b->last = p;
+
+    return ngx_http_llm_send_json(r, status, b);
+}
+
+
+/*
+ * An error_page for the status in the route's location is left to
+ * nginx: the caller returns the status instead of its own answer.
+ */
+
+ngx_uint_t
+ngx_http_llm_error_page(ngx_http_request_t *r, ngx_uint_t status)
+{
+    ngx_uint_t                 i;
+    ngx_http_err_page_t       *err_page;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (clcf->error_pages == NULL || r->error_page) {
+        return 0;
+    }
+
+    err_page = clcf->error_pages->elts;
+
+    for (i = 0; i < clcf->error_pages->nelts; i++) {
+        if ((ngx_uint_t) err_page[i].status == status) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* the gateway's own JSON answer, b its whole body */
+
+ngx_int_t
+ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 
