@@ -43,6 +43,7 @@
 
 static void ngx_http_llm_answer_data(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st, u_char *p, u_char *last);
+static void ngx_http_llm_answer_restore(ngx_http_llm_answer_state_t *st);
 static u_char *ngx_http_llm_answer_eol(u_char *p, u_char *last, u_char **lf,
     u_char **cr);
 static void ngx_http_llm_answer_field(ngx_http_llm_answer_t *a,
@@ -57,7 +58,13 @@ static void ngx_http_llm_answer_judge(ngx_http_llm_answer_t *a,
     ngx_uint_t ok);
 static void ngx_http_llm_answer_string(ngx_http_llm_answer_cap_t *cap,
     ngx_str_t *s, u_char *buf);
-static ngx_uint_t ngx_http_llm_answer_is(ngx_str_t *s, char *value);
+
+
+/* a string is a literal: the lengths first, as most are not (every event) */
+
+#define ngx_http_llm_answer_is(s, value)                                      \
+    ((s)->len == sizeof(value) - 1                                            \
+     && ngx_memcmp((s)->data, value, sizeof(value) - 1) == 0)
 
 
 /* Anthropic's stream events (an "error" event is judged apart) */
@@ -227,6 +234,15 @@ ngx_http_llm_answer_feed(ngx_http_llm_answer_t *a, u_char *p, u_char *last)
                 break;
             }
 
+            /* nearly every line of a stream: "data:" whole in the piece */
+
+            if (last - p > 5 && ngx_strncmp(p, "data:", 5) == 0) {
+                st->field = ngx_http_llm_field_data;
+                st->sse_state = sw_sse_space;
+                p += 5;
+                break;
+            }
+
             st->name_len = 0;
             st->sse_state = sw_sse_name;
 
@@ -354,8 +370,52 @@ static void
 ngx_http_llm_answer_data(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st, u_char *p, u_char *last)
 {
+    size_t  n;
+
+    if (st->prefix.len == 0 && st->snap_len) {
+
+        /*
+         * An event begins: when its first bytes are those of the last
+         * one up to the snapshot, the scan starts there.  Otherwise the
+         * prefix is about to hold other bytes: the snapshot goes.
+         */
+
+        n = st->snap_len;
+
+        if ((size_t) (last - p) < n
+            || ngx_memcmp(p, st->prefix.data, n) != 0)
+        {
+            st->snap_len = 0;
+
+        } else {
+            ngx_http_llm_answer_restore(st);
+            p += n;
+        }
+    }
+
     ngx_http_llm_answer_keep(st, &st->prefix, p, last);
     ngx_http_llm_answer_json(a, st, p, last);
+}
+
+
+/* the state of the snapshot: the prefix holds its bytes already */
+
+static void
+ngx_http_llm_answer_restore(ngx_http_llm_answer_state_t *st)
+{
+    st->state = sw_value;
+    st->depth = 1;
+    st->level = 1;
+    st->member = st->snap_member;
+    st->seen = st->snap_seen;
+    st->past_snap = 1;
+
+    st->prefix.len = st->snap_len;
+
+    st->object.len = st->snap_object;
+    st->object.complete = (st->snap_object != 0);
+    st->type.len = st->snap_type;
+    st->type.complete = (st->snap_type != 0);
 }
 
 
@@ -731,17 +791,6 @@ ngx_http_llm_answer_string(ngx_http_llm_answer_cap_t *cap, ngx_str_t *s,
     {
         s->len = len;
     }
-}
-
-
-static ngx_uint_t
-ngx_http_llm_answer_is(ngx_str_t *s, char *value)
-{
-    size_t  len;
-
-    len = ngx_strlen(value);
-
-    return s->len == len && ngx_strncmp(s->data, value, len) == 0;
 }
 
 

@@ -161,6 +161,20 @@ typedef struct {
     unsigned                     cr:1;      /* a line ended with CR */
     unsigned                     bom:2;     /* bytes of a BOM matched */
     unsigned                     ended:1;
+    unsigned                     past_snap:1;   /* this document's */
+
+    /*
+     * The scan's state at the first nested value of an event, taken for
+     * the next event that begins with the same bytes (the id, object,
+     * created and model members that every chunk of a stream repeats):
+     * it starts there (ngx_http_llm_answer_data()).  The bytes are the
+     * kept prefix of the last event.
+     */
+    size_t                       snap_len;      /* 0: none */
+    ngx_uint_t                   snap_member;
+    ngx_uint_t                   snap_seen;
+    size_t                       snap_object;   /* object.len */
+    size_t                       snap_type;     /* type.len */
 
     ngx_http_llm_answer_cap_t    key;
     ngx_http_llm_answer_cap_t    event;
@@ -214,6 +228,7 @@ void ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 void ngx_http_llm_answer_keep_long(ngx_http_llm_answer_state_t *st,
     ngx_http_llm_answer_cap_t *cap, u_char *p, u_char *last);
 void ngx_http_llm_answer_reset(ngx_http_llm_answer_state_t *st);
+void ngx_http_llm_answer_snap(ngx_http_llm_answer_state_t *st, size_t len);
 void ngx_http_llm_answer_model(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st);
 void ngx_http_llm_answer_usage(ngx_http_llm_answer_t *a,

@@ -146,6 +146,10 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
                 break;
             }
 
+            if ((c == '{' || c == '[') && a->sse && !st->past_snap) {
+                ngx_http_llm_answer_snap(st, st->prefix.len - (last - p));
+            }
+
             st->cap = ngx_http_llm_answer_value(a, st, c);
 
             if (c == '"') {
@@ -368,6 +372,12 @@ ngx_http_llm_answer_value(ngx_http_llm_answer_t *a,
 
         if (c != '"') {
             return NULL;
+        }
+
+        /* the snapshot's object and type are in these buffers */
+
+        if (st->past_snap) {
+            st->snap_len = 0;
         }
 
         switch (st->member) {
@@ -634,6 +644,40 @@ ngx_http_llm_answer_cap_init(ngx_http_llm_answer_cap_t *cap, u_char *buf,
 }
 
 
+/*
+ * The state at the first nested value of an event, len bytes into it,
+ * for the next events that begin with the same bytes: not when a value
+ * kept before it would not be there (usage, a model, what "message" or
+ * "response" holds) or an "error" member came before it.  The state
+ * after len bytes depends on nothing else but whether the model is
+ * known, which stays so once it is.
+ */
+
+void
+ngx_http_llm_answer_snap(ngx_http_llm_answer_state_t *st, size_t len)
+{
+    st->past_snap = 1;
+
+    if (len > st->prefix.size
+        || st->level != 1
+        || st->error
+        || st->usage.len
+        || st->model.len
+        || ngx_http_llm_answer_seen(st, ngx_http_llm_m_message)
+        || ngx_http_llm_answer_seen(st, ngx_http_llm_m_response))
+    {
+        st->snap_len = 0;
+        return;
+    }
+
+    st->snap_len = len;
+    st->snap_member = st->member;
+    st->snap_seen = st->seen;
+    st->snap_object = st->object.complete ? st->object.len : 0;
+    st->snap_type = st->type.complete ? st->type.len : 0;
+}
+
+
 /* a new document: the next event's data */
 
 void
@@ -647,6 +691,7 @@ ngx_http_llm_answer_reset(ngx_http_llm_answer_state_t *st)
     st->backslashes = 0;
     st->cap = NULL;
     st->error = 0;
+    st->past_snap = 0;
 
     st->prefix.len = 0;
     st->model.len = 0;

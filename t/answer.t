@@ -569,6 +569,28 @@ my @cases = (
     [ 'chat stream cut in the usage chunk', 'chat', 1,
         substr(chat_stream(1), 0, index(chat_stream(1), '"total_tokens"')),
         { model => $chat_model, shape => 'ok', events => 4 } ],
+    # events that begin as the last one did start the scan at its first
+    # nested value (the snapshot): what follows it is still read, and a
+    # name kept after it (here an escaped "object" again, the same name
+    # decoded) drops the snapshot, whose buffer it took
+    [ 'chat chunks alike up to choices, an error member after them', 'chat',
+        1, data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')),
+            substr(chat_chunk(delta('{"content":"c"}')), 0, -1)
+            . ',"error":{"message":"overloaded","type":"server_error"}}'),
+        { model => $chat_model, shape => 'mismatch', events => 3,
+          error => 'server_error' } ],
+    [ 'chat chunks alike up to choices, object again after them', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            substr(chat_chunk(delta('{"content":"b"}')), 0, -1)
+            . ',"object":"chat.completion.\\u0063hunk"}',
+            chat_chunk(delta('{"content":"c"}')),
+            chat_chunk(delta('{"content":"d"}'))),
+        { model => $chat_model, shape => 'ok', events => 4 } ],
+    [ 'chat chunks alike up to choices, the last not JSON after them',
+        'chat', 1, data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')) . '}'),
+        { model => $chat_model, shape => 'mismatch', events => 2 } ],
     [ 'openai error mid-stream', 'chat', 1,
         data_only(chat_chunk(delta('{"content":"Hel"}')),
             '{"error":{"message":"The server had an error while processing '
