@@ -160,6 +160,7 @@ ngx_http_llm_answer_init(ngx_http_llm_answer_t *a, ngx_pool_t *pool,
     a->events = 0;
     a->sse = sse ? 1 : 0;
     a->done = 0;
+    a->shape_only = 0;
     a->state = st;
 
     return NGX_OK;
@@ -179,6 +180,13 @@ ngx_http_llm_answer_feed(ngx_http_llm_answer_t *a, u_char *p, u_char *last)
     }
 
     if (!a->sse) {
+
+        if (a->shape_only) {
+            /* no prefix: it is kept for the error's category */
+            ngx_http_llm_answer_json(a, st, p, last);
+            return;
+        }
+
         ngx_http_llm_answer_data(a, st, p, last);
         return;
     }
@@ -647,11 +655,13 @@ ngx_http_llm_answer_body(ngx_http_llm_answer_t *a,
           || ngx_http_llm_answer_is(&type, "error")
           || ngx_http_llm_answer_is(&object, "error");
 
-    ngx_http_llm_answer_usage(a, st);
-    ngx_http_llm_answer_model(a, st);
+    if (!a->shape_only) {
+        ngx_http_llm_answer_usage(a, st);
+        ngx_http_llm_answer_model(a, st);
 
-    if (err) {
-        ngx_http_llm_answer_error(a, st, 0);
+        if (err) {
+            ngx_http_llm_answer_error(a, st, 0);
+        }
     }
 
     switch (st->family) {

@@ -346,7 +346,7 @@ ngx_http_llm_answer_value(ngx_http_llm_answer_t *a,
 
         /* the first model is kept: chat chunks repeat it in each */
 
-        if (c != '"' || a->model_len) {
+        if (c != '"' || a->model_len || a->shape_only) {
             return NULL;
         }
 
@@ -358,7 +358,7 @@ ngx_http_llm_answer_value(ngx_http_llm_answer_t *a,
 
         /* "usage": null in all chunks of a chat stream but the last */
 
-        if (c != '{') {
+        if (c != '{' || a->shape_only) {
             return NULL;
         }
 
