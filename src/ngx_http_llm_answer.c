@@ -36,14 +36,15 @@
  * buffer of its own from the pool, once per answer, up to its bound.
  *
  * This file holds the interface, the SSE framing and the judging of each
- * document; ngx_http_llm_answer_json.c the scan of a document, and
- * ngx_http_llm_answer_value.c the decoding of the kept values.
+ * document; ngx_http_llm_answer_json.c the scan of a document,
+ * ngx_http_llm_answer_value.c the decoding of the kept values, and
+ * ngx_http_llm_answer_reuse.c what of the last event's reading a stream's
+ * next event reuses.
  */
 
 
 static void ngx_http_llm_answer_data(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st, u_char *p, u_char *last);
-static void ngx_http_llm_answer_restore(ngx_http_llm_answer_state_t *st);
 static u_char *ngx_http_llm_answer_eol(u_char *p, u_char *last, u_char **lf,
     u_char **cr);
 static void ngx_http_llm_answer_field(ngx_http_llm_answer_t *a,
@@ -244,7 +245,7 @@ ngx_http_llm_answer_feed(ngx_http_llm_answer_t *a, u_char *p, u_char *last)
 
             /* nearly every line of a stream: "data:" whole in the piece */
 
-            if (last - p > 5 && ngx_strncmp(p, "data:", 5) == 0) {
+            if (last - p > 5 && ngx_memcmp(p, "data:", 5) == 0) {
                 st->field = ngx_http_llm_field_data;
                 st->sse_state = sw_sse_space;
                 p += 5;
@@ -311,6 +312,23 @@ ngx_http_llm_answer_feed(ngx_http_llm_answer_t *a, u_char *p, u_char *last)
 
         default: /* sw_sse_value, sw_sse_skip */
 
+            if (st->sse_state == sw_sse_value
+                && st->field == ngx_http_llm_field_data
+                && st->prefix.len == 0
+                && st->last.len)
+            {
+                /* the last event again: its line is read no further */
+
+                q = ngx_http_llm_answer_replay_data(st, p, last, &lf);
+
+                if (q) {
+                    st->cr = 0;
+                    st->sse_state = sw_sse_line;
+                    p = q + 1;
+                    break;
+                }
+            }
+
             q = ngx_http_llm_answer_eol(p, last, &lf, &cr);
 
             if (st->sse_state == sw_sse_value && q > p) {
@@ -374,56 +392,26 @@ ngx_http_llm_answer_end(ngx_http_llm_answer_t *a)
 }
 
 
+/*
+ * Data of the document.  One that begins as the last one did is read from
+ * where they differ (ngx_http_llm_answer_reuse.c).
+ */
+
 static void
 ngx_http_llm_answer_data(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st, u_char *p, u_char *last)
 {
-    size_t  n;
+    u_char  *q;
 
-    if (st->prefix.len == 0 && st->snap_len) {
+    if (st->prefix.len == 0 && (st->snap_len || st->last.len)) {
+        q = ngx_http_llm_answer_reuse(st, p, last);
 
-        /*
-         * An event begins: when its first bytes are those of the last
-         * one up to the snapshot, the scan starts there.  Otherwise the
-         * prefix is about to hold other bytes: the snapshot goes.
-         */
-
-        n = st->snap_len;
-
-        if ((size_t) (last - p) < n
-            || ngx_memcmp(p, st->prefix.data, n) != 0)
-        {
-            st->snap_len = 0;
-
-        } else {
-            ngx_http_llm_answer_restore(st);
-            p += n;
-        }
+        /* the prefix holds [p, q) already */
+        p = q;
     }
 
     ngx_http_llm_answer_keep(st, &st->prefix, p, last);
     ngx_http_llm_answer_json(a, st, p, last);
-}
-
-
-/* the state of the snapshot: the prefix holds its bytes already */
-
-static void
-ngx_http_llm_answer_restore(ngx_http_llm_answer_state_t *st)
-{
-    st->state = sw_value;
-    st->depth = 1;
-    st->level = 1;
-    st->member = st->snap_member;
-    st->seen = st->snap_seen;
-    st->past_snap = 1;
-
-    st->prefix.len = st->snap_len;
-
-    st->object.len = st->snap_object;
-    st->object.complete = (st->snap_object != 0);
-    st->type.len = st->snap_type;
-    st->type.complete = (st->snap_type != 0);
 }
 
 
@@ -490,7 +478,16 @@ ngx_http_llm_answer_dispatch(ngx_http_llm_answer_t *a,
     /* an event without data is not dispatched (WHATWG) */
 
     if (st->data_lines) {
-        ngx_http_llm_answer_event(a, st);
+
+        if (st->replayed && st->event.len == 0 && !st->last.named) {
+            /* the last event again: what it was judged stands */
+            a->events++;
+
+        } else {
+            ngx_http_llm_answer_event(a, st);
+        }
+
+        ngx_http_llm_answer_save(st);
         ngx_http_llm_answer_reset(st);
         st->data_lines = 0;
     }

@@ -155,6 +155,9 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             if (c == '"') {
                 if (st->cap) {
                     ngx_http_llm_answer_keep(st, st->cap, p, p + 1);
+
+                } else {
+                    st->span = st->prefix.len - (last - p);
                 }
 
                 st->backslashes = 0;
@@ -196,6 +199,10 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             if (st->cap) {
                 st->cap->complete = 1;
                 st->cap = NULL;
+
+            } else if (a->sse) {
+                ngx_http_llm_answer_span(st, st->span,
+                                         st->prefix.len - (last - q) - 1);
             }
 
             st->state = sw_after_value;
@@ -234,6 +241,8 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
                 if (c == '"') {
                     st->backslashes = 0;
+                    st->span = st->prefix.len - (last - p) - 1;
+
                     q = ngx_http_llm_json_string_end(&st->backslashes, p,
                                                        last);
 
@@ -241,6 +250,12 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
                         st->state = sw_nested_string;
                         p = last;
                         break;
+                    }
+
+                    if (st->cap == NULL && a->sse) {
+                        ngx_http_llm_answer_span(st, st->span,
+                                                 st->prefix.len
+                                                 - (last - q) - 1);
                     }
 
                     p = q;
@@ -280,6 +295,11 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
             if (q == NULL) {
                 return;
+            }
+
+            if (st->cap == NULL && a->sse) {
+                ngx_http_llm_answer_span(st, st->span,
+                                         st->prefix.len - (last - q) - 1);
             }
 
             st->state = sw_nested;
@@ -644,40 +664,6 @@ ngx_http_llm_answer_cap_init(ngx_http_llm_answer_cap_t *cap, u_char *buf,
 }
 
 
-/*
- * The state at the first nested value of an event, len bytes into it,
- * for the next events that begin with the same bytes: not when a value
- * kept before it would not be there (usage, a model, what "message" or
- * "response" holds) or an "error" member came before it.  The state
- * after len bytes depends on nothing else but whether the model is
- * known, which stays so once it is.
- */
-
-void
-ngx_http_llm_answer_snap(ngx_http_llm_answer_state_t *st, size_t len)
-{
-    st->past_snap = 1;
-
-    if (len > st->prefix.size
-        || st->level != 1
-        || st->error
-        || st->usage.len
-        || st->model.len
-        || ngx_http_llm_answer_seen(st, ngx_http_llm_m_message)
-        || ngx_http_llm_answer_seen(st, ngx_http_llm_m_response))
-    {
-        st->snap_len = 0;
-        return;
-    }
-
-    st->snap_len = len;
-    st->snap_member = st->member;
-    st->snap_seen = st->seen;
-    st->snap_object = st->object.complete ? st->object.len : 0;
-    st->snap_type = st->type.complete ? st->type.len : 0;
-}
-
-
 /* a new document: the next event's data */
 
 void
@@ -692,6 +678,7 @@ ngx_http_llm_answer_reset(ngx_http_llm_answer_state_t *st)
     st->cap = NULL;
     st->error = 0;
     st->past_snap = 0;
+    st->replayed = 0;
 
     st->prefix.len = 0;
     st->model.len = 0;

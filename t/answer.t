@@ -591,6 +591,38 @@ my @cases = (
         'chat', 1, data_only(chat_chunk(delta('{"content":"a"}')),
             chat_chunk(delta('{"content":"b"}')) . '}'),
         { model => $chat_model, shape => 'mismatch', events => 2 } ],
+    # an event that is the last one but inside one string not kept is
+    # not read again (the replay): only when no quote, backslash or line
+    # end is where they differ, and never for a kept name or an event
+    # with a name of its own
+    [ 'chat chunks alike but in their text, a quote in one', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"bb"}')),
+            chat_chunk(delta('{"content":"say \\"hi\\" x"}')),
+            chat_chunk(delta('{"content":"c"}')),
+            chat_chunk(delta('{"content":"dddd"}')), '[DONE]'),
+        { model => $chat_model, shape => 'ok', events => 6, done => 1 } ],
+    [ 'chat chunks alike but in their object', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')),
+            chat_chunk(delta('{"content":"c"}')) =~ s/chunk"/chunx"/r),
+        { model => $chat_model, shape => 'mismatch', events => 3 } ],
+    [ 'chat chunks alike, the last one an error event', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')))
+        . sse([ 'error', chat_chunk(delta('{"content":"c"}')) ]),
+        { model => $chat_model, shape => 'mismatch', events => 3,
+          error => 'server_error' } ],
+    [ 'chat chunks alike, a CR where they differ', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')),
+            chat_chunk(delta("{\"content\":\"c\rd\"}"))),
+        { model => $chat_model, shape => 'mismatch', events => 3 } ],
+    [ 'chunks alike in their first of many strings', 'chat', 1,
+        data_only(map { chat_chunk('[{"index":0,"delta":{"content":"' . $_
+            . '"},"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6","g":"7",'
+            . '"h":"8","i":"9"}]') } qw(x yy z)),
+        { model => $chat_model, shape => 'ok', events => 3 } ],
     [ 'openai error mid-stream', 'chat', 1,
         data_only(chat_chunk(delta('{"content":"Hel"}')),
             '{"error":{"message":"The server had an error while processing '
@@ -1082,7 +1114,7 @@ my @incs = map { ('-I', $_) } "$ngx/src/core", "$ngx/src/event",
     "$ngx/src/http/modules", "$ngx/src/http/v2", "$ngx/objs", "$root/src";
 
 my @srcs = ("$dir/driver.c", map { "$root/src/ngx_http_llm_$_.c" }
-    qw(answer answer_json answer_value scan classify));
+    qw(answer answer_json answer_value answer_reuse scan classify));
 
 # nginx's own warning flags, as the module is built
 my @plain = qw(-O2 -W -Wall -Wpointer-arith -Wno-unused-parameter -Werror);
