@@ -403,6 +403,10 @@ ngx_http_llm_answer_data(ngx_http_llm_answer_t *a,
 {
     u_char  *q;
 
+    /* more data after a replayed line: the event is not the last one */
+
+    st->replayed = 0;
+
     if (st->prefix.len == 0 && (st->snap_len || st->last.len)) {
         q = ngx_http_llm_answer_reuse(st, p, last);
 

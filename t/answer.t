@@ -618,6 +618,11 @@ my @cases = (
             chat_chunk(delta('{"content":"b"}')),
             chat_chunk(delta("{\"content\":\"c\rd\"}"))),
         { model => $chat_model, shape => 'mismatch', events => 3 } ],
+    [ 'chat chunks alike, the last with a second data line', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')),
+            chat_chunk(delta('{"content":"b"}')) . "\n{}"),
+        { model => $chat_model, shape => 'mismatch', events => 3 } ],
     [ 'chunks alike in their first of many strings', 'chat', 1,
         data_only(map { chat_chunk('[{"index":0,"delta":{"content":"' . $_
             . '"},"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6","g":"7",'
