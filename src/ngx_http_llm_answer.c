@@ -407,10 +407,9 @@ ngx_http_llm_answer_data(ngx_http_llm_answer_t *a,
 
     st->replayed = 0;
 
-    if (st->prefix.len == 0 && (st->snap_len || st->last.len)) {
+    if (st->prefix.len == 0) {
+        /* a document begins; the prefix holds [p, q) already */
         q = ngx_http_llm_answer_reuse(st, p, last);
-
-        /* the prefix holds [p, q) already */
         p = q;
     }
 

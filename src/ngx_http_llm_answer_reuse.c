@@ -79,7 +79,8 @@ ngx_http_llm_answer_replay_data(ngx_http_llm_answer_state_t *st, u_char *p,
 
 /*
  * A document that was not replayed begins with [p, last): where its scan
- * starts.
+ * starts.  What the last document left is dropped here, whatever it was
+ * (its strings are not this one's).
  */
 
 u_char *

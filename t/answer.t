@@ -623,6 +623,10 @@ my @cases = (
             chat_chunk(delta('{"content":"b"}')),
             chat_chunk(delta('{"content":"b"}')) . "\n{}"),
         { model => $chat_model, shape => 'mismatch', events => 3 } ],
+    [ 'events alike in a kept name after one that was no JSON', 'messages',
+        1, data_only('{"typE":"message_stoq"}}', '{"type":"message_stoq"}',
+            '{"type":"message_stop"}'),
+        { shape => 'mismatch', events => 3, done => 1 } ],
     [ 'chunks alike in their first of many strings', 'chat', 1,
         data_only(map { chat_chunk('[{"index":0,"delta":{"content":"' . $_
             . '"},"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6","g":"7",'
