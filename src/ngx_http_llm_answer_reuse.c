@@ -18,7 +18,7 @@
  * created, model and system_fingerprint members of the last one and
  * differs in the few words of its delta.  Reading each one whole is most
  * of what a stream costs the module, so what the last event's reading
- * found is reused when an event begins (design.md 1):
+ * found is reused when an event begins (design.md 2):
  *
  *   - the replay: an event whose bytes are the last one's but inside one
  *     string that is not kept, and that holds no quote or backslash in
