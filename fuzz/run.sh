@@ -40,6 +40,7 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined \
     "$ROOT/fuzz/answer_fuzz.c" "$ROOT/src/ngx_http_llm_answer.c" \
     "$ROOT/src/ngx_http_llm_answer_json.c" \
     "$ROOT/src/ngx_http_llm_answer_value.c" \
+    "$ROOT/src/ngx_http_llm_answer_reuse.c" \
     "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_classify.c" \
     "$ROOT/fuzz/stubs.c" -lyajl \
     -o "$OUT/answer_fuzz"
@@ -52,6 +53,7 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined \
     "$ROOT/fuzz/string_fuzz.c" "$ROOT/src/ngx_http_llm_answer.c" \
     "$ROOT/src/ngx_http_llm_answer_json.c" \
     "$ROOT/src/ngx_http_llm_answer_value.c" \
+    "$ROOT/src/ngx_http_llm_answer_reuse.c" \
     "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_classify.c" \
     "$ROOT/fuzz/stubs.c" -lyajl \
     -o "$OUT/string_fuzz"

@@ -36,8 +36,10 @@
  * buffer of its own from the pool, once per answer, up to its bound.
  *
  * This file holds the interface, the SSE framing and the judging of each
- * document; ngx_http_llm_answer_json.c the scan of a document, and
- * ngx_http_llm_answer_value.c the decoding of the kept values.
+ * document; ngx_http_llm_answer_json.c the scan of a document,
+ * ngx_http_llm_answer_value.c the decoding of the kept values, and
+ * ngx_http_llm_answer_reuse.c what of the last event's reading a stream's
+ * next event reuses.
  */
 
 
@@ -57,7 +59,13 @@ static void ngx_http_llm_answer_judge(ngx_http_llm_answer_t *a,
     ngx_uint_t ok);
 static void ngx_http_llm_answer_string(ngx_http_llm_answer_cap_t *cap,
     ngx_str_t *s, u_char *buf);
-static ngx_uint_t ngx_http_llm_answer_is(ngx_str_t *s, char *value);
+
+
+/* a string is a literal: the lengths first, as most are not (every event) */
+
+#define ngx_http_llm_answer_is(s, value)                                      \
+    ((s)->len == sizeof(value) - 1                                            \
+     && ngx_memcmp((s)->data, value, sizeof(value) - 1) == 0)
 
 
 /* Anthropic's stream events (an "error" event is judged apart) */
@@ -153,6 +161,7 @@ ngx_http_llm_answer_init(ngx_http_llm_answer_t *a, ngx_pool_t *pool,
     a->events = 0;
     a->sse = sse ? 1 : 0;
     a->done = 0;
+    a->shape_only = 0;
     a->state = st;
 
     return NGX_OK;
@@ -172,6 +181,13 @@ ngx_http_llm_answer_feed(ngx_http_llm_answer_t *a, u_char *p, u_char *last)
     }
 
     if (!a->sse) {
+
+        if (a->shape_only) {
+            /* no prefix: it is kept for the error's category */
+            ngx_http_llm_answer_json(a, st, p, last);
+            return;
+        }
+
         ngx_http_llm_answer_data(a, st, p, last);
         return;
     }
@@ -224,6 +240,15 @@ ngx_http_llm_answer_feed(ngx_http_llm_answer_t *a, u_char *p, u_char *last)
                 /* a comment: keepalives */
                 st->sse_state = sw_sse_skip;
                 p++;
+                break;
+            }
+
+            /* nearly every line of a stream: "data:" whole in the piece */
+
+            if (last - p > 5 && ngx_memcmp(p, "data:", 5) == 0) {
+                st->field = ngx_http_llm_field_data;
+                st->sse_state = sw_sse_space;
+                p += 5;
                 break;
             }
 
@@ -286,6 +311,23 @@ ngx_http_llm_answer_feed(ngx_http_llm_answer_t *a, u_char *p, u_char *last)
             break;
 
         default: /* sw_sse_value, sw_sse_skip */
+
+            if (st->sse_state == sw_sse_value
+                && st->field == ngx_http_llm_field_data
+                && st->prefix.len == 0
+                && st->last.len)
+            {
+                /* the last event again: its line is read no further */
+
+                q = ngx_http_llm_answer_replay_data(st, p, last, &lf);
+
+                if (q) {
+                    st->cr = 0;
+                    st->sse_state = sw_sse_line;
+                    p = q + 1;
+                    break;
+                }
+            }
 
             q = ngx_http_llm_answer_eol(p, last, &lf, &cr);
 
@@ -350,10 +392,27 @@ ngx_http_llm_answer_end(ngx_http_llm_answer_t *a)
 }
 
 
+/*
+ * Data of the document.  One that begins as the last one did is read from
+ * where they differ (ngx_http_llm_answer_reuse.c).
+ */
+
 static void
 ngx_http_llm_answer_data(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st, u_char *p, u_char *last)
 {
+    u_char  *q;
+
+    /* more data after a replayed line: the event is not the last one */
+
+    st->replayed = 0;
+
+    if (st->prefix.len == 0) {
+        /* a document begins; the prefix holds [p, q) already */
+        q = ngx_http_llm_answer_reuse(st, p, last);
+        p = q;
+    }
+
     ngx_http_llm_answer_keep(st, &st->prefix, p, last);
     ngx_http_llm_answer_json(a, st, p, last);
 }
@@ -422,7 +481,16 @@ ngx_http_llm_answer_dispatch(ngx_http_llm_answer_t *a,
     /* an event without data is not dispatched (WHATWG) */
 
     if (st->data_lines) {
-        ngx_http_llm_answer_event(a, st);
+
+        if (st->replayed && st->event.len == 0 && !st->last.named) {
+            /* the last event again: what it was judged stands */
+            a->events++;
+
+        } else {
+            ngx_http_llm_answer_event(a, st);
+        }
+
+        ngx_http_llm_answer_save(st);
         ngx_http_llm_answer_reset(st);
         st->data_lines = 0;
     }
@@ -587,11 +655,13 @@ ngx_http_llm_answer_body(ngx_http_llm_answer_t *a,
           || ngx_http_llm_answer_is(&type, "error")
           || ngx_http_llm_answer_is(&object, "error");
 
-    ngx_http_llm_answer_usage(a, st);
-    ngx_http_llm_answer_model(a, st);
+    if (!a->shape_only) {
+        ngx_http_llm_answer_usage(a, st);
+        ngx_http_llm_answer_model(a, st);
 
-    if (err) {
-        ngx_http_llm_answer_error(a, st, 0);
+        if (err) {
+            ngx_http_llm_answer_error(a, st, 0);
+        }
     }
 
     switch (st->family) {
@@ -731,17 +801,6 @@ ngx_http_llm_answer_string(ngx_http_llm_answer_cap_t *cap, ngx_str_t *s,
     {
         s->len = len;
     }
-}
-
-
-static ngx_uint_t
-ngx_http_llm_answer_is(ngx_str_t *s, char *value)
-{
-    size_t  len;
-
-    len = ngx_strlen(value);
-
-    return s->len == len && ngx_strncmp(s->data, value, len) == 0;
 }
 
 

@@ -67,6 +67,14 @@ typedef struct {
     unsigned       sse:1;           /* fed as text/event-stream */
     unsigned       done:1;          /* the stream's own end was seen */
 
+    /*
+     * set by the caller before the first byte of a plain answer: only
+     * the shape is wanted (llm_check_answer when no variable reads the
+     * answer); usage, model and error are then left unknown, and the
+     * values they come from are not kept
+     */
+    unsigned       shape_only:1;
+
     /* the implementation's state follows; opaque to callers */
     void          *state;
 } ngx_http_llm_answer_t;

@@ -11,7 +11,8 @@
 /*
  * Private to the answer reader: ngx_http_llm_answer.c (the interface,
  * SSE framing, judging), ngx_http_llm_answer_json.c (the scan of a JSON
- * document) and ngx_http_llm_answer_value.c (the kept values decoded).
+ * document), ngx_http_llm_answer_value.c (the kept values decoded) and
+ * ngx_http_llm_answer_reuse.c (the last event's reading reused).
  */
 
 
@@ -30,6 +31,11 @@
 #define NGX_HTTP_LLM_ANSWER_PREFIX_MAX  2048    /* of each document */
 #define NGX_HTTP_LLM_ANSWER_EVENT_MAX   48      /* the event field */
 #define NGX_HTTP_LLM_ANSWER_FIELD_MAX   8       /* an SSE field name */
+#define NGX_HTTP_LLM_ANSWER_SPANS       8       /* strings of an event */
+
+/* a span's offsets; the top bit of its start: no backslash in it */
+#define NGX_HTTP_LLM_ANSWER_SPAN_MAX    0x7fff
+#define NGX_HTTP_LLM_ANSWER_SPAN_CLEAN  0x8000
 
 /*
  * What the state holds in itself of the values that may be long; a
@@ -136,6 +142,21 @@ typedef struct {
 } ngx_http_llm_answer_cap_t;
 
 
+/* what the scan of a document ended with, for its replay */
+
+typedef struct {
+    size_t                       len;       /* of the document; 0: none */
+    ngx_uint_t                   member;
+    ngx_uint_t                   seen;
+    uint16_t                     object;    /* the caps' len, complete */
+    uint16_t                     type;
+    uint16_t                     nested_object;
+    uint16_t                     nested_type;
+    unsigned                     error:1;
+    unsigned                     named:1;   /* its event had a name */
+} ngx_http_llm_answer_last_t;
+
+
 typedef struct {
     /* the scan of the current document */
     ngx_uint_t                   state;
@@ -161,6 +182,32 @@ typedef struct {
     unsigned                     cr:1;      /* a line ended with CR */
     unsigned                     bom:2;     /* bytes of a BOM matched */
     unsigned                     ended:1;
+    unsigned                     past_snap:1;   /* this document's */
+    unsigned                     replayed:1;    /* this document */
+
+    /*
+     * The scan's state at the first nested value of an event, taken for
+     * the next event that begins with the same bytes (the id, object,
+     * created and model members that every chunk of a stream repeats):
+     * it starts there (ngx_http_llm_answer_data()).  The bytes are the
+     * kept prefix of the last event.
+     */
+    size_t                       snap_len;      /* 0: none */
+    ngx_uint_t                   snap_member;
+    ngx_uint_t                   snap_seen;
+    size_t                       snap_object;   /* object.len */
+    size_t                       snap_type;     /* type.len */
+
+    /*
+     * The last event, for the next one that differs from it only inside
+     * one string that is not kept (a chunk's text): its length, what its
+     * scan ended with, and its strings not kept (the offsets of their
+     * quotes, the last NGX_HTTP_LLM_ANSWER_SPANS of them)
+     */
+    ngx_http_llm_answer_last_t   last;
+    ngx_uint_t                   nspans;
+    size_t                       span;          /* a string's start */
+    uint16_t                     spans[NGX_HTTP_LLM_ANSWER_SPANS][2];
 
     ngx_http_llm_answer_cap_t    key;
     ngx_http_llm_answer_cap_t    event;
@@ -214,10 +261,32 @@ void ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 void ngx_http_llm_answer_keep_long(ngx_http_llm_answer_state_t *st,
     ngx_http_llm_answer_cap_t *cap, u_char *p, u_char *last);
 void ngx_http_llm_answer_reset(ngx_http_llm_answer_state_t *st);
+void ngx_http_llm_answer_snap(ngx_http_llm_answer_state_t *st, size_t len);
+u_char *ngx_http_llm_answer_reuse(ngx_http_llm_answer_state_t *st, u_char *p,
+    u_char *last);
+u_char *ngx_http_llm_answer_replay_data(ngx_http_llm_answer_state_t *st,
+    u_char *p, u_char *last, u_char **lf);
+void ngx_http_llm_answer_save(ngx_http_llm_answer_state_t *st);
 void ngx_http_llm_answer_model(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st);
 void ngx_http_llm_answer_usage(ngx_http_llm_answer_t *a,
     ngx_http_llm_answer_state_t *st);
+
+
+/* a string not kept ended: [start, end] are its quotes' offsets */
+
+static ngx_inline void
+ngx_http_llm_answer_span(ngx_http_llm_answer_state_t *st, size_t start,
+    size_t end)
+{
+    ngx_uint_t  i;
+
+    if (end <= NGX_HTTP_LLM_ANSWER_SPAN_MAX) {
+        i = st->nspans++ % NGX_HTTP_LLM_ANSWER_SPANS;
+        st->spans[i][0] = (uint16_t) start;
+        st->spans[i][1] = (uint16_t) end;
+    }
+}
 
 
 /* keeps up to max bytes of a value; len counts all of them */

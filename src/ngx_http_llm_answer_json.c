@@ -146,11 +146,18 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
                 break;
             }
 
+            if ((c == '{' || c == '[') && a->sse && !st->past_snap) {
+                ngx_http_llm_answer_snap(st, st->prefix.len - (last - p));
+            }
+
             st->cap = ngx_http_llm_answer_value(a, st, c);
 
             if (c == '"') {
                 if (st->cap) {
                     ngx_http_llm_answer_keep(st, st->cap, p, p + 1);
+
+                } else {
+                    st->span = st->prefix.len - (last - p);
                 }
 
                 st->backslashes = 0;
@@ -192,6 +199,10 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
             if (st->cap) {
                 st->cap->complete = 1;
                 st->cap = NULL;
+
+            } else if (a->sse) {
+                ngx_http_llm_answer_span(st, st->span,
+                                         st->prefix.len - (last - q) - 1);
             }
 
             st->state = sw_after_value;
@@ -230,6 +241,8 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
                 if (c == '"') {
                     st->backslashes = 0;
+                    st->span = st->prefix.len - (last - p) - 1;
+
                     q = ngx_http_llm_json_string_end(&st->backslashes, p,
                                                        last);
 
@@ -237,6 +250,12 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
                         st->state = sw_nested_string;
                         p = last;
                         break;
+                    }
+
+                    if (st->cap == NULL && a->sse) {
+                        ngx_http_llm_answer_span(st, st->span,
+                                                 st->prefix.len
+                                                 - (last - q) - 1);
                     }
 
                     p = q;
@@ -276,6 +295,11 @@ ngx_http_llm_answer_json(ngx_http_llm_answer_t *a,
 
             if (q == NULL) {
                 return;
+            }
+
+            if (st->cap == NULL && a->sse) {
+                ngx_http_llm_answer_span(st, st->span,
+                                         st->prefix.len - (last - q) - 1);
             }
 
             st->state = sw_nested;
@@ -342,7 +366,7 @@ ngx_http_llm_answer_value(ngx_http_llm_answer_t *a,
 
         /* the first model is kept: chat chunks repeat it in each */
 
-        if (c != '"' || a->model_len) {
+        if (c != '"' || a->model_len || a->shape_only) {
             return NULL;
         }
 
@@ -354,7 +378,7 @@ ngx_http_llm_answer_value(ngx_http_llm_answer_t *a,
 
         /* "usage": null in all chunks of a chat stream but the last */
 
-        if (c != '{') {
+        if (c != '{' || a->shape_only) {
             return NULL;
         }
 
@@ -368,6 +392,12 @@ ngx_http_llm_answer_value(ngx_http_llm_answer_t *a,
 
         if (c != '"') {
             return NULL;
+        }
+
+        /* the snapshot's object and type are in these buffers */
+
+        if (st->past_snap) {
+            st->snap_len = 0;
         }
 
         switch (st->member) {
@@ -647,6 +677,8 @@ ngx_http_llm_answer_reset(ngx_http_llm_answer_state_t *st)
     st->backslashes = 0;
     st->cap = NULL;
     st->error = 0;
+    st->past_snap = 0;
+    st->replayed = 0;
 
     st->prefix.len = 0;
     st->model.len = 0;

@@ -541,8 +541,9 @@ ngx_http_llm_terminated(void *data)
 static ngx_uint_t
 ngx_http_llm_check_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_buf_t              *b;
-    ngx_http_llm_answer_t  *a;
+    ngx_buf_t                 *b;
+    ngx_http_llm_answer_t     *a;
+    ngx_http_llm_main_conf_t  *lmcf;
 
     if (!ctx->answered) {
         /* cut: no whole answer to pass on */
@@ -555,6 +556,11 @@ ngx_http_llm_check_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
     {
         return NGX_HTTP_LLM_ERR_INVALID_RESPONSE;
     }
+
+    /* no variable reads the answer: its usage and model are not decoded */
+
+    lmcf = ngx_http_get_module_main_conf(sr, ngx_http_llm_module);
+    a->shape_only = !lmcf->read_answers;
 
     b = ctx->answer_body;
 

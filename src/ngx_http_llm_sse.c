@@ -29,7 +29,17 @@
 #define NGX_HTTP_LLM_SSE_BUF_MIN     4096
 
 
+#if (NGX_LINUX)
+#define ngx_http_llm_memrchr  memrchr
+#else
+static void *ngx_http_llm_memrchr(void *s, int c, size_t n);
+#endif
+
 static u_char *ngx_http_llm_sse_boundary(ngx_http_llm_ctx_t *ctx, u_char *p,
+    u_char *last);
+static u_char *ngx_http_llm_sse_last(ngx_http_llm_ctx_t *ctx, u_char *p,
+    u_char *t, u_char **e, ngx_uint_t *end);
+static u_char *ngx_http_llm_sse_run(ngx_uint_t *state, u_char *p,
     u_char *last);
 static ngx_int_t ngx_http_llm_sse_keep(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last);
@@ -137,28 +147,131 @@ ngx_http_llm_sse_forward(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
  * The end of the last blank line in [p, last), or NULL.  Lines end with
  * LF, CR or CR LF; the state of the line scanned last is kept across
  * buffers, so a blank line split between two is found too.
+ *
+ * Only runs of line ends can hold a blank line, and only the last run
+ * holding one matters: the runs are looked at from the end, each read
+ * forward from the state before it (none after a byte of a line; the
+ * kept one at the buffer's start).  A buffer of whole events ends with
+ * one, read at once; the line ends are searched with memrchr(), each
+ * byte once at most.
  */
 
 static u_char *
 ngx_http_llm_sse_boundary(ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last)
 {
-    u_char      *q, *e, *lf;
+    u_char      *q, *e, *t, *lf, *cr;
+    ngx_uint_t   end;
+
+    /* after a byte of a line: at no line's start */
+
+    end = 0;
+    e = last;
+
+    if (last[-1] == LF || last[-1] == CR) {
+
+        /* the buffer ends with a run, of a blank line most often */
+
+        q = ngx_http_llm_sse_last(ctx, p, last - 1, &e, &end);
+
+        if (q) {
+            goto done;
+        }
+    }
+
+    lf = ngx_http_llm_memrchr(p, LF, e - p);
+    cr = ngx_http_llm_memrchr(p, CR, e - p);
+
+    for ( ;; ) {
+        t = (lf == NULL) ? cr : (cr == NULL || lf > cr) ? lf : cr;
+
+        if (t == NULL) {
+            q = NULL;
+            break;
+        }
+
+        q = ngx_http_llm_sse_last(ctx, p, t, &e, NULL);
+
+        if (q) {
+            break;
+        }
+
+        /* the line ends before the run */
+
+        if (lf && lf >= e) {
+            lf = ngx_http_llm_memrchr(p, LF, e - p);
+        }
+
+        if (cr && cr >= e) {
+            cr = ngx_http_llm_memrchr(p, CR, e - p);
+        }
+    }
+
+done:
+
+    ctx->sse_bol = end & 1;
+    ctx->sse_cr = (end >> 1) & 1;
+    ctx->sse_blank = (end >> 2) & 1;
+
+    return q;
+}
+
+
+/*
+ * The run of line ends that ends at t, read forward from the state
+ * before it (none after a byte of a line; the kept one at the buffer's
+ * start): the end of its last blank line, or NULL.  *e: where the run
+ * starts; *end, when given: the state after it.
+ */
+
+static u_char *
+ngx_http_llm_sse_last(ngx_http_llm_ctx_t *ctx, u_char *p, u_char *t,
+    u_char **e, ngx_uint_t *end)
+{
+    u_char      *run, *q;
+    ngx_uint_t   state;
+
+    for (run = t; run > p && (run[-1] == LF || run[-1] == CR); run--) {
+        /* void */
+    }
+
+    state = (run == p) ? (ctx->sse_bol | ctx->sse_cr << 1
+                          | ctx->sse_blank << 2)
+                       : 0;
+
+    q = ngx_http_llm_sse_run(&state, run, t + 1);
+
+    *e = run;
+
+    if (end) {
+        *end = state;
+    }
+
+    return q;
+}
+
+
+/*
+ * A run of line ends read forward from *state (bit 0: at a line's
+ * start, 1: after a CR, 2: that CR ended a blank line): the end of its
+ * last blank line, or NULL.
+ */
+
+static u_char *
+ngx_http_llm_sse_run(ngx_uint_t *state, u_char *p, u_char *last)
+{
+    u_char      *q;
     ngx_uint_t   bol, cr, blank;
 
     q = NULL;
-    lf = NULL;
 
-    /* the line state in registers, not in the context's bit fields */
+    bol = *state & 1;
+    cr = (*state >> 1) & 1;
+    blank = (*state >> 2) & 1;
 
-    bol = ctx->sse_bol;
-    cr = ctx->sse_cr;
-    blank = ctx->sse_blank;
+    for ( /* void */ ; p < last; p++) {
 
-    while (p < last) {
+        if (*p == LF) {
 
-        switch (*p) {
-
-        case LF:
             if (cr) {
                 /*
                  * the LF of a CR LF: the CR ended the line; when that
@@ -170,7 +283,7 @@ ngx_http_llm_sse_boundary(ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last)
 
                 cr = 0;
                 blank = 0;
-                break;
+                continue;
             }
 
             if (bol) {
@@ -178,58 +291,43 @@ ngx_http_llm_sse_boundary(ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last)
             }
 
             bol = 1;
-            break;
-
-        case CR:
-            if (bol) {
-                q = p + 1;
-            }
-
-            blank = bol;
-            bol = 1;
-            cr = 1;
-            break;
-
-        default:
-
-            /*
-             * the rest of the line at once, to its CR or LF; the LF
-             * found is kept, so lines ending with CR alone do not make
-             * the search run over the rest of the buffer again and again
-             */
-
-            bol = 0;
-            cr = 0;
-            blank = 0;
-
-            if (lf == NULL || lf < p) {
-                lf = memchr(p, LF, last - p);
-
-                if (lf == NULL) {
-                    lf = last;
-                }
-            }
-
-            e = lf;
-
-            p = memchr(p, CR, e - p);
-
-            if (p == NULL) {
-                p = e;
-            }
-
             continue;
         }
 
-        p++;
+        /* CR */
+
+        if (bol) {
+            q = p + 1;
+        }
+
+        blank = bol;
+        bol = 1;
+        cr = 1;
     }
 
-    ctx->sse_bol = bol;
-    ctx->sse_cr = cr;
-    ctx->sse_blank = blank;
+    *state = bol | cr << 1 | blank << 2;
 
     return q;
 }
+
+
+#if !(NGX_LINUX)
+
+static void *
+ngx_http_llm_memrchr(void *s, int c, size_t n)
+{
+    u_char  *p;
+
+    for (p = (u_char *) s + n; p > (u_char *) s; p--) {
+        if (p[-1] == (u_char) c) {
+            return p - 1;
+        }
+    }
+
+    return NULL;
+}
+
+#endif
 
 
 /* appends [p, last) to the held bytes of the event not yet ended */

@@ -569,6 +569,69 @@ my @cases = (
     [ 'chat stream cut in the usage chunk', 'chat', 1,
         substr(chat_stream(1), 0, index(chat_stream(1), '"total_tokens"')),
         { model => $chat_model, shape => 'ok', events => 4 } ],
+    # events that begin as the last one did start the scan at its first
+    # nested value (the snapshot): what follows it is still read, and a
+    # name kept after it (here an escaped "object" again, the same name
+    # decoded) drops the snapshot, whose buffer it took
+    [ 'chat chunks alike up to choices, an error member after them', 'chat',
+        1, data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')),
+            substr(chat_chunk(delta('{"content":"c"}')), 0, -1)
+            . ',"error":{"message":"overloaded","type":"server_error"}}'),
+        { model => $chat_model, shape => 'mismatch', events => 3,
+          error => 'server_error' } ],
+    [ 'chat chunks alike up to choices, object again after them', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            substr(chat_chunk(delta('{"content":"b"}')), 0, -1)
+            . ',"object":"chat.completion.\\u0063hunk"}',
+            chat_chunk(delta('{"content":"c"}')),
+            chat_chunk(delta('{"content":"d"}'))),
+        { model => $chat_model, shape => 'ok', events => 4 } ],
+    [ 'chat chunks alike up to choices, the last not JSON after them',
+        'chat', 1, data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')) . '}'),
+        { model => $chat_model, shape => 'mismatch', events => 2 } ],
+    # an event that is the last one but inside one string not kept is
+    # not read again (the replay): only when no quote, backslash or line
+    # end is where they differ, and never for a kept name or an event
+    # with a name of its own
+    [ 'chat chunks alike but in their text, a quote in one', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"bb"}')),
+            chat_chunk(delta('{"content":"say \\"hi\\" x"}')),
+            chat_chunk(delta('{"content":"c"}')),
+            chat_chunk(delta('{"content":"dddd"}')), '[DONE]'),
+        { model => $chat_model, shape => 'ok', events => 6, done => 1 } ],
+    [ 'chat chunks alike but in their object', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')),
+            chat_chunk(delta('{"content":"c"}')) =~ s/chunk"/chunx"/r),
+        { model => $chat_model, shape => 'mismatch', events => 3 } ],
+    [ 'chat chunks alike, the last one an error event', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')))
+        . sse([ 'error', chat_chunk(delta('{"content":"c"}')) ]),
+        { model => $chat_model, shape => 'mismatch', events => 3,
+          error => 'server_error' } ],
+    [ 'chat chunks alike, a CR where they differ', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')),
+            chat_chunk(delta("{\"content\":\"c\rd\"}"))),
+        { model => $chat_model, shape => 'mismatch', events => 3 } ],
+    [ 'chat chunks alike, the last with a second data line', 'chat', 1,
+        data_only(chat_chunk(delta('{"content":"a"}')),
+            chat_chunk(delta('{"content":"b"}')),
+            chat_chunk(delta('{"content":"b"}')) . "\n{}"),
+        { model => $chat_model, shape => 'mismatch', events => 3 } ],
+    [ 'events alike in a kept name after one that was no JSON', 'messages',
+        1, data_only('{"typE":"message_stoq"}}', '{"type":"message_stoq"}',
+            '{"type":"message_stop"}'),
+        { shape => 'mismatch', events => 3, done => 1 } ],
+    [ 'chunks alike in their first of many strings', 'chat', 1,
+        data_only(map { chat_chunk('[{"index":0,"delta":{"content":"' . $_
+            . '"},"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6","g":"7",'
+            . '"h":"8","i":"9"}]') } qw(x yy z)),
+        { model => $chat_model, shape => 'ok', events => 3 } ],
     [ 'openai error mid-stream', 'chat', 1,
         data_only(chat_chunk(delta('{"content":"Hel"}')),
             '{"error":{"message":"The server had an error while processing '
@@ -1060,7 +1123,7 @@ my @incs = map { ('-I', $_) } "$ngx/src/core", "$ngx/src/event",
     "$ngx/src/http/modules", "$ngx/src/http/v2", "$ngx/objs", "$root/src";
 
 my @srcs = ("$dir/driver.c", map { "$root/src/ngx_http_llm_$_.c" }
-    qw(answer answer_json answer_value scan classify));
+    qw(answer answer_json answer_value answer_reuse scan classify));
 
 # nginx's own warning flags, as the module is built
 my @plain = qw(-O2 -W -Wall -Wpointer-arith -Wno-unused-parameter -Werror);
