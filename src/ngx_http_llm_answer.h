@@ -10,6 +10,7 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include "ngx_http_llm_limits.h"
 
 
 /* $llm_response_shape */
@@ -17,8 +18,8 @@
 #define NGX_HTTP_LLM_SHAPE_OK          1
 #define NGX_HTTP_LLM_SHAPE_MISMATCH    2
 
-/* the response model kept, in bytes, decoded */
-#define NGX_HTTP_LLM_ANSWER_MODEL_MAX  128
+/* the response model kept, in bytes, decoded: as long as any model name */
+#define NGX_HTTP_LLM_ANSWER_MODEL_MAX  NGX_HTTP_LLM_MODEL_MAX
 
 
 /*

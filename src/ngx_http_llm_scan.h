@@ -10,13 +10,14 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include "ngx_http_llm_limits.h"
 
 #if (defined __SSE2__)
 #include <emmintrin.h>
 #endif
 
 /* longest "model" value kept, in raw JSON bytes with the quotes */
-#define NGX_HTTP_LLM_MODEL_RAW_MAX   258
+#define NGX_HTTP_LLM_MODEL_RAW_MAX   (NGX_HTTP_LLM_MODEL_MAX + 2)
 
 /* a top-level key is only looked at up to this many raw bytes */
 #define NGX_HTTP_LLM_KEY_RAW_MAX     48

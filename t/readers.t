@@ -238,14 +238,14 @@ for my $m (@models) {
 
 # a long model is cut, at a character
 {
-    my $json = '"' . ('\u00e8' x 100) . '"';
+    my $json = '"' . ('\u00e8' x 150) . '"';
     my $r = post('/v1/chat/completions', 'model:' . unpack('H*', $json));
-    is($r->{log}{response_model}, '\xC3\xA8' x 64,
-       'a long response model: 128 bytes, whole characters');
+    is($r->{log}{response_model}, '\xC3\xA8' x 128,
+       'a long response model: 256 bytes, whole characters');
 
-    $json = '"' . ('\u00e8' x 130) . '\ud800"';
+    $json = '"' . ('\u00e8' x 300) . '\ud800"';
     $r = post('/v1/chat/completions', 'model:' . unpack('H*', $json));
-    is($r->{log}{response_model}, '\xC3\xA8' x 64,
+    is($r->{log}{response_model}, '\xC3\xA8' x 128,
        'a long response model: what is past the bound is not read');
 
     $json = '"' . ('\u00e8' x 40) . '\ud800"';
