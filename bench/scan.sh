@@ -27,7 +27,7 @@ trap 'rm -rf "$TMP"' EXIT
 
 gcc -O2 -I"$B/src/core" -I"$B/src/event" -I"$B/src/event/modules" \
     -I"$B/src/os/unix" -I"$B/objs" -I"$ROOT/src" \
-    "$ROOT/bench/scan_bench.c" "$ROOT/src/ngx_http_llm_scan.c" -lyajl \
+    "$ROOT/bench/scan_bench.c" "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_scan_simd.c" "$ROOT/src/ngx_http_llm_json_string.c" -lyajl \
     -o "$TMP/scan_bench"
 
 echo "== request body scan, MB/s (median of 7; goal: >= 3000)"

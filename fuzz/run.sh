@@ -28,7 +28,7 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined \
     -fno-sanitize-recover=undefined \
     -I"$B/src/core" -I"$B/src/event" -I"$B/src/event/modules" \
     -I"$B/src/os/unix" -I"$B/objs" -I"$ROOT/src" \
-    "$ROOT/fuzz/scan_fuzz.c" "$ROOT/src/ngx_http_llm_scan.c" \
+    "$ROOT/fuzz/scan_fuzz.c" "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_scan_simd.c" "$ROOT/src/ngx_http_llm_json_string.c" \
     "$ROOT/src/ngx_http_llm_classify.c" "$ROOT/fuzz/stubs.c" -lyajl \
     -o "$OUT/scan_fuzz"
 
@@ -41,7 +41,7 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined \
     "$ROOT/src/ngx_http_llm_answer_json.c" \
     "$ROOT/src/ngx_http_llm_answer_value.c" \
     "$ROOT/src/ngx_http_llm_answer_reuse.c" \
-    "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_classify.c" \
+    "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_scan_simd.c" "$ROOT/src/ngx_http_llm_json_string.c" "$ROOT/src/ngx_http_llm_classify.c" \
     "$ROOT/fuzz/stubs.c" -lyajl \
     -o "$OUT/answer_fuzz"
 
@@ -54,7 +54,7 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined \
     "$ROOT/src/ngx_http_llm_answer_json.c" \
     "$ROOT/src/ngx_http_llm_answer_value.c" \
     "$ROOT/src/ngx_http_llm_answer_reuse.c" \
-    "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_classify.c" \
+    "$ROOT/src/ngx_http_llm_scan.c" "$ROOT/src/ngx_http_llm_scan_simd.c" "$ROOT/src/ngx_http_llm_json_string.c" "$ROOT/src/ngx_http_llm_classify.c" \
     "$ROOT/fuzz/stubs.c" -lyajl \
     -o "$OUT/string_fuzz"
 

@@ -1123,7 +1123,8 @@ my @incs = map { ('-I', $_) } "$ngx/src/core", "$ngx/src/event",
     "$ngx/src/http/modules", "$ngx/src/http/v2", "$ngx/objs", "$root/src";
 
 my @srcs = ("$dir/driver.c", map { "$root/src/ngx_http_llm_$_.c" }
-    qw(answer answer_json answer_value answer_reuse scan classify));
+    qw(answer answer_json answer_value answer_reuse scan scan_simd json_string
+       classify));
 
 # nginx's own warning flags, as the module is built
 my @plain = qw(-O2 -W -Wall -Wpointer-arith -Wno-unused-parameter -Werror);
