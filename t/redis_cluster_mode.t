@@ -338,6 +338,43 @@ cmp_ok($mgets{'{llm:canary}'} // 0, '>', 5,
        'cluster: an MGET of the canaries\' holds');
 ok(!exists $mgets{''} && !exists $routes{''}, 'cluster: no call without a tag');
 
+# Redis forgets the script: each route's call goes again as EVAL, on its
+# own, and no count is lost
+
+sub in_redis {
+    my ($route) = @_;
+    my $sum = 0;
+    $sum += redis_command($redis, 'GET', $_) // 0
+        for @{redis_command($redis, 'KEYS', "{llm:$route}:r:*") || []};
+    return $sum;
+}
+
+is(in_redis('bud'), 40, 'cluster: Redis holds route bud\'s 40 requests');
+is(in_redis('bud2'), 10, 'cluster: and bud2\'s 10');
+
+is(redis_command($redis, 'SCRIPT', 'FLUSH'), 'OK', 'SCRIPT FLUSH');
+$mark = -s $MONITOR;
+
+for my $node (@nodes) {
+    post($node, 'bud', 'f-0');
+    post($node, 'bud2', 'f-1');
+}
+
+ok(wait_until(sub { in_redis('bud') == 42 && in_redis('bud2') == 12 }, 3),
+   'cluster: after SCRIPT FLUSH no count lost');
+
+my %evals;
+for my $c (@{calls($mark)}) {
+    next unless $c->[0] eq 'eval';
+    my ($tag) = ($c->[1][0] // '') =~ /^(\{[^}]*\})/;
+    $evals{$tag // ''}++;
+}
+ok($evals{'{llm:bud}'} && $evals{'{llm:bud2}'},
+   'cluster: each route\'s call went again as EVAL')
+    or diag(encode_json(\%evals));
+is(scalar(grep { (rstatus($_)->{sync_errors} // 1) == 0 } @nodes), 2,
+   'cluster: still no sync error');
+
 ###############################################################################
 # without "cluster": the one call names keys of several slots
 
