@@ -43,7 +43,8 @@ $A->has_daemon('redis-cli');
 my $redis = $A->run_redis(args => [ '--cluster-enabled', 'yes',
                                     '--cluster-config-file', 'nodes.conf' ]);
 
-is(redis_command($redis, 'CLUSTER', 'ADDSLOTSRANGE', '0', '16383'), 'OK',
+# ADDSLOTS, not 7.0's ADDSLOTSRANGE: Redis 3.0 and later
+is(redis_command($redis, 'CLUSTER', 'ADDSLOTS', 0 .. 16383), 'OK',
    'one node owns every slot');
 ok(wait_until(sub {
        redis_command($redis, 'CLUSTER', 'INFO') =~ /cluster_state:ok/
