@@ -80,7 +80,7 @@ static ngx_http_llm_link_t  ngx_http_llm_link;
 
 
 /* llm_redis ADDRESS [prefix=STR] [sync=TIME] [timeout=TIME] [password=STR]
- *     [db=N] */
+ *     [db=N] [cluster] */
 
 char *
 ngx_http_llm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -186,7 +186,30 @@ ngx_http_llm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        /*
+         * Redis Cluster, or a proxy to it: each call of a tick keeps to
+         * one hash slot (ngx_http_llm_sync_script.c)
+         */
+
+        if (ngx_strncmp(value[i].data, "cluster", 7) == 0) {
+            if (value[i].len != 7) {
+                goto invalid;
+            }
+
+            rc->cluster = 1;
+            continue;
+        }
+
         goto hidden;
+    }
+
+    /* a Redis Cluster has database 0 alone, and refuses SELECT */
+
+    if (rc->cluster && rc->db > 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"db\" parameter is incompatible with "
+                           "\"cluster\"");
+        return NGX_CONF_ERROR;
     }
 
     lmcf->redis = rc;

@@ -14,7 +14,10 @@
 #include <hiredis/async.h>
 
 
-/* llm_redis ADDRESS [prefix=] [sync=] [timeout=] [password=] [db=] */
+/*
+ * llm_redis ADDRESS [prefix=] [sync=] [timeout=] [password=] [db=]
+ *     [cluster]
+ */
 
 typedef struct {
     ngx_str_t                    address;   /* as written, for logs */
@@ -26,6 +29,7 @@ typedef struct {
     ngx_msec_t                   timeout;
     ngx_str_t                    password;  /* never logged */
     ngx_int_t                    db;        /* -1: no SELECT */
+    ngx_uint_t                   cluster;   /* a tick's calls by hash slot */
 } ngx_http_llm_redis_conf_t;
 
 

@@ -32,10 +32,17 @@
  *   once a second, EVAL: this node is alive in the sorted set
  *       {prefix:nodes} (and {prefix:nodes}:ids), how many are, its rank
  *
+ * With "cluster" (Redis Cluster, or a cluster-aware proxy) each command
+ * keeps to one hash slot: the EVALSHA goes once per busy route, its
+ * KEYS that route's keys, and the cooldown ends and the holds are read
+ * with an MGET each; the writes and the heartbeat are of one slot
+ * already.
+ *
  * and writes the sums into the zone: the budget then judges on the
  * cluster's counts plus what this node counted since (ngx_http_llm_zone.c).
  * Redis traffic depends on the number of nodes and on sync=, not on the
- * request rate; a node's calls a tick, not on its routes either.  Deltas
+ * request rate; a node's calls a tick, not on its routes either (with
+ * "cluster", on its busy routes).  Deltas
  * are taken from the zone (all workers' counts) under its mutex and
  * marked as sent before they are: a lost batch loses at most one tick
  * of counts (at most once, as Kong and LiteLLM do), and two syncers (an
@@ -569,7 +576,8 @@ failed:
 
 ngx_int_t
 ngx_http_llm_sync_command(ngx_http_llm_batch_t *batch, ngx_uint_t what,
-    int argc, const char **argv, const size_t *argvlen)
+    ngx_http_llm_sync_call_t *call, int argc, const char **argv,
+    const size_t *argvlen)
 {
     ngx_http_llm_sync_reply_t  *sr;
 
@@ -579,6 +587,7 @@ ngx_http_llm_sync_command(ngx_http_llm_batch_t *batch, ngx_uint_t what,
     }
 
     sr->batch = batch;
+    sr->call = call;
     sr->what = what;
 
     /* hiredis copies the arguments into its output buffer */
@@ -613,13 +622,14 @@ ngx_http_llm_sync_reply(redisAsyncContext *ac, void *r, void *data)
         batch->lost++;
 
     } else if (sr->what == NGX_HTTP_LLM_SYNC_SCRIPT
-               && ngx_http_llm_sync_script_again(batch, reply))
+               && ngx_http_llm_sync_script_again(sr->call, reply))
     {
         /* the same reply comes back to this callback */
 
         if (ngx_http_llm_redis_command(ngx_http_llm_sync_reply, sr,
-                                       (int) batch->argv.nelts,
-                                       batch->argv.elts, batch->argvlen.elts)
+                                       (int) sr->call->argv.nelts,
+                                       sr->call->argv.elts,
+                                       sr->call->argvlen.elts)
             == NGX_OK)
         {
             return;
@@ -636,7 +646,13 @@ ngx_http_llm_sync_reply(redisAsyncContext *ac, void *r, void *data)
         }
 
     } else if (sr->what == NGX_HTTP_LLM_SYNC_SCRIPT) {
-        ngx_http_llm_sync_script_got(batch, reply);
+        ngx_http_llm_sync_script_got(batch, sr->call, reply);
+
+    } else if (sr->what == NGX_HTTP_LLM_SYNC_COOLDOWNS) {
+        ngx_http_llm_sync_cooldowns_got(batch, reply);
+
+    } else if (sr->what == NGX_HTTP_LLM_SYNC_CANARIES) {
+        ngx_http_llm_sync_canaries_got(batch, reply);
 
     } else if (sr->what == NGX_HTTP_LLM_SYNC_NODES) {
         ngx_http_llm_sync_nodes(batch, reply);

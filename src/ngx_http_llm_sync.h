@@ -15,9 +15,10 @@
 
 /*
  * The syncer of llm_redis (design.md 4), in the worker that holds the
- * link: ngx_http_llm_sync.c ticks and sends a batch, the script call of
- * ngx_http_llm_sync_script.c carries the routes' counts and reads the
- * news, ngx_http_llm_sync_news.c writes and takes the cooldowns, the
+ * link: ngx_http_llm_sync.c ticks and sends a batch, the script calls of
+ * ngx_http_llm_sync_script.c carry the routes' counts and read the
+ * news (one call, or with llm_redis cluster one per hash slot),
+ * ngx_http_llm_sync_news.c writes and takes the cooldowns, the
  * canaries' holds and the nodes.
  */
 
@@ -25,6 +26,8 @@
 #define NGX_HTTP_LLM_SYNC_WRITE       0
 #define NGX_HTTP_LLM_SYNC_SCRIPT      1
 #define NGX_HTTP_LLM_SYNC_NODES       2
+#define NGX_HTTP_LLM_SYNC_COOLDOWNS   3   /* the MGETs of cluster mode */
+#define NGX_HTTP_LLM_SYNC_CANARIES    4
 
 /* a node that did not say it is alive for this long is not counted, ms */
 #define NGX_HTTP_LLM_SYNC_NODE_TTL    65000
@@ -60,6 +63,24 @@ typedef struct {
 } ngx_http_llm_sync_canary_t;
 
 
+/*
+ * A script call (or the MGET that stands for it): each has its own
+ * arguments, which go again as EVAL on NOSCRIPT, and its own routes,
+ * whose windows its reply holds
+ */
+
+typedef struct {
+    ngx_array_t                  routes;    /* of ngx_http_llm_sync_route_t *
+                                               in the call */
+    ngx_array_t                  argv;
+    ngx_array_t                  argvlen;
+    ngx_uint_t                   news;      /* reads the cooldowns and
+                                               holds first */
+    ngx_uint_t                   script;    /* the script, not an MGET */
+    ngx_uint_t                   evaled;    /* sent again as EVAL */
+} ngx_http_llm_sync_call_t;
+
+
 /* one pipeline in flight */
 
 typedef struct {
@@ -69,17 +90,12 @@ typedef struct {
     u_char                       error[96]; /* Redis' first error reply */
     size_t                       error_len;
     time_t                       now;       /* last second of the windows */
-    ngx_array_t                  routes;    /* of ngx_http_llm_sync_route_t *
-                                               in the script call */
-    ngx_array_t                  argv;      /* of the script call */
-    ngx_array_t                  argvlen;
-    ngx_uint_t                   script;    /* the script, not an MGET */
-    ngx_uint_t                   evaled;    /* sent again as EVAL */
 } ngx_http_llm_batch_t;
 
 
 typedef struct {
     ngx_http_llm_batch_t        *batch;
+    ngx_http_llm_sync_call_t    *call;      /* of a script call */
     ngx_uint_t                   what;      /* NGX_HTTP_LLM_SYNC_* */
 } ngx_http_llm_sync_reply_t;
 
@@ -110,20 +126,22 @@ extern ngx_http_llm_syncer_t  ngx_http_llm_syncer;
 
 /* ngx_http_llm_sync.c */
 ngx_int_t ngx_http_llm_sync_command(ngx_http_llm_batch_t *batch,
-    ngx_uint_t what, int argc, const char **argv, const size_t *argvlen);
+    ngx_uint_t what, ngx_http_llm_sync_call_t *call, int argc,
+    const char **argv, const size_t *argvlen);
 void ngx_http_llm_sync_error(ngx_http_llm_batch_t *batch, const char *err);
 ngx_atomic_int_t ngx_http_llm_sync_number(redisReply *reply);
 
 /* ngx_http_llm_sync_script.c */
 void ngx_http_llm_sync_script_init(void);
 ngx_int_t ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch);
-ngx_uint_t ngx_http_llm_sync_script_again(ngx_http_llm_batch_t *batch,
+ngx_uint_t ngx_http_llm_sync_script_again(ngx_http_llm_sync_call_t *call,
     redisReply *reply);
 void ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch,
-    redisReply *reply);
+    ngx_http_llm_sync_call_t *call, redisReply *reply);
 
 /* ngx_http_llm_sync_news.c */
 ngx_int_t ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch);
+ngx_int_t ngx_http_llm_sync_news_read(ngx_http_llm_batch_t *batch);
 void ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
     redisReply *reply);
 ngx_int_t ngx_http_llm_sync_canaries(ngx_http_llm_batch_t *batch);

@@ -14,8 +14,9 @@
 /*
  * The news of llm_redis (design.md 4): cooldowns and canaries' holds
  * this node began go out in the batch, before the script call that
- * reads every node's back (ngx_http_llm_sync_script.c); once a second
- * the node says it is alive and learns how many nodes are.
+ * reads every node's back (ngx_http_llm_sync_script.c), or in cluster
+ * mode two MGETs, one a slot; once a second the node says it is alive
+ * and learns how many nodes are.
  */
 
 
@@ -25,6 +26,10 @@
  * (now + the target's llm_cooldown max=): a far-future value, planted or
  * left by a node with a larger max, is replaced.
  */
+
+static ngx_int_t ngx_http_llm_sync_mget(ngx_http_llm_batch_t *batch,
+    ngx_uint_t what, ngx_str_t *keys, size_t size, ngx_uint_t n);
+
 
 static const char  ngx_http_llm_cooldown_script[] =
     "local u = tonumber(redis.call('GET', KEYS[1]) or '0') "
@@ -55,7 +60,10 @@ static const char  ngx_http_llm_nodes_script[] =
 
 
 
-/* cooldowns that began here go out (the script reads every target's) */
+/*
+ * Cooldowns that began here go out (the script, or in cluster mode an
+ * MGET, reads every target's): one key each
+ */
 
 ngx_int_t
 ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch)
@@ -115,7 +123,7 @@ ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch)
         eval[6] = (char *) limit;
         eval_len[6] = ngx_sprintf(limit, "%M", now + cap) - limit;
 
-        if (ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_WRITE,
+        if (ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_WRITE, NULL,
                                       7, eval, eval_len)
             != NGX_OK)
         {
@@ -124,6 +132,73 @@ ngx_http_llm_sync_cooldowns(ngx_http_llm_batch_t *batch)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Redis Cluster: the cooldown ends and the holds are read with an MGET
+ * each, of one slot ({prefix:cd}, {prefix:canary}), not in a script call
+ */
+
+ngx_int_t
+ngx_http_llm_sync_news_read(ngx_http_llm_batch_t *batch)
+{
+    ngx_http_llm_syncer_t  *sy;
+
+    sy = &ngx_http_llm_syncer;
+
+    if (ngx_http_llm_sync_mget(batch, NGX_HTTP_LLM_SYNC_COOLDOWNS,
+                               &((ngx_http_llm_sync_target_t *)
+                                 sy->targets.elts)->key,
+                               sizeof(ngx_http_llm_sync_target_t),
+                               sy->targets.nelts)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_llm_sync_mget(batch, NGX_HTTP_LLM_SYNC_CANARIES,
+                                  &((ngx_http_llm_sync_canary_t *)
+                                    sy->canaries.elts)->key,
+                                  sizeof(ngx_http_llm_sync_canary_t),
+                                  sy->canaries.nelts);
+}
+
+
+/* an MGET of keys of one slot: n of them, size bytes apart */
+
+static ngx_int_t
+ngx_http_llm_sync_mget(ngx_http_llm_batch_t *batch, ngx_uint_t what,
+    ngx_str_t *keys, size_t size, ngx_uint_t n)
+{
+    size_t       *argvlen;
+    ngx_str_t    *key;
+    ngx_uint_t    i;
+    const char  **argv;
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    argv = ngx_palloc(batch->pool, (n + 1) * sizeof(char *));
+    argvlen = ngx_palloc(batch->pool, (n + 1) * sizeof(size_t));
+
+    if (argv == NULL || argvlen == NULL) {
+        return NGX_ERROR;
+    }
+
+    argv[0] = "MGET";
+    argvlen[0] = sizeof("MGET") - 1;
+
+    for (i = 0; i < n; i++) {
+        key = (ngx_str_t *) ((u_char *) keys + i * size);
+
+        argv[i + 1] = (char *) key->data;
+        argvlen[i + 1] = key->len;
+    }
+
+    return ngx_http_llm_sync_command(batch, what, NULL, (int) n + 1, argv,
+                                     argvlen);
 }
 
 
@@ -151,7 +226,7 @@ ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
     if (reply->type != REDIS_REPLY_ARRAY
         || reply->elements != sy->targets.nelts)
     {
-        ngx_http_llm_sync_error(batch, "unexpected script reply");
+        ngx_http_llm_sync_error(batch, "unexpected reply");
         return;
     }
 
@@ -201,7 +276,8 @@ ngx_http_llm_sync_cooldowns_got(ngx_http_llm_batch_t *batch,
 
 
 /*
- * Holds this node took go out (the script reads every canary's).  A hold is
+ * Holds this node took go out (the script, or in cluster mode an MGET,
+ * reads every canary's).  A hold is
  * written once (and again if Redis lost it), marked as sent before it
  * is: a lost batch leaves it out until Redis is read without it.
  */
@@ -259,7 +335,7 @@ ngx_http_llm_sync_canaries(ngx_http_llm_batch_t *batch)
                                  n->hold_attempts, n->hold_failures)
                      - value;
 
-        if (ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_WRITE,
+        if (ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_WRITE, NULL,
                                       5, set, set_len)
             != NGX_OK)
         {
@@ -296,7 +372,7 @@ ngx_http_llm_sync_canaries_got(ngx_http_llm_batch_t *batch,
     if (reply->type != REDIS_REPLY_ARRAY
         || reply->elements != sy->canaries.nelts)
     {
-        ngx_http_llm_sync_error(batch, "unexpected script reply");
+        ngx_http_llm_sync_error(batch, "unexpected reply");
         return;
     }
 
@@ -392,7 +468,9 @@ ngx_http_llm_sync_alive(ngx_http_llm_batch_t *batch)
     argv[7] = (char *) last;
     argvlen[7] = ngx_sprintf(last, "%d", NGX_HTTP_LLM_SYNC_NODE_TTL) - last;
 
-    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_NODES,
+    /* both keys are in the slot of {prefix:nodes}, cluster or not */
+
+    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_NODES, NULL,
                                      8, argv, argvlen);
 }
 

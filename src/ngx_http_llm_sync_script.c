@@ -13,34 +13,45 @@
 
 
 /*
- * The script call of a batch (design.md 4): one EVALSHA a tick, whatever
- * the number of routes, that adds this node's deltas of every busy route
- * to the per-second keys and returns the fleet's sums of the seconds the
- * node reads, with the cooldowns and the canaries' holds of all nodes.
+ * The script calls of a batch (design.md 4).  One Lua script adds this
+ * node's deltas of busy routes to the per-second keys and returns the
+ * fleet's sums of the seconds the node reads:
  *
- *   KEYS   the cooldown keys, then the canary keys
- *   ARGV   now (Unix seconds), then for each route this node counted in
- *          within its window: "{prefix:route}", TTL (ms), seconds to
- *          read, deltas, then per delta: "r" or "x" and its age (seconds
- *          before now, "r0"), the delta
+ *   KEYS   keys to read back first, then keys only declared
+ *   ARGV   now (Unix seconds), how many of KEYS to read back, then for
+ *          each route this node counted in within its window:
+ *          "{prefix:route}", TTL (ms), seconds to read, deltas, then per
+ *          delta: "r" or "x" and its age (seconds before now, "r0"), the
+ *          delta
  *
- * It returns one MGET's values: the cooldown ends, the canaries' holds,
- * then per route r1..rN and x1..xN, oldest second first (an MGET of 4000
- * keys at most, under Lua's unpack limit).  A key's PEXPIRE comes with
- * the write that made it, whichever node's: one a key, not one a key and
- * node.  The keys of the counts are built in the script, each suffix
- * once a call, so the call stays short.  It needs one Redis server (no
- * Redis Cluster: the keys are in several slots), as the module always
- * did.  Redis runs a script whole: a tick's writes and reads are one
- * step for the others.  A tick with no busy route sends a plain MGET of
- * the KEYS, whose reply is laid out alike.
+ * It returns one MGET's values: the keys read back, then per route
+ * r1..rN and x1..xN, oldest second first (an MGET of 4000 keys at most,
+ * under Lua's unpack limit).  A key's PEXPIRE comes with the write that
+ * made it, whichever node's: one a key, not one a key and node.  The
+ * keys of the counts are built in the script, each suffix once a call,
+ * so the call stays short.  Redis runs a script whole: a call's writes
+ * and reads are one step for the others.
+ *
+ * One Redis server: one EVALSHA a tick, whatever the number of routes;
+ * KEYS are the cooldown and canary keys, all read back.  A tick with no
+ * busy route sends a plain MGET of them, whose reply is laid out alike.
+ *
+ * Redis Cluster ("cluster"): every call keeps to one hash slot, so that
+ * a cluster-aware proxy routes it by its first key and Redis' CROSSSLOT
+ * check holds.  An MGET of the cooldown keys ({prefix:cd}), one of the
+ * canary keys ({prefix:canary}), and an EVALSHA per busy route, whose
+ * KEYS declare every key the script touches, all in "{prefix:route}",
+ * none read back: the seconds it reads, then those it writes older than
+ * these.  Declared keys also let Redis redirect a call during a slot's
+ * migration rather than run it on a node that lacks some of them.
  */
 
 
 static const char  ngx_http_llm_sync_lua[] =
-    "local now, ks, wx, rx = tonumber(ARGV[1]), {}, {}, {} "
-    "for j = 1, #KEYS do ks[j] = KEYS[j] end "
-    "local c, i, m = #KEYS, 2, #ARGV "
+    "local now, c = tonumber(ARGV[1]), tonumber(ARGV[2]) "
+    "local ks, wx, rx = {}, {}, {} "
+    "for j = 1, c do ks[j] = KEYS[j] end "
+    "local i, m = 3, #ARGV "
     "while i <= m do "
     "local tag, ttl = ARGV[i], ARGV[i + 1] "
     "local read, n = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) "
@@ -73,9 +84,15 @@ static const char  ngx_http_llm_sync_lua[] =
     "return v";
 
 
+static ngx_int_t ngx_http_llm_sync_one(ngx_http_llm_batch_t *batch);
+static ngx_int_t ngx_http_llm_sync_slots(ngx_http_llm_batch_t *batch);
+static ngx_int_t ngx_http_llm_sync_declared(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *args, ngx_http_llm_sync_route_t *route);
+static ngx_http_llm_sync_call_t *ngx_http_llm_sync_call(
+    ngx_http_llm_batch_t *batch, ngx_uint_t n);
 static ngx_int_t ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_route_t *route);
-static ngx_int_t ngx_http_llm_sync_arg(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call, ngx_http_llm_sync_route_t *route);
+static ngx_int_t ngx_http_llm_sync_arg(ngx_http_llm_sync_call_t *call,
     u_char *arg, size_t len);
 static void ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_route_t *route, redisReply *reply);
@@ -101,25 +118,33 @@ ngx_http_llm_sync_script_init(void)
 ngx_int_t
 ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
 {
-    u_char                      *p;
+    if (ngx_http_llm_syncer.conf->cluster) {
+        return ngx_http_llm_sync_slots(batch);
+    }
+
+    return ngx_http_llm_sync_one(batch);
+}
+
+
+/* one Redis server: one call a tick */
+
+static ngx_int_t
+ngx_http_llm_sync_one(ngx_http_llm_batch_t *batch)
+{
+    u_char                      *p, *keys, *last;
     size_t                      *argvlen;
     ngx_uint_t                   i;
     const char                 **argv;
     ngx_http_llm_syncer_t       *sy;
+    ngx_http_llm_sync_call_t    *call;
     ngx_http_llm_sync_route_t   *route;
     ngx_http_llm_sync_target_t  *st;
     ngx_http_llm_sync_canary_t  *sc;
 
     sy = &ngx_http_llm_syncer;
 
-    if (ngx_array_init(&batch->argv, batch->pool, 64, sizeof(char *))
-        != NGX_OK
-        || ngx_array_init(&batch->argvlen, batch->pool, 64, sizeof(size_t))
-           != NGX_OK
-        || ngx_array_init(&batch->routes, batch->pool, 4,
-                          sizeof(ngx_http_llm_sync_route_t *))
-           != NGX_OK)
-    {
+    call = ngx_http_llm_sync_call(batch, 64);
+    if (call == NULL) {
         return NGX_ERROR;
     }
 
@@ -128,12 +153,14 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
         return NGX_ERROR;
     }
 
-    if (ngx_http_llm_sync_arg(batch, (u_char *) "EVALSHA", 7) != NGX_OK
-        || ngx_http_llm_sync_arg(batch, sy->sha, sizeof(sy->sha)) != NGX_OK
-        || ngx_http_llm_sync_arg(batch, p, ngx_sprintf(p, "%ui",
-                                 sy->targets.nelts + sy->canaries.nelts)
-                                 - p)
-           != NGX_OK)
+    /* the number of keys, which are all read back */
+
+    keys = p;
+    last = ngx_sprintf(keys, "%ui", sy->targets.nelts + sy->canaries.nelts);
+
+    if (ngx_http_llm_sync_arg(call, (u_char *) "EVALSHA", 7) != NGX_OK
+        || ngx_http_llm_sync_arg(call, sy->sha, sizeof(sy->sha)) != NGX_OK
+        || ngx_http_llm_sync_arg(call, keys, last - keys) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -143,7 +170,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
     sc = sy->canaries.elts;
 
     for (i = 0; i < sy->targets.nelts; i++) {
-        if (ngx_http_llm_sync_arg(batch, st[i].key.data, st[i].key.len)
+        if (ngx_http_llm_sync_arg(call, st[i].key.data, st[i].key.len)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -151,15 +178,16 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
     }
 
     for (i = 0; i < sy->canaries.nelts; i++) {
-        if (ngx_http_llm_sync_arg(batch, sc[i].key.data, sc[i].key.len)
+        if (ngx_http_llm_sync_arg(call, sc[i].key.data, sc[i].key.len)
             != NGX_OK)
         {
             return NGX_ERROR;
         }
     }
 
-    if (ngx_http_llm_sync_arg(batch, p, ngx_sprintf(p, "%T", batch->now) - p)
-        != NGX_OK)
+    if (ngx_http_llm_sync_arg(call, p, ngx_sprintf(p, "%T", batch->now) - p)
+        != NGX_OK
+        || ngx_http_llm_sync_arg(call, keys, last - keys) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -167,18 +195,20 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
     route = sy->routes.elts;
 
     for (i = 0; i < sy->routes.nelts; i++) {
-        if (ngx_http_llm_sync_script_route(batch, &route[i]) != NGX_OK) {
+        if (ngx_http_llm_sync_script_route(batch, call, &route[i]) != NGX_OK)
+        {
             return NGX_ERROR;
         }
     }
 
-    batch->script = (batch->routes.nelts > 0);
+    call->news = 1;
+    call->script = (call->routes.nelts > 0);
 
-    if (batch->script) {
-        return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT,
-                                         (int) batch->argv.nelts,
-                                         batch->argv.elts,
-                                         batch->argvlen.elts);
+    if (call->script) {
+        return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT, call,
+                                         (int) call->argv.nelts,
+                                         call->argv.elts,
+                                         call->argvlen.elts);
     }
 
     /* no busy route: an MGET of the keys, its reply laid out alike */
@@ -187,16 +217,212 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
         return NGX_OK;
     }
 
-    argv = batch->argv.elts;
-    argvlen = batch->argvlen.elts;
+    argv = call->argv.elts;
+    argvlen = call->argvlen.elts;
 
     argv[2] = "MGET";
     argvlen[2] = sizeof("MGET") - 1;
 
-    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT,
+    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT, call,
                                      (int) (1 + sy->targets.nelts
                                             + sy->canaries.nelts),
                                      &argv[2], &argvlen[2]);
+}
+
+
+/*
+ * Redis Cluster: a call per hash slot that has work, the cooldowns',
+ * the canaries', and each busy route's
+ */
+
+static ngx_int_t
+ngx_http_llm_sync_slots(ngx_http_llm_batch_t *batch)
+{
+    ngx_uint_t                  i;
+    ngx_http_llm_syncer_t      *sy;
+    ngx_http_llm_sync_call_t   *args;
+    ngx_http_llm_sync_route_t  *route;
+
+    sy = &ngx_http_llm_syncer;
+
+    if (ngx_http_llm_sync_news_read(batch) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* a route's arguments, taken here, then copied into its own call */
+
+    args = ngx_http_llm_sync_call(batch, 16);
+    if (args == NULL) {
+        return NGX_ERROR;
+    }
+
+    route = sy->routes.elts;
+
+    for (i = 0; i < sy->routes.nelts; i++) {
+        args->argv.nelts = 0;
+        args->argvlen.nelts = 0;
+        args->routes.nelts = 0;
+
+        if (ngx_http_llm_sync_script_route(batch, args, &route[i]) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (args->routes.nelts == 0) {
+            continue;
+        }
+
+        if (ngx_http_llm_sync_declared(batch, args, &route[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A busy route's call in cluster mode: its KEYS are every key the script
+ * reads or writes, all in the route's slot, none read back
+ */
+
+static ngx_int_t
+ngx_http_llm_sync_declared(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *args, ngx_http_llm_sync_route_t *route)
+{
+    u_char                     **a, *p, *last, *now;
+    size_t                      *al, len;
+    ngx_int_t                    age;
+    ngx_uint_t                   i, k, n, read, keys;
+    ngx_http_llm_syncer_t       *sy;
+    ngx_http_llm_sync_call_t    *call;
+    ngx_http_llm_sync_route_t  **rp;
+
+    sy = &ngx_http_llm_syncer;
+
+    a = args->argv.elts;
+    al = args->argvlen.elts;
+
+    /* "{prefix:route}", TTL, seconds to read, deltas, then pairs */
+
+    read = route->read;
+    n = (args->argv.nelts - 4) / 2;
+
+    call = ngx_http_llm_sync_call(batch, 6 + 2 * read + 3 * n);
+    if (call == NULL) {
+        return NGX_ERROR;
+    }
+
+    len = route->tag.len + sizeof(":r:") - 1 + NGX_TIME_T_LEN;
+
+    p = ngx_pnalloc(batch->pool, (2 * read + n) * len + 3 * NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_llm_sync_arg(call, (u_char *) "EVALSHA", 7) != NGX_OK
+        || ngx_http_llm_sync_arg(call, sy->sha, sizeof(sy->sha)) != NGX_OK
+        || ngx_http_llm_sync_arg(call, NULL, 0) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* the seconds read, r then x, oldest first, as the script reads them */
+
+    for (k = 0; k < 2; k++) {
+        for (i = read; i > 0; i--) {
+            last = ngx_sprintf(p, "%V:%c:%T", &route->tag, k ? 'x' : 'r',
+                               batch->now - (time_t) (i - 1));
+
+            if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            p = last;
+        }
+    }
+
+    /* the seconds written that are not read: after an outage, say */
+
+    for (i = 0; i < n; i++) {
+        age = ngx_atoi(a[4 + 2 * i] + 1, al[4 + 2 * i] - 1);
+
+        if (age == NGX_ERROR || (ngx_uint_t) age < read) {
+            continue;
+        }
+
+        last = ngx_sprintf(p, "%V:%c:%T", &route->tag, a[4 + 2 * i][0],
+                           batch->now - (time_t) age);
+
+        if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        p = last;
+    }
+
+    keys = call->argv.nelts - 3;
+
+    now = p;
+    last = ngx_sprintf(now, "%ui", keys);
+
+    ((u_char **) call->argv.elts)[2] = now;
+    ((size_t *) call->argvlen.elts)[2] = last - now;
+
+    /* ARGV: now, none of KEYS read back, the route's arguments */
+
+    now = last;
+    last = ngx_sprintf(now, "%T", batch->now);
+
+    if (ngx_http_llm_sync_arg(call, now, last - now) != NGX_OK
+        || ngx_http_llm_sync_arg(call, (u_char *) "0", 1) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < args->argv.nelts; i++) {
+        if (ngx_http_llm_sync_arg(call, a[i], al[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    rp = ngx_array_push(&call->routes);
+    if (rp == NULL) {
+        return NGX_ERROR;
+    }
+
+    *rp = route;
+
+    call->script = 1;
+
+    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT, call,
+                                     (int) call->argv.nelts, call->argv.elts,
+                                     call->argvlen.elts);
+}
+
+
+static ngx_http_llm_sync_call_t *
+ngx_http_llm_sync_call(ngx_http_llm_batch_t *batch, ngx_uint_t n)
+{
+    ngx_http_llm_sync_call_t  *call;
+
+    call = ngx_pcalloc(batch->pool, sizeof(ngx_http_llm_sync_call_t));
+    if (call == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&call->argv, batch->pool, n, sizeof(char *))
+        != NGX_OK
+        || ngx_array_init(&call->argvlen, batch->pool, n, sizeof(size_t))
+           != NGX_OK
+        || ngx_array_init(&call->routes, batch->pool, 4,
+                          sizeof(ngx_http_llm_sync_route_t *))
+           != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return call;
 }
 
 
@@ -208,7 +434,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
 
 static ngx_int_t
 ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_route_t *route)
+    ngx_http_llm_sync_call_t *call, ngx_http_llm_sync_route_t *route)
 {
     u_char                      *p, *last;
     time_t                       sec;
@@ -225,10 +451,10 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
 
     /* "{prefix:route}", TTL, seconds to read, deltas: filled in below */
 
-    at = batch->argv.nelts;
+    at = call->argv.nelts;
 
     for (i = 0; i < 4; i++) {
-        if (ngx_http_llm_sync_arg(batch, NULL, 0) != NGX_OK) {
+        if (ngx_http_llm_sync_arg(call, NULL, 0) != NGX_OK) {
             return NGX_ERROR;
         }
     }
@@ -278,8 +504,8 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
             last = ngx_sprintf(p, "%c%ui",
                                k == NGX_HTTP_LLM_REQUESTS ? 'r' : 'x', i);
 
-            if (ngx_http_llm_sync_arg(batch, p, last - p) != NGX_OK
-                || ngx_http_llm_sync_arg(batch, last,
+            if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK
+                || ngx_http_llm_sync_arg(call, last,
                                          ngx_sprintf(last, "%A", d) - last)
                    != NGX_OK)
             {
@@ -302,8 +528,8 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
      */
 
     if (!counted) {
-        batch->argv.nelts = at;
-        batch->argvlen.nelts = at;
+        call->argv.nelts = at;
+        call->argvlen.nelts = at;
         return NGX_OK;
     }
 
@@ -328,8 +554,8 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
         return NGX_ERROR;
     }
 
-    argv = batch->argv.elts;
-    argvlen = batch->argvlen.elts;
+    argv = call->argv.elts;
+    argvlen = call->argvlen.elts;
 
     argv[at] = route->tag.data;
     argvlen[at] = route->tag.len;
@@ -347,7 +573,7 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
     argv[at + 3] = p;
     argvlen[at + 3] = ngx_sprintf(p, "%ui", n) - p;
 
-    rp = ngx_array_push(&batch->routes);
+    rp = ngx_array_push(&call->routes);
     if (rp == NULL) {
         return NGX_ERROR;
     }
@@ -359,13 +585,14 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
 
 
 static ngx_int_t
-ngx_http_llm_sync_arg(ngx_http_llm_batch_t *batch, u_char *arg, size_t len)
+ngx_http_llm_sync_arg(ngx_http_llm_sync_call_t *call, u_char *arg,
+    size_t len)
 {
     u_char  **a;
     size_t   *l;
 
-    a = ngx_array_push(&batch->argv);
-    l = ngx_array_push(&batch->argvlen);
+    a = ngx_array_push(&call->argv);
+    l = ngx_array_push(&call->argvlen);
 
     if (a == NULL || l == NULL) {
         return NGX_ERROR;
@@ -381,26 +608,26 @@ ngx_http_llm_sync_arg(ngx_http_llm_batch_t *batch, u_char *arg, size_t len)
 /*
  * NOSCRIPT: a Redis restarted, or its scripts flushed, since it last
  * ran the script: the call goes again as EVAL, which loads it for the
- * next ticks' EVALSHA.  Once a batch.
+ * next ticks' EVALSHA.  Once a call.
  */
 
 ngx_uint_t
-ngx_http_llm_sync_script_again(ngx_http_llm_batch_t *batch,
+ngx_http_llm_sync_script_again(ngx_http_llm_sync_call_t *call,
     redisReply *reply)
 {
     const char  **argv;
     size_t       *argvlen;
 
-    if (reply->type != REDIS_REPLY_ERROR || !batch->script || batch->evaled
+    if (reply->type != REDIS_REPLY_ERROR || !call->script || call->evaled
         || reply->len < 8 || ngx_strncmp(reply->str, "NOSCRIPT", 8) != 0)
     {
         return 0;
     }
 
-    batch->evaled = 1;
+    call->evaled = 1;
 
-    argv = batch->argv.elts;
-    argvlen = batch->argvlen.elts;
+    argv = call->argv.elts;
+    argvlen = call->argvlen.elts;
 
     argv[0] = "EVAL";
     argvlen[0] = sizeof("EVAL") - 1;
@@ -412,12 +639,14 @@ ngx_http_llm_sync_script_again(ngx_http_llm_batch_t *batch,
 
 
 /*
- * The cooldown ends, the holds, then each route's r1..rN x1..xN: each
- * part handed on as an array of its own (a view into the reply)
+ * The cooldown ends and the holds (when the call read them), then each
+ * route's r1..rN x1..xN: each part handed on as an array of its own (a
+ * view into the reply)
  */
 
 void
-ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch, redisReply *reply)
+ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call, redisReply *reply)
 {
     size_t                       n;
     ngx_uint_t                   i;
@@ -426,11 +655,11 @@ ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch, redisReply *reply)
     ngx_http_llm_sync_route_t  **route;
 
     sy = &ngx_http_llm_syncer;
-    route = batch->routes.elts;
+    route = call->routes.elts;
 
-    n = sy->targets.nelts + sy->canaries.nelts;
+    n = call->news ? sy->targets.nelts + sy->canaries.nelts : 0;
 
-    for (i = 0; i < batch->routes.nelts; i++) {
+    for (i = 0; i < call->routes.nelts; i++) {
         n += 2 * route[i]->read;
     }
 
@@ -442,20 +671,26 @@ ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch, redisReply *reply)
     ngx_memzero(&part, sizeof(redisReply));
     part.type = REDIS_REPLY_ARRAY;
     part.element = reply->element;
-    part.elements = sy->targets.nelts;
 
-    ngx_http_llm_sync_cooldowns_got(batch, &part);
+    if (call->news) {
+        part.elements = sy->targets.nelts;
 
-    part.element += part.elements;
-    part.elements = sy->canaries.nelts;
+        ngx_http_llm_sync_cooldowns_got(batch, &part);
 
-    ngx_http_llm_sync_canaries_got(batch, &part);
-
-    for (i = 0; i < batch->routes.nelts; i++) {
         part.element += part.elements;
+        part.elements = sy->canaries.nelts;
+
+        ngx_http_llm_sync_canaries_got(batch, &part);
+
+        part.element += part.elements;
+    }
+
+    for (i = 0; i < call->routes.nelts; i++) {
         part.elements = 2 * route[i]->read;
 
         ngx_http_llm_sync_window(batch, route[i], &part);
+
+        part.element += part.elements;
     }
 }
 

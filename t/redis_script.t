@@ -197,7 +197,12 @@ cmp_ok($after->{evalsha}, '>', $before->{evalsha},
     # each route has its view: the next request is judged on it
     http_post("/w$_/v1/chat/completions?id=w2", $BODY, port => $port)
         for 1 .. 140;
-    my @src = grep { /^w2\|/ } split /\n/, $t->read_file('logs/src.log');
+    # a line may come just after the answer
+    my @src;
+    wait_until(sub {
+        @src = grep { /^w2\|/ } split /\n/, $t->read_file('logs/src.log');
+        return @src >= 140;
+    }, 3);
     is(scalar(grep { $_ eq 'w2|cluster' } @src), 140,
        'each judged on the cluster\'s view');
 }
