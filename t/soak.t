@@ -614,7 +614,9 @@ for my $i (0 .. $#decisions) {
             my $dj = $decisions[$j]{d};
             $x++ if $dj <= $d - 0.05 && $dj >= $ws + 0.05;
         }
-        my $r = grep { $_ >= $ws - 0.3 && $_ <= $d + 0.05 } @req_starts;
+        # the window slides by the millisecond: the second before it
+        # still counts for a part (llm_retry_budget), at most all of it
+        my $r = grep { $_ >= $ws - 1.3 && $_ <= $d + 0.05 } @req_starts;
         # in thousandths, as the module counts (ratio=0.1 is 100)
         my $allow = $MIN * $WINDOW * 1000 + int($RATIO * 1000 + 0.5) * $r;
         my $use = $x * 1000 / ($allow || 1);
