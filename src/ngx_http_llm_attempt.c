@@ -93,16 +93,10 @@ ngx_http_llm_attempt_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    at = ngx_array_push(&ctx->tried);
+    at = ngx_http_llm_plan_record(ctx, target, 0);
     if (at == NULL) {
         return NGX_ERROR;
     }
-
-    at->target = target;
-    at->status = 0;
-    at->error = NGX_HTTP_LLM_ERR_NONE;
-    at->time = 0;
-    at->skipped = 0;
 
     ngx_http_llm_count_attempt(ctx, target);
 

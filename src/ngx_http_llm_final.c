@@ -218,9 +218,9 @@ ngx_http_llm_replay(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 ngx_int_t
 ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
+    static ngx_str_t  provider[] = {
+        ngx_string("x-should-retry"), ngx_null_string
+    };
 
     if (!ctx->retried
         && ctx->decision != NGX_HTTP_LLM_DECISION_EXHAUSTED
@@ -232,28 +232,7 @@ ngx_http_llm_no_retry_header(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     /* the provider's own x-should-retry is the gateway's to answer now */
 
-    part = &r->headers_out.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("x-should-retry") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "x-should-retry",
-                               h[i].key.len) == 0)
-        {
-            h[i].hash = 0;
-        }
-    }
+    ngx_http_llm_hide_headers(&r->headers_out.headers, provider);
 
     return ngx_http_llm_add_header(r, "x-should-retry", (u_char *) "false",
                                    sizeof("false") - 1);
@@ -274,11 +253,14 @@ ngx_int_t
 ngx_http_llm_response_headers(ngx_http_request_t *r)
 {
     u_char                   *p;
-    ngx_uint_t                i, attempts, fallback;
-    ngx_list_part_t          *part;
-    ngx_table_elt_t          *h;
+    ngx_uint_t                attempts, fallback;
     ngx_http_llm_ctx_t       *ctx;
     ngx_http_llm_loc_conf_t  *llcf;
+
+    static ngx_str_t  ours[] = {
+        ngx_string("x-llm-attempts"), ngx_string("x-llm-fallback"),
+        ngx_null_string
+    };
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
     llcf = ctx ? ctx->conf
@@ -291,32 +273,7 @@ ngx_http_llm_response_headers(ngx_http_request_t *r)
     attempts = ctx ? ctx->attempts : 0;
     fallback = ctx && ctx->target && ctx->target->fallback;
 
-    part = &r->headers_out.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if ((h[i].key.len == sizeof("x-llm-attempts") - 1
-             && ngx_strncasecmp(h[i].key.data, (u_char *) "x-llm-attempts",
-                                h[i].key.len) == 0)
-            || (h[i].key.len == sizeof("x-llm-fallback") - 1
-                && ngx_strncasecmp(h[i].key.data,
-                                   (u_char *) "x-llm-fallback",
-                                   h[i].key.len) == 0))
-        {
-            h[i].hash = 0;
-        }
-    }
+    ngx_http_llm_hide_headers(&r->headers_out.headers, ours);
 
     p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
     if (p == NULL) {
@@ -332,6 +289,43 @@ ngx_http_llm_response_headers(ngx_http_request_t *r)
 
     return ngx_http_llm_add_header(r, "x-llm-fallback",
                                    (u_char *) (fallback ? "1" : "0"), 1);
+}
+
+
+/* hides the headers of the names given (to a null string) in a list */
+
+void
+ngx_http_llm_hide_headers(ngx_list_t *headers, ngx_str_t *names)
+{
+    ngx_str_t        *name;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &headers->part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        for (name = names; name->len; name++) {
+            if (h[i].key.len == name->len
+                && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
+            {
+                h[i].hash = 0;
+                break;
+            }
+        }
+    }
 }
 
 

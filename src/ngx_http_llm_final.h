@@ -21,6 +21,7 @@ ngx_int_t ngx_http_llm_add_header(ngx_http_request_t *r, char *key,
     u_char *value, size_t len);
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, const char *message, const char *code);
+void ngx_http_llm_hide_headers(ngx_list_t *headers, ngx_str_t *names);
 ngx_uint_t ngx_http_llm_error_page(ngx_http_request_t *r, ngx_uint_t status);
 ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
     ngx_buf_t *b);

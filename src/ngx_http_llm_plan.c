@@ -203,16 +203,10 @@ ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx)
             return target;
         }
 
-        at = ngx_array_push(&ctx->tried);
+        at = ngx_http_llm_plan_record(ctx, target, 1);
         if (at == NULL) {
             return NULL;
         }
-
-        at->target = target;
-        at->status = 0;
-        at->error = NGX_HTTP_LLM_ERR_NONE;
-        at->time = 0;
-        at->skipped = 1;
 
         if (cooling) {
             ngx_http_llm_count(target->node, skipped, 1);
@@ -225,6 +219,29 @@ ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx)
         ctx->step++;
         ctx->step_tries = 0;
     }
+}
+
+
+/* the record of a target tried or skipped, for the $llm_attempt_* lists */
+
+ngx_http_llm_attempt_t *
+ngx_http_llm_plan_record(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target, ngx_uint_t skipped)
+{
+    ngx_http_llm_attempt_t  *at;
+
+    at = ngx_array_push(&ctx->tried);
+    if (at == NULL) {
+        return NULL;
+    }
+
+    at->target = target;
+    at->status = 0;
+    at->error = NGX_HTTP_LLM_ERR_NONE;
+    at->time = 0;
+    at->skipped = skipped;
+
+    return at;
 }
 
 

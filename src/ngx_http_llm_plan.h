@@ -27,6 +27,8 @@ ngx_http_llm_target_t *ngx_http_llm_plan_skip(ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_outage(ngx_http_llm_ctx_t *ctx, ngx_uint_t outage,
     ngx_uint_t on);
 ngx_msec_int_t ngx_http_llm_retry_after(ngx_http_request_t *sr);
+ngx_http_llm_attempt_t *ngx_http_llm_plan_record(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_target_t *target, ngx_uint_t skipped);
 
 
 #endif /* _NGX_HTTP_LLM_PLAN_H_INCLUDED_ */
