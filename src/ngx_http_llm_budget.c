@@ -61,16 +61,13 @@ ngx_http_llm_retry_budget(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         if (ngx_strncmp(value[i].data, "ratio=", 6) == 0) {
 
-            n = ngx_atofp(value[i].data + 6, value[i].len - 6, 3);
-
-            if (n == NGX_ERROR || n > 1000) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid ratio \"%V\", it must be "
-                                   "between 0 and 1", &value[i]);
+            if (ngx_http_llm_ratio(cf, &value[i], sizeof("ratio=") - 1,
+                                   &llcf->budget_ratio)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
 
-            llcf->budget_ratio = n;
             continue;
         }
 
@@ -124,6 +121,29 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
+}
+
+
+/* NAME=RATIO from 0 to 1, in thousandths: ratio= and errors= */
+
+ngx_int_t
+ngx_http_llm_ratio(ngx_conf_t *cf, ngx_str_t *param, size_t skip,
+    ngx_uint_t *thousandths)
+{
+    ngx_int_t  n;
+
+    n = ngx_atofp(param->data + skip, param->len - skip, 3);
+
+    if (n == NGX_ERROR || n > 1000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid ratio \"%V\", it must be "
+                           "between 0 and 1", param);
+        return NGX_ERROR;
+    }
+
+    *thousandths = n;
+
+    return NGX_OK;
 }
 
 

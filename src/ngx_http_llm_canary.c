@@ -58,16 +58,13 @@ ngx_http_llm_canary(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         if (ngx_strncmp(value[i].data, "errors=", 7) == 0) {
 
-            n = ngx_atofp(value[i].data + 7, value[i].len - 7, 3);
-
-            if (n == NGX_ERROR || n > 1000) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid ratio \"%V\", it must be "
-                                   "between 0 and 1", &value[i]);
+            if (ngx_http_llm_ratio(cf, &value[i], sizeof("errors=") - 1,
+                                   &llcf->canary_errors)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
 
-            llcf->canary_errors = n;
             continue;
         }
 
