@@ -63,33 +63,9 @@ http {
 EOF
 }
 
-sub line_of {
-    my ($re) = @_;
-    my @lines = split /\n/, $t->read_file('nginx.conf');
-    for my $i (0 .. $#lines) {
-        return $i + 1 if $lines[$i] =~ $re;
-    }
-    return 0;
-}
-
-sub fails {
-    my ($name, $message, $line) = @_;
-    my ($ok, $out) = $t->test_config;
-
-    ok(!$ok, "$name: nginx -t fails");
-
-    my $where = defined $line ? " in $file:$line" : '';
-    like($out, qr/^nginx: \[emerg\] \Q$message$where\E$/m,
-         "$name: message") or diag($out);
-}
-
-sub passes {
-    my ($name) = @_;
-    my ($ok, $out) = $t->test_config;
-
-    ok($ok, "$name: nginx -t passes") or diag($out);
-    unlike($out, qr/\[(?:emerg|warn|alert)\]/, "$name: no complaints");
-}
+sub line_of { $t->conf_line(@_) }
+sub fails { $t->config_fails(@_) }
+sub passes { $t->config_passes(@_) }
 
 # a catalog file with the given text, used by a target
 sub catalog_file {

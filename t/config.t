@@ -50,27 +50,8 @@ http {
 EOF
 }
 
-# line number (in the written nginx.conf) of the n-th line matching $re
-sub line_of {
-    my ($re, $n) = @_;
-    $n ||= 1;
-    my @lines = split /\n/, $t->read_file('nginx.conf');
-    for my $i (0 .. $#lines) {
-        return $i + 1 if $lines[$i] =~ $re && !--$n;
-    }
-    return 0;
-}
-
-sub fails {
-    my ($name, $message, $line) = @_;
-    my ($ok, $out) = $t->test_config;
-
-    ok(!$ok, "$name: nginx -t fails");
-
-    my $where = defined $line ? " in $file:$line" : '';
-    like($out, qr/^nginx: \[emerg\] \Q$message$where\E$/m,
-         "$name: message") or diag($out);
-}
+sub line_of { $t->conf_line(@_) }
+sub fails { $t->config_fails(@_) }
 
 sub passes {
     my ($name) = @_;

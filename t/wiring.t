@@ -22,7 +22,6 @@ my $t = Test::LLM->new;
 # every failing case puts an [emerg] in the log on purpose
 $t->allow_alerts(qr/\[emerg\]/);
 
-my $file = $t->testdir . '/nginx.conf';
 
 # nginx.conf with $server inside a server block, $http in http
 sub conf {
@@ -43,33 +42,9 @@ http {
 EOF
 }
 
-sub line_of {
-    my ($re) = @_;
-    my @lines = split /\n/, $t->read_file('nginx.conf');
-    for my $i (0 .. $#lines) {
-        return $i + 1 if $lines[$i] =~ $re;
-    }
-    return 0;
-}
-
-sub fails {
-    my ($name, $message, $line) = @_;
-    my ($ok, $out) = $t->test_config;
-
-    ok(!$ok, "$name: nginx -t fails");
-
-    my $where = defined $line ? " in $file:$line" : '';
-    like($out, qr/^nginx: \[emerg\] \Q$message$where\E$/m,
-         "$name: message") or diag($out);
-}
-
-sub passes {
-    my ($name) = @_;
-    my ($ok, $out) = $t->test_config;
-
-    ok($ok, "$name: nginx -t passes") or diag($out);
-    unlike($out, qr/\[(?:emerg|warn|alert)\]/, "$name: no complaints");
-}
+sub line_of { $t->conf_line(@_) }
+sub fails { $t->config_fails(@_) }
+sub passes { $t->config_passes(@_) }
 
 my $P = 'proxy_pass http://127.0.0.1:%%PORT_8081%%';
 

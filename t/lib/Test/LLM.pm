@@ -35,7 +35,9 @@ package Test::LLM;
 #     read_from(name, offset), wait_for_lines(name, n, timeout),
 #     wait_for_log(name, re, timeout)
 #     run, stop, reload (true when new workers replaced the old ones),
-#     test_config (list: exit ok, output), nginx_pid, worker_pids,
+#     test_config (list: exit ok, output), conf_line(re, n),
+#     config_fails(name, message, line), config_passes(name),
+#     nginx_pid, worker_pids,
 #     worker_hwm_kb (dies when /proc cannot tell)
 #     run_daemon(code | program, @args), stop_daemons,
 #     waitforsocket(host:port, timeout), run_redis (port; %%REDIS%% in
@@ -628,6 +630,45 @@ sub test_config {
     my ($self) = @_;
     my ($status, $out) = _capture(30, $NGINX, $self->_nginx_args, '-t');
     return wantarray ? ($status == 0, $out) : $status == 0;
+}
+
+# the line number in the written nginx.conf of the n-th line (first by
+# default) matching re; 0 when none does
+sub conf_line {
+    my ($self, $re, $n) = @_;
+    $n ||= 1;
+    my @lines = split /\n/, $self->read_file($self->{conf});
+    for my $i (0 .. $#lines) {
+        return $i + 1 if $lines[$i] =~ $re && !--$n;
+    }
+    return 0;
+}
+
+# nginx -t fails with "[emerg] message", "in FILE:line" after it when a
+# line is given: two tests
+sub config_fails {
+    my ($self, $name, $message, $line) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+    my ($ok, $out) = $self->test_config;
+
+    Test::More::ok(!$ok, "$name: nginx -t fails");
+
+    my $where = defined $line ? " in $self->{dir}/$self->{conf}:$line" : '';
+    Test::More::like($out, qr/^nginx: \[emerg\] \Q$message$where\E$/m,
+                     "$name: message") or Test::More::diag($out);
+}
+
+# nginx -t passes without an emerg, warn or alert line: two tests
+sub config_passes {
+    my ($self, $name) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+    my ($ok, $out) = $self->test_config;
+
+    Test::More::ok($ok, "$name: nginx -t passes") or Test::More::diag($out);
+    Test::More::unlike($out, qr/\[(?:emerg|warn|alert)\]/,
+                       "$name: no complaints");
 }
 
 sub run {
