@@ -126,7 +126,9 @@ ngx_http_llm_sync_init(ngx_cycle_t *cycle, ngx_http_llm_redis_conf_t *conf)
         return NGX_ERROR;
     }
 
-    ngx_http_llm_sync_script_init();
+    if (ngx_http_llm_sync_script_init(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     (void) ngx_sprintf(sy->nodes_key.data, "{%V:nodes}", &conf->prefix);
     (void) ngx_sprintf(sy->names_key.data, "{%V:nodes}:ids", &conf->prefix);
@@ -193,9 +195,7 @@ ngx_http_llm_sync_routes(ngx_cycle_t *cycle, ngx_http_llm_main_conf_t *lmcf)
     ngx_http_llm_loc_conf_t    *llcf;
     ngx_http_llm_route_name_t  *rn;
     ngx_http_llm_sync_route_t  *route;
-    ngx_http_llm_redis_conf_t  *rc;
 
-    rc = lmcf->redis;
     rn = lmcf->routes.elts;
 
     for (i = 0; i < lmcf->routes.nelts; i++) {
@@ -239,15 +239,9 @@ ngx_http_llm_sync_routes(ngx_cycle_t *cycle, ngx_http_llm_main_conf_t *lmcf)
         route->node = llcf->node;
         route->window = llcf->budget_window;
 
-        route->tag.len = sizeof("{:}") - 1 + rc->prefix.len
-                         + llcf->route.len;
-        route->tag.data = ngx_pnalloc(cycle->pool, route->tag.len);
-        if (route->tag.data == NULL) {
-            return NGX_ERROR;
-        }
-
-        (void) ngx_sprintf(route->tag.data, "{%V:%V}", &rc->prefix,
-                           &llcf->route);
+        route->name = llcf->route;
+        route->ix = NGX_HTTP_LLM_SYNC_UNKNOWN;
+        route->read = 0;
     }
 
     return NGX_OK;
@@ -646,7 +640,7 @@ ngx_http_llm_sync_reply(redisAsyncContext *ac, void *r, void *data)
         }
 
     } else if (sr->what == NGX_HTTP_LLM_SYNC_SCRIPT) {
-        ngx_http_llm_sync_script_got(batch, sr->call, reply);
+        ngx_http_llm_sync_view(batch, sr->call, reply);
 
     } else if (sr->what == NGX_HTTP_LLM_SYNC_COOLDOWNS) {
         ngx_http_llm_sync_cooldowns_got(batch, reply);

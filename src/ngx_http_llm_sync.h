@@ -29,6 +29,12 @@
 #define NGX_HTTP_LLM_SYNC_COOLDOWNS   3   /* the MGETs of cluster mode */
 #define NGX_HTTP_LLM_SYNC_CANARIES    4
 
+/* a route's index in the fleet's counts (ngx_http_llm_sync_script.c) */
+#define NGX_HTTP_LLM_SYNC_UNKNOWN     -1    /* not asked for yet */
+#define NGX_HTTP_LLM_SYNC_REFUSED     -2    /* none left: counted here */
+#define NGX_HTTP_LLM_SYNC_INDEX_MAX   4096  /* routes a fleet counts: the
+                                               script's 4096 */
+
 /* a node that did not say it is alive for this long is not counted, ms */
 #define NGX_HTTP_LLM_SYNC_NODE_TTL    65000
 
@@ -43,7 +49,11 @@
 typedef struct {
     ngx_shm_zone_t              *zone;
     ngx_http_llm_node_t         *node;
-    ngx_str_t                    tag;       /* "{prefix:route}" */
+    ngx_str_t                    name;      /* the route's, its index's
+                                               field in {prefix:w}:ix */
+    ngx_int_t                    ix;        /* its index in the epoch, or
+                                               NGX_HTTP_LLM_SYNC_UNKNOWN,
+                                               _REFUSED */
     ngx_uint_t                   window;
     ngx_uint_t                   read;      /* seconds the script reads */
 } ngx_http_llm_sync_route_t;
@@ -64,18 +74,22 @@ typedef struct {
 
 
 /*
- * A script call (or the MGET that stands for it): each has its own
- * arguments, which go again as EVAL on NOSCRIPT, and its own routes,
- * whose windows its reply holds
+ * A tick's script call (or the MGET that stands for it): its arguments,
+ * which go again as EVAL on NOSCRIPT, the routes whose seconds its reply
+ * holds, and those it asks an index for
  */
 
 typedef struct {
     ngx_array_t                  routes;    /* of ngx_http_llm_sync_route_t *
-                                               in the call */
+                                               read */
+    ngx_array_t                  names;     /* of ngx_http_llm_sync_route_t *
+                                               given an index */
     ngx_array_t                  argv;
     ngx_array_t                  argvlen;
+    ngx_uint_t                   read;      /* seconds read, up to now */
+    ngx_uint_t                   keys;      /* news keys read back */
     ngx_uint_t                   news;      /* reads the cooldowns and
-                                               holds first */
+                                               holds after the seconds */
     ngx_uint_t                   script;    /* the script, not an MGET */
     ngx_uint_t                   evaled;    /* sent again as EVAL */
 } ngx_http_llm_sync_call_t;
@@ -90,6 +104,8 @@ typedef struct {
     u_char                       error[96]; /* Redis' first error reply */
     size_t                       error_len;
     time_t                       now;       /* last second of the windows */
+    ngx_uint_t                   again;     /* the script call went again
+                                               in a new epoch */
 } ngx_http_llm_batch_t;
 
 
@@ -117,6 +133,10 @@ typedef struct {
     ngx_str_t                    names_key; /* "{prefix:nodes}:ids" */
     ngx_str_t                    node_id;   /* "hostname:random id" */
     time_t                       alive;     /* when it last said so */
+    ngx_str_t                    counts_key; /* "{prefix:w}:ix" */
+    size_t                       epoch_len;
+    u_char                       epoch[32]; /* of the counts' keys */
+    u_char                       epoch_new[16]; /* when there is none */
     u_char                       sha[40];   /* the script's SHA1, hex */
 } ngx_http_llm_syncer_t;
 
@@ -132,11 +152,13 @@ void ngx_http_llm_sync_error(ngx_http_llm_batch_t *batch, const char *err);
 ngx_atomic_int_t ngx_http_llm_sync_number(redisReply *reply);
 
 /* ngx_http_llm_sync_script.c */
-void ngx_http_llm_sync_script_init(void);
+ngx_int_t ngx_http_llm_sync_script_init(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch);
 ngx_uint_t ngx_http_llm_sync_script_again(ngx_http_llm_sync_call_t *call,
     redisReply *reply);
-void ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch,
+
+/* ngx_http_llm_sync_view.c */
+void ngx_http_llm_sync_view(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_call_t *call, redisReply *reply);
 
 /* ngx_http_llm_sync_news.c */

@@ -13,161 +13,329 @@
 
 
 /*
- * The script calls of a batch (design.md 4).  One Lua script adds this
- * node's deltas of busy routes to the per-second keys and returns the
- * fleet's sums of the seconds the node reads:
+ * The fleet's counts (design.md 4): one script call a tick, whatever the
+ * number of routes, in keys of one hash slot, "{prefix:w}":
  *
- *   KEYS   keys to read back first, then keys only declared
- *   ARGV   now (Unix seconds), how many of KEYS to read back, then for
- *          each route this node counted in within its window:
- *          "{prefix:route}", TTL (ms), seconds to read, deltas, then per
- *          delta: "r" or "x" and its age (seconds before now, "r0"), the
- *          delta
+ *   {prefix:w}:ix          a hash: each route's index by its name, "#n"
+ *                          the indexes given, "#epoch" a token the node
+ *                          that made the hash chose
+ *   {prefix:w}:EPOCH:SEC   the counts of second SEC: one string of 32-bit
+ *                          counters (a BITFIELD), route i's requests at
+ *                          #2i, its retries at #2i+1
  *
- * It returns one MGET's values: the keys read back, then per route
- * r1..rN and x1..xN, oldest second first (an MGET of 4000 keys at most,
- * under Lua's unpack limit).  A key's PEXPIRE comes with the write that
- * made it, whichever node's: one a key, not one a key and node.  The
- * keys of the counts are built in the script, each suffix once a call,
- * so the call stays short.  Redis runs a script whole: a call's writes
- * and reads are one step for the others.
+ * so that a tick's writes are one BITFIELD per second written (one, two
+ * when the tick follows a second's end), whatever the routes, and its
+ * reads one MGET of the seconds that may still grow: Redis' work a tick
+ * no longer grows with the routes (an INCRBY per counter did).  A new
+ * epoch (the hash lost: a Redis restarted without its data, a FLUSHALL)
+ * starts new keys, so that indexes given anew never read old counts.
  *
- * One Redis server: one EVALSHA a tick, whatever the number of routes;
- * KEYS are the cooldown and canary keys, all read back.  A tick with no
- * busy route sends a plain MGET of them, whose reply is laid out alike.
+ *   KEYS   the hash; the seconds read, oldest first; the seconds only
+ *          written; without "cluster", the cooldown and canary keys,
+ *          read back
+ *   ARGV   the epoch this node knows ("" for none), the one it makes
+ *          when there is none, the TTL of a second (ms), how many
+ *          seconds are read, how many news keys, how many names; the
+ *          names of routes without an index; then per second written:
+ *          its position in KEYS, n, n pairs "#offset" delta
  *
- * Redis Cluster ("cluster"): every call keeps to one hash slot, so that
- * a cluster-aware proxy routes it by its first key and Redis' CROSSSLOT
- * check holds.  An MGET of the cooldown keys ({prefix:cd}), one of the
- * canary keys ({prefix:canary}), and an EVALSHA per busy route, whose
- * KEYS declare every key the script touches, all in "{prefix:route}",
- * none read back: the seconds it reads, then those it writes older than
- * these.  Declared keys also let Redis redirect a call during a slot's
- * migration rather than run it on a node that lacks some of them.
+ * It returns {epoch, the names' indexes (-1: none left), one MGET's
+ * values}: the seconds read (none when the epoch is not the node's: its
+ * keys were not this epoch's, nor were its writes made), then the news.
+ * The writes of a node that does not know the epoch are not made.  A
+ * second's PEXPIRE comes with the write that makes its key.  Redis runs
+ * a script whole: a call's writes and reads are one step for the others.
+ *
+ * With "cluster" (Redis Cluster behind a cluster-aware proxy) every key
+ * of the call is in "{prefix:w}"'s slot and declared in KEYS, so that
+ * Redis' same-slot check holds and a migrating slot redirects the call;
+ * the cooldown ends and the holds come from an MGET each
+ * (ngx_http_llm_sync_news_read()).
  */
 
 
+#define NGX_HTTP_LLM_SYNC_GROUP_MAX   1000  /* counters a BITFIELD adds */
+
+
 static const char  ngx_http_llm_sync_lua[] =
-    "local now, c = tonumber(ARGV[1]), tonumber(ARGV[2]) "
-    "local ks, wx, rx = {}, {}, {} "
-    "for j = 1, c do ks[j] = KEYS[j] end "
-    "local i, m = 3, #ARGV "
-    "while i <= m do "
-    "local tag, ttl = ARGV[i], ARGV[i + 1] "
-    "local read, n = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) "
-    "i = i + 4 "
-    "for j = i, i + 2 * n - 2, 2 do "
-    "local a = ARGV[j] "
-    "local s = wx[a] "
-    "if not s then "
-    "s = ':' .. string.sub(a, 1, 1) .. ':' "
-    ".. (now - tonumber(string.sub(a, 2))) "
-    "wx[a] = s end "
-    "local k, d = tag .. s, tonumber(ARGV[j + 1]) "
-    "if redis.call('INCRBY', k, d) == d then "
-    "redis.call('PEXPIRE', k, ttl) end end "
-    "i = i + 2 * n "
-    "for age = read - 1, 0, -1 do "
-    "local p = rx[age] "
-    "if not p then "
-    "local s = now - age p = {':r:' .. s, ':x:' .. s} rx[age] = p end "
-    "c = c + 1 "
-    "ks[c] = tag .. p[1] "
-    "ks[c + read] = tag .. p[2] end "
-    "c = c + read end "
-    "if c == 0 then return {} end "
-    "if c <= 4000 then return redis.call('MGET', unpack(ks)) end "
-    "local v = {} "
+    "local ix = KEYS[1] "
+    "local e = redis.call('HGET', ix, '#epoch') "
+    "if not e then e = ARGV[2] "
+    "redis.call('HSET', ix, '#epoch', e, '#n', 0) end "
+    "local r, nn, m = tonumber(ARGV[4]), tonumber(ARGV[5]), "
+    "tonumber(ARGV[6]) "
+    "local reg = {} "
+    "if m > 0 then "
+    "local got = redis.call('HMGET', ix, unpack(ARGV, 7, 6 + m)) "
+    "local n, add = tonumber(redis.call('HGET', ix, '#n')) or 0, {} "
+    "for j = 1, m do "
+    "local i = tonumber(got[j]) "
+    "if not i then "
+    "if n < 4096 then "
+    "i = n n = n + 1 add[#add + 1] = ARGV[6 + j] add[#add + 1] = i "
+    "else i = -1 end end "
+    "reg[j] = i end "
+    "if #add > 0 then redis.call('HSET', ix, '#n', n, unpack(add)) end "
+    "end "
+    "if e == ARGV[1] then "
+    "local i, last = 7 + m, #ARGV "
+    "while i <= last do "
+    "local k, c = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 1]) "
+    "local op, o = {k, 'OVERFLOW', 'SAT'}, 3 "
+    "for j = i + 2, i + 2 * c, 2 do "
+    "op[o + 1], op[o + 2], op[o + 3], op[o + 4] = "
+    "'INCRBY', 'i32', ARGV[j], ARGV[j + 1] "
+    "o = o + 4 end "
+    "local v = redis.call('BITFIELD', unpack(op)) "
+    "if v[1] == tonumber(ARGV[i + 3]) then "
+    "redis.call('PEXPIRE', k, ARGV[3]) end "
+    "i = i + 2 + 2 * c end "
+    "else r = 0 end "
+    "local ks = {} "
+    "for j = 2, 1 + r do ks[#ks + 1] = KEYS[j] end "
+    "for j = #KEYS - nn + 1, #KEYS do ks[#ks + 1] = KEYS[j] end "
+    "local c, v = #ks, {} "
     "for a = 1, c, 4000 do "
     "local part = redis.call('MGET', unpack(ks, a, math.min(a + 3999, c))) "
     "for j = 1, #part do v[a + j - 1] = part[j] end end "
-    "return v";
+    "return {e, reg, v}";
 
 
-static ngx_int_t ngx_http_llm_sync_one(ngx_http_llm_batch_t *batch);
-static ngx_int_t ngx_http_llm_sync_slots(ngx_http_llm_batch_t *batch);
-static ngx_int_t ngx_http_llm_sync_declared(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_call_t *args, ngx_http_llm_sync_route_t *route);
-static ngx_http_llm_sync_call_t *ngx_http_llm_sync_call(
-    ngx_http_llm_batch_t *batch, ngx_uint_t n);
-static ngx_int_t ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_call_t *call, ngx_http_llm_sync_route_t *route);
+typedef struct {
+    ngx_uint_t                   age;       /* seconds before now */
+    ngx_uint_t                   offset;    /* counter: 2 * index + k */
+    ngx_atomic_int_t             delta;
+} ngx_http_llm_sync_delta_t;
+
+
+static ngx_int_t ngx_http_llm_sync_take(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call, ngx_array_t *deltas,
+    ngx_http_llm_sync_route_t *route);
+static ngx_int_t ngx_http_llm_sync_keys(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call, ngx_array_t *deltas, ngx_uint_t *pos);
+static ngx_int_t ngx_http_llm_sync_writes(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call, ngx_array_t *deltas, ngx_uint_t *pos);
+static ngx_int_t ngx_http_llm_sync_news_mget(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call);
 static ngx_int_t ngx_http_llm_sync_arg(ngx_http_llm_sync_call_t *call,
     u_char *arg, size_t len);
-static void ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_route_t *route, redisReply *reply);
+static u_char *ngx_http_llm_sync_second(ngx_http_llm_batch_t *batch,
+    ngx_uint_t age, size_t *len);
 
 
-/* the script's SHA1, which EVALSHA names it by */
+/* the script's SHA1, which EVALSHA names it by; the hash's name */
 
-void
-ngx_http_llm_sync_script_init(void)
+ngx_int_t
+ngx_http_llm_sync_script_init(ngx_cycle_t *cycle)
 {
-    u_char      hash[20];
-    ngx_sha1_t  sha1;
+    u_char                  hash[20];
+    ngx_str_t              *prefix;
+    ngx_sha1_t              sha1;
+    ngx_http_llm_syncer_t  *sy;
+
+    sy = &ngx_http_llm_syncer;
 
     ngx_sha1_init(&sha1);
     ngx_sha1_update(&sha1, ngx_http_llm_sync_lua,
                     sizeof(ngx_http_llm_sync_lua) - 1);
     ngx_sha1_final(hash, &sha1);
 
-    (void) ngx_hex_dump(ngx_http_llm_syncer.sha, hash, sizeof(hash));
+    (void) ngx_hex_dump(sy->sha, hash, sizeof(hash));
+
+    prefix = &sy->conf->prefix;
+
+    sy->counts_key.len = sizeof("{:w}:ix") - 1 + prefix->len;
+    sy->counts_key.data = ngx_pnalloc(cycle->pool, sy->counts_key.len);
+    if (sy->counts_key.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_sprintf(sy->counts_key.data, "{%V:w}:ix", prefix);
+
+    return NGX_OK;
 }
 
+
+/*
+ * A tick's call: the deltas of every busy route with an index, the
+ * seconds they read, the names of those without one
+ */
 
 ngx_int_t
 ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
 {
-    if (ngx_http_llm_syncer.conf->cluster) {
-        return ngx_http_llm_sync_slots(batch);
-    }
-
-    return ngx_http_llm_sync_one(batch);
-}
-
-
-/* one Redis server: one call a tick */
-
-static ngx_int_t
-ngx_http_llm_sync_one(ngx_http_llm_batch_t *batch)
-{
-    u_char                      *p, *keys, *last;
-    size_t                      *argvlen;
-    ngx_uint_t                   i;
-    const char                 **argv;
+    u_char                      *p;
+    ngx_uint_t                   i, pos[NGX_HTTP_LLM_SLOTS];
+    ngx_array_t                  deltas;
     ngx_http_llm_syncer_t       *sy;
     ngx_http_llm_sync_call_t    *call;
-    ngx_http_llm_sync_route_t   *route;
-    ngx_http_llm_sync_target_t  *st;
-    ngx_http_llm_sync_canary_t  *sc;
+    ngx_http_llm_sync_route_t   *route, **rp;
 
     sy = &ngx_http_llm_syncer;
 
-    call = ngx_http_llm_sync_call(batch, 64);
+    call = ngx_pcalloc(batch->pool, sizeof(ngx_http_llm_sync_call_t));
     if (call == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_pnalloc(batch->pool, 2 * NGX_INT_T_LEN);
+    if (ngx_array_init(&call->argv, batch->pool, 64, sizeof(char *))
+        != NGX_OK
+        || ngx_array_init(&call->argvlen, batch->pool, 64, sizeof(size_t))
+           != NGX_OK
+        || ngx_array_init(&call->routes, batch->pool, 4,
+                          sizeof(ngx_http_llm_sync_route_t *))
+           != NGX_OK
+        || ngx_array_init(&call->names, batch->pool, 4,
+                          sizeof(ngx_http_llm_sync_route_t *))
+           != NGX_OK
+        || ngx_array_init(&deltas, batch->pool, 64,
+                          sizeof(ngx_http_llm_sync_delta_t))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /*
+     * The epoch this call makes if the hash is gone: a new one each
+     * call, so that a hash lost and made again is never taken for the
+     * one this node knew
+     */
+
+    for (i = 0; i < sizeof(sy->epoch_new); i++) {
+        sy->epoch_new[i] = "0123456789abcdef"[ngx_random() & 0xf];
+    }
+
+    route = sy->routes.elts;
+
+    for (i = 0; i < sy->routes.nelts; i++) {
+        if (ngx_http_llm_sync_take(batch, call, &deltas, &route[i])
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (call->routes.nelts == 0 && call->names.nelts == 0
+        && deltas.nelts == 0)
+    {
+        return ngx_http_llm_sync_news_mget(batch, call);
+    }
+
+    /* EVALSHA, its SHA1, the number of keys: filled in with the keys */
+
+    for (i = 0; i < 3; i++) {
+        if (ngx_http_llm_sync_arg(call, NULL, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_http_llm_sync_keys(batch, call, &deltas, pos) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* ARGV: the epochs, the TTL, the reads, the news keys, the names */
+
+    p = ngx_pnalloc(batch->pool, 4 * NGX_INT_T_LEN);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    /* the number of keys, which are all read back */
-
-    keys = p;
-    last = ngx_sprintf(keys, "%ui", sy->targets.nelts + sy->canaries.nelts);
-
-    if (ngx_http_llm_sync_arg(call, (u_char *) "EVALSHA", 7) != NGX_OK
-        || ngx_http_llm_sync_arg(call, sy->sha, sizeof(sy->sha)) != NGX_OK
-        || ngx_http_llm_sync_arg(call, keys, last - keys) != NGX_OK)
+    if (ngx_http_llm_sync_arg(call, sy->epoch, sy->epoch_len) != NGX_OK
+        || ngx_http_llm_sync_arg(call, sy->epoch_new, sizeof(sy->epoch_new))
+           != NGX_OK
+        || ngx_http_llm_sync_arg(call, p,
+                                 ngx_sprintf(p, "%ui",
+                                             (NGX_HTTP_LLM_SLOTS + 2) * 1000)
+                                 - p)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
 
     p += NGX_INT_T_LEN;
+
+    if (ngx_http_llm_sync_arg(call, p, ngx_sprintf(p, "%ui", call->read) - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p += NGX_INT_T_LEN;
+
+    if (ngx_http_llm_sync_arg(call, p,
+                              ngx_sprintf(p, "%ui", call->news ? call->keys
+                                                               : 0)
+                              - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p += NGX_INT_T_LEN;
+
+    if (ngx_http_llm_sync_arg(call, p,
+                              ngx_sprintf(p, "%ui", call->names.nelts) - p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rp = call->names.elts;
+
+    for (i = 0; i < call->names.nelts; i++) {
+        if (ngx_http_llm_sync_arg(call, rp[i]->name.data, rp[i]->name.len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_http_llm_sync_writes(batch, call, &deltas, pos) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    call->script = 1;
+
+    if (sy->conf->cluster && !batch->again
+        && ngx_http_llm_sync_news_read(batch) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT, call,
+                                     (int) call->argv.nelts, call->argv.elts,
+                                     call->argvlen.elts);
+}
+
+
+/* no route to count or read: the news alone */
+
+static ngx_int_t
+ngx_http_llm_sync_news_mget(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call)
+{
+    ngx_uint_t                   i;
+    ngx_http_llm_syncer_t       *sy;
+    ngx_http_llm_sync_target_t  *st;
+    ngx_http_llm_sync_canary_t  *sc;
+
+    sy = &ngx_http_llm_syncer;
+
+    if (sy->conf->cluster) {
+        return ngx_http_llm_sync_news_read(batch);
+    }
+
+    if (sy->targets.nelts + sy->canaries.nelts == 0) {
+        return NGX_OK;
+    }
+
+    /* one MGET of the keys, its reply read as the script's news */
+
+    if (ngx_http_llm_sync_arg(call, (u_char *) "MGET", 4) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     st = sy->targets.elts;
-    sc = sy->canaries.elts;
 
     for (i = 0; i < sy->targets.nelts; i++) {
         if (ngx_http_llm_sync_arg(call, st[i].key.data, st[i].key.len)
@@ -177,6 +345,8 @@ ngx_http_llm_sync_one(ngx_http_llm_batch_t *batch)
         }
     }
 
+    sc = sy->canaries.elts;
+
     for (i = 0; i < sy->canaries.nelts; i++) {
         if (ngx_http_llm_sync_arg(call, sc[i].key.data, sc[i].key.len)
             != NGX_OK)
@@ -185,215 +355,8 @@ ngx_http_llm_sync_one(ngx_http_llm_batch_t *batch)
         }
     }
 
-    if (ngx_http_llm_sync_arg(call, p, ngx_sprintf(p, "%T", batch->now) - p)
-        != NGX_OK
-        || ngx_http_llm_sync_arg(call, keys, last - keys) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    route = sy->routes.elts;
-
-    for (i = 0; i < sy->routes.nelts; i++) {
-        if (ngx_http_llm_sync_script_route(batch, call, &route[i]) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
     call->news = 1;
-    call->script = (call->routes.nelts > 0);
-
-    if (call->script) {
-        return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT, call,
-                                         (int) call->argv.nelts,
-                                         call->argv.elts,
-                                         call->argvlen.elts);
-    }
-
-    /* no busy route: an MGET of the keys, its reply laid out alike */
-
-    if (sy->targets.nelts + sy->canaries.nelts == 0) {
-        return NGX_OK;
-    }
-
-    argv = call->argv.elts;
-    argvlen = call->argvlen.elts;
-
-    argv[2] = "MGET";
-    argvlen[2] = sizeof("MGET") - 1;
-
-    return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT, call,
-                                     (int) (1 + sy->targets.nelts
-                                            + sy->canaries.nelts),
-                                     &argv[2], &argvlen[2]);
-}
-
-
-/*
- * Redis Cluster: a call per hash slot that has work, the cooldowns',
- * the canaries', and each busy route's
- */
-
-static ngx_int_t
-ngx_http_llm_sync_slots(ngx_http_llm_batch_t *batch)
-{
-    ngx_uint_t                  i;
-    ngx_http_llm_syncer_t      *sy;
-    ngx_http_llm_sync_call_t   *args;
-    ngx_http_llm_sync_route_t  *route;
-
-    sy = &ngx_http_llm_syncer;
-
-    if (ngx_http_llm_sync_news_read(batch) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    /* a route's arguments, taken here, then copied into its own call */
-
-    args = ngx_http_llm_sync_call(batch, 16);
-    if (args == NULL) {
-        return NGX_ERROR;
-    }
-
-    route = sy->routes.elts;
-
-    for (i = 0; i < sy->routes.nelts; i++) {
-        args->argv.nelts = 0;
-        args->argvlen.nelts = 0;
-        args->routes.nelts = 0;
-
-        if (ngx_http_llm_sync_script_route(batch, args, &route[i]) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        if (args->routes.nelts == 0) {
-            continue;
-        }
-
-        if (ngx_http_llm_sync_declared(batch, args, &route[i]) != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
-
-
-/*
- * A busy route's call in cluster mode: its KEYS are every key the script
- * reads or writes, all in the route's slot, none read back
- */
-
-static ngx_int_t
-ngx_http_llm_sync_declared(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_call_t *args, ngx_http_llm_sync_route_t *route)
-{
-    u_char                     **a, *p, *last, *now;
-    size_t                      *al, len;
-    ngx_int_t                    age;
-    ngx_uint_t                   i, k, n, read, keys;
-    ngx_http_llm_syncer_t       *sy;
-    ngx_http_llm_sync_call_t    *call;
-    ngx_http_llm_sync_route_t  **rp;
-
-    sy = &ngx_http_llm_syncer;
-
-    a = args->argv.elts;
-    al = args->argvlen.elts;
-
-    /* "{prefix:route}", TTL, seconds to read, deltas, then pairs */
-
-    read = route->read;
-    n = (args->argv.nelts - 4) / 2;
-
-    call = ngx_http_llm_sync_call(batch, 6 + 2 * read + 3 * n);
-    if (call == NULL) {
-        return NGX_ERROR;
-    }
-
-    len = route->tag.len + sizeof(":r:") - 1 + NGX_TIME_T_LEN;
-
-    p = ngx_pnalloc(batch->pool, (2 * read + n) * len + 3 * NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (ngx_http_llm_sync_arg(call, (u_char *) "EVALSHA", 7) != NGX_OK
-        || ngx_http_llm_sync_arg(call, sy->sha, sizeof(sy->sha)) != NGX_OK
-        || ngx_http_llm_sync_arg(call, NULL, 0) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    /* the seconds read, r then x, oldest first, as the script reads them */
-
-    for (k = 0; k < 2; k++) {
-        for (i = read; i > 0; i--) {
-            last = ngx_sprintf(p, "%V:%c:%T", &route->tag, k ? 'x' : 'r',
-                               batch->now - (time_t) (i - 1));
-
-            if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK) {
-                return NGX_ERROR;
-            }
-
-            p = last;
-        }
-    }
-
-    /* the seconds written that are not read: after an outage, say */
-
-    for (i = 0; i < n; i++) {
-        age = ngx_atoi(a[4 + 2 * i] + 1, al[4 + 2 * i] - 1);
-
-        if (age == NGX_ERROR || (ngx_uint_t) age < read) {
-            continue;
-        }
-
-        last = ngx_sprintf(p, "%V:%c:%T", &route->tag, a[4 + 2 * i][0],
-                           batch->now - (time_t) age);
-
-        if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-        p = last;
-    }
-
-    keys = call->argv.nelts - 3;
-
-    now = p;
-    last = ngx_sprintf(now, "%ui", keys);
-
-    ((u_char **) call->argv.elts)[2] = now;
-    ((size_t *) call->argvlen.elts)[2] = last - now;
-
-    /* ARGV: now, none of KEYS read back, the route's arguments */
-
-    now = last;
-    last = ngx_sprintf(now, "%T", batch->now);
-
-    if (ngx_http_llm_sync_arg(call, now, last - now) != NGX_OK
-        || ngx_http_llm_sync_arg(call, (u_char *) "0", 1) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < args->argv.nelts; i++) {
-        if (ngx_http_llm_sync_arg(call, a[i], al[i]) != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-
-    rp = ngx_array_push(&call->routes);
-    if (rp == NULL) {
-        return NGX_ERROR;
-    }
-
-    *rp = route;
-
-    call->script = 1;
+    call->keys = sy->targets.nelts + sy->canaries.nelts;
 
     return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT, call,
                                      (int) call->argv.nelts, call->argv.elts,
@@ -401,70 +364,41 @@ ngx_http_llm_sync_declared(ngx_http_llm_batch_t *batch,
 }
 
 
-static ngx_http_llm_sync_call_t *
-ngx_http_llm_sync_call(ngx_http_llm_batch_t *batch, ngx_uint_t n)
-{
-    ngx_http_llm_sync_call_t  *call;
-
-    call = ngx_pcalloc(batch->pool, sizeof(ngx_http_llm_sync_call_t));
-    if (call == NULL) {
-        return NULL;
-    }
-
-    if (ngx_array_init(&call->argv, batch->pool, n, sizeof(char *))
-        != NGX_OK
-        || ngx_array_init(&call->argvlen, batch->pool, n, sizeof(size_t))
-           != NGX_OK
-        || ngx_array_init(&call->routes, batch->pool, 4,
-                          sizeof(ngx_http_llm_sync_route_t *))
-           != NGX_OK)
-    {
-        return NULL;
-    }
-
-    return call;
-}
-
-
 /*
  * A route's deltas, and the seconds to read.  Taken under the mutex: no
  * slot turns over, no other syncer races (an old worker 0 quitting after
- * a reload); marked as sent before they are, at most once.
+ * a reload); marked as sent before they are, at most once.  A route
+ * without an index in the epoch yet asks for one, and keeps its deltas
+ * for the tick after.
  */
 
 static ngx_int_t
-ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_call_t *call, ngx_http_llm_sync_route_t *route)
+ngx_http_llm_sync_take(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call, ngx_array_t *deltas,
+    ngx_http_llm_sync_route_t *route)
 {
-    u_char                      *p, *last;
-    time_t                       sec;
-    ngx_uint_t                   i, k, n, at, counted;
-    ngx_slab_pool_t             *shpool;
-    ngx_atomic_int_t             c, d;
-    ngx_http_llm_slot_t         *slot;
-    ngx_http_llm_syncer_t       *sy;
-    ngx_http_llm_sync_route_t  **rp;
-    u_char                     **argv;
-    size_t                      *argvlen;
+    time_t                        sec;
+    ngx_uint_t                    i, k, counted, known;
+    ngx_slab_pool_t              *shpool;
+    ngx_atomic_int_t              c, d;
+    ngx_http_llm_slot_t          *slot;
+    ngx_http_llm_syncer_t        *sy;
+    ngx_http_llm_sync_delta_t    *delta;
+    ngx_http_llm_sync_route_t   **rp;
 
     sy = &ngx_http_llm_syncer;
 
-    /* "{prefix:route}", TTL, seconds to read, deltas: filled in below */
-
-    at = call->argv.nelts;
-
-    for (i = 0; i < 4; i++) {
-        if (ngx_http_llm_sync_arg(call, NULL, 0) != NGX_OK) {
-            return NGX_ERROR;
-        }
+    if (route->ix == NGX_HTTP_LLM_SYNC_REFUSED) {
+        return NGX_OK;
     }
+
+    known = (route->ix >= 0 && sy->epoch_len > 0);
 
     shpool = (ngx_slab_pool_t *) route->zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
 
     counted = 0;
-    n = 0;
 
     for (i = 0; i < route->window; i++) {
         sec = batch->now - i;
@@ -480,6 +414,10 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
                 counted = 1;
             }
 
+            if (!known) {
+                continue;
+            }
+
             /*
              * Read once: other workers add to count without the mutex,
              * and what they add after this read goes in the next batch.
@@ -492,29 +430,17 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
                 continue;
             }
 
-            p = ngx_pnalloc(batch->pool,
-                            1 + NGX_INT_T_LEN + NGX_ATOMIC_T_LEN);
-            if (p == NULL) {
+            delta = ngx_array_push(deltas);
+            if (delta == NULL) {
                 ngx_shmtx_unlock(&shpool->mutex);
                 return NGX_ERROR;
             }
 
-            /* "r0": requests of this second, "x1": retries of the last */
-
-            last = ngx_sprintf(p, "%c%ui",
-                               k == NGX_HTTP_LLM_REQUESTS ? 'r' : 'x', i);
-
-            if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK
-                || ngx_http_llm_sync_arg(call, last,
-                                         ngx_sprintf(last, "%A", d) - last)
-                   != NGX_OK)
-            {
-                ngx_shmtx_unlock(&shpool->mutex);
-                return NGX_ERROR;
-            }
+            delta->age = i;
+            delta->offset = 2 * (ngx_uint_t) route->ix + k;
+            delta->delta = d;
 
             slot->synced[k] = c;
-            n++;
         }
     }
 
@@ -528,8 +454,20 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
      */
 
     if (!counted) {
-        call->argv.nelts = at;
-        call->argvlen.nelts = at;
+        return NGX_OK;
+    }
+
+    if (route->ix == NGX_HTTP_LLM_SYNC_UNKNOWN) {
+        rp = ngx_array_push(&call->names);
+        if (rp == NULL) {
+            return NGX_ERROR;
+        }
+
+        *rp = route;
+        return NGX_OK;
+    }
+
+    if (!known) {
         return NGX_OK;
     }
 
@@ -549,29 +487,7 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
         route->read = ngx_min(route->window + 1, NGX_HTTP_LLM_SLOTS);
     }
 
-    p = ngx_pnalloc(batch->pool, 3 * NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    argv = call->argv.elts;
-    argvlen = call->argvlen.elts;
-
-    argv[at] = route->tag.data;
-    argvlen[at] = route->tag.len;
-
-    /* a key lives its window and 2 s from its first write */
-
-    argv[at + 1] = p;
-    last = ngx_sprintf(p, "%ui", (route->window + 2) * 1000);
-    argvlen[at + 1] = last - p;
-
-    argv[at + 2] = last;
-    p = ngx_sprintf(last, "%ui", route->read);
-    argvlen[at + 2] = p - last;
-
-    argv[at + 3] = p;
-    argvlen[at + 3] = ngx_sprintf(p, "%ui", n) - p;
+    call->read = ngx_max(call->read, route->read);
 
     rp = ngx_array_push(&call->routes);
     if (rp == NULL) {
@@ -579,6 +495,215 @@ ngx_http_llm_sync_script_route(ngx_http_llm_batch_t *batch,
     }
 
     *rp = route;
+
+    return NGX_OK;
+}
+
+
+/*
+ * KEYS: the hash, the seconds read (oldest first), the seconds only
+ * written, the news keys (without "cluster"); pos[age] is a written
+ * second's position in KEYS, from 1
+ */
+
+static ngx_int_t
+ngx_http_llm_sync_keys(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call, ngx_array_t *deltas, ngx_uint_t *pos)
+{
+    u_char                      *p, *n;
+    size_t                       len;
+    ngx_uint_t                   i, age, keys;
+    ngx_http_llm_syncer_t       *sy;
+    ngx_http_llm_sync_delta_t   *delta;
+    ngx_http_llm_sync_target_t  *st;
+    ngx_http_llm_sync_canary_t  *sc;
+
+    sy = &ngx_http_llm_syncer;
+
+    ngx_memzero(pos, NGX_HTTP_LLM_SLOTS * sizeof(ngx_uint_t));
+
+    if (ngx_http_llm_sync_arg(call, sy->counts_key.data, sy->counts_key.len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = call->read; i > 0; i--) {
+        p = ngx_http_llm_sync_second(batch, i - 1, &len);
+
+        if (p == NULL || ngx_http_llm_sync_arg(call, p, len) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        pos[i - 1] = call->argv.nelts - 3;
+    }
+
+    delta = deltas->elts;
+
+    for (i = 0; i < deltas->nelts; i++) {
+        age = delta[i].age;
+
+        if (pos[age]) {
+            continue;
+        }
+
+        p = ngx_http_llm_sync_second(batch, age, &len);
+
+        if (p == NULL || ngx_http_llm_sync_arg(call, p, len) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        pos[age] = call->argv.nelts - 3;
+    }
+
+    if (!sy->conf->cluster) {
+        st = sy->targets.elts;
+
+        for (i = 0; i < sy->targets.nelts; i++) {
+            if (ngx_http_llm_sync_arg(call, st[i].key.data, st[i].key.len)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        sc = sy->canaries.elts;
+
+        for (i = 0; i < sy->canaries.nelts; i++) {
+            if (ngx_http_llm_sync_arg(call, sc[i].key.data, sc[i].key.len)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        call->news = 1;
+        call->keys = sy->targets.nelts + sy->canaries.nelts;
+    }
+
+    keys = call->argv.nelts - 3;
+
+    n = ngx_pnalloc(batch->pool, NGX_INT_T_LEN);
+    if (n == NULL) {
+        return NGX_ERROR;
+    }
+
+    ((const char **) call->argv.elts)[0] = "EVALSHA";
+    ((size_t *) call->argvlen.elts)[0] = sizeof("EVALSHA") - 1;
+    ((const char **) call->argv.elts)[1] = (const char *) sy->sha;
+    ((size_t *) call->argvlen.elts)[1] = sizeof(sy->sha);
+    ((u_char **) call->argv.elts)[2] = n;
+    ((size_t *) call->argvlen.elts)[2] = ngx_sprintf(n, "%ui", keys) - n;
+
+    return NGX_OK;
+}
+
+
+/* "{prefix:w}:EPOCH:SEC" of the second age seconds before the batch's */
+
+static u_char *
+ngx_http_llm_sync_second(ngx_http_llm_batch_t *batch, ngx_uint_t age,
+    size_t *len)
+{
+    u_char                 *p, *last;
+    ngx_http_llm_syncer_t  *sy;
+
+    sy = &ngx_http_llm_syncer;
+
+    /* "{prefix:w}:" is the hash's name less "ix" */
+
+    p = ngx_pnalloc(batch->pool, sy->counts_key.len - 2 + sy->epoch_len
+                                 + 1 + NGX_TIME_T_LEN);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    last = ngx_sprintf(p, "%*s%*s:%T", sy->counts_key.len - 2,
+                       sy->counts_key.data, sy->epoch_len, sy->epoch,
+                       batch->now - (time_t) age);
+
+    *len = last - p;
+
+    return p;
+}
+
+
+/*
+ * Per second written: its position in KEYS, n, and n pairs "#offset"
+ * delta; a long list (thousands of routes, a second after an outage)
+ * is cut into several, which the script adds one after the other
+ */
+
+static ngx_int_t
+ngx_http_llm_sync_writes(ngx_http_llm_batch_t *batch,
+    ngx_http_llm_sync_call_t *call, ngx_array_t *deltas, ngx_uint_t *pos)
+{
+    u_char                     *p, *last, *count;
+    ngx_uint_t                  i, age, n, head;
+    ngx_http_llm_sync_delta_t  *delta;
+
+    delta = deltas->elts;
+
+    for (age = 0; age < NGX_HTTP_LLM_SLOTS; age++) {
+        n = 0;
+        head = 0;
+        count = NULL;
+
+        for (i = 0; i < deltas->nelts; i++) {
+            if (delta[i].age != age) {
+                continue;
+            }
+
+            if (n == 0) {
+                p = ngx_pnalloc(batch->pool, 2 * NGX_INT_T_LEN);
+                if (p == NULL) {
+                    return NGX_ERROR;
+                }
+
+                last = ngx_sprintf(p, "%ui", pos[age]);
+                count = last;
+
+                head = call->argv.nelts + 1;
+
+                if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK
+                    || ngx_http_llm_sync_arg(call, NULL, 0) != NGX_OK)
+                {
+                    return NGX_ERROR;
+                }
+            }
+
+            p = ngx_pnalloc(batch->pool, 2 + NGX_INT_T_LEN
+                                         + NGX_ATOMIC_T_LEN);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            last = ngx_sprintf(p, "#%ui", delta[i].offset);
+
+            if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK
+                || ngx_http_llm_sync_arg(call, last,
+                                         ngx_sprintf(last, "%A",
+                                                     delta[i].delta)
+                                         - last)
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            if (++n == NGX_HTTP_LLM_SYNC_GROUP_MAX) {
+                ((u_char **) call->argv.elts)[head] = count;
+                ((size_t *) call->argvlen.elts)[head] =
+                                      ngx_sprintf(count, "%ui", n) - count;
+                n = 0;
+            }
+        }
+
+        if (n) {
+            ((u_char **) call->argv.elts)[head] = count;
+            ((size_t *) call->argvlen.elts)[head] =
+                                      ngx_sprintf(count, "%ui", n) - count;
+        }
+    }
 
     return NGX_OK;
 }
@@ -635,118 +760,4 @@ ngx_http_llm_sync_script_again(ngx_http_llm_sync_call_t *call,
     argvlen[1] = sizeof(ngx_http_llm_sync_lua) - 1;
 
     return 1;
-}
-
-
-/*
- * The cooldown ends and the holds (when the call read them), then each
- * route's r1..rN x1..xN: each part handed on as an array of its own (a
- * view into the reply)
- */
-
-void
-ngx_http_llm_sync_script_got(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_call_t *call, redisReply *reply)
-{
-    size_t                       n;
-    ngx_uint_t                   i;
-    redisReply                   part;
-    ngx_http_llm_syncer_t       *sy;
-    ngx_http_llm_sync_route_t  **route;
-
-    sy = &ngx_http_llm_syncer;
-    route = call->routes.elts;
-
-    n = call->news ? sy->targets.nelts + sy->canaries.nelts : 0;
-
-    for (i = 0; i < call->routes.nelts; i++) {
-        n += 2 * route[i]->read;
-    }
-
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n) {
-        ngx_http_llm_sync_error(batch, "unexpected script reply");
-        return;
-    }
-
-    ngx_memzero(&part, sizeof(redisReply));
-    part.type = REDIS_REPLY_ARRAY;
-    part.element = reply->element;
-
-    if (call->news) {
-        part.elements = sy->targets.nelts;
-
-        ngx_http_llm_sync_cooldowns_got(batch, &part);
-
-        part.element += part.elements;
-        part.elements = sy->canaries.nelts;
-
-        ngx_http_llm_sync_canaries_got(batch, &part);
-
-        part.element += part.elements;
-    }
-
-    for (i = 0; i < call->routes.nelts; i++) {
-        part.elements = 2 * route[i]->read;
-
-        ngx_http_llm_sync_window(batch, route[i], &part);
-
-        part.element += part.elements;
-    }
-}
-
-
-/* the cluster's sums of a route's window, written into its slots */
-
-static void
-ngx_http_llm_sync_window(ngx_http_llm_batch_t *batch,
-    ngx_http_llm_sync_route_t *route, redisReply *reply)
-{
-    time_t                sec;
-    ngx_uint_t            i, w;
-    ngx_slab_pool_t      *shpool;
-    ngx_http_llm_slot_t  *slot;
-
-    w = route->read;
-
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 * w) {
-        ngx_http_llm_sync_error(batch, "unexpected script reply");
-        return;
-    }
-
-    shpool = (ngx_slab_pool_t *) route->zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    for (i = 0; i < w; i++) {
-        sec = batch->now - (time_t) w + 1 + (time_t) i;
-
-        slot = ngx_http_llm_slot_locked(route->node, sec);
-
-        if (slot == NULL) {
-            continue;
-        }
-
-        slot->cluster[NGX_HTTP_LLM_REQUESTS] =
-                              ngx_http_llm_sync_number(reply->element[i]);
-        slot->cluster[NGX_HTTP_LLM_RETRIES] =
-                              ngx_http_llm_sync_number(reply->element[w + i]);
-    }
-
-    /*
-     * a first view after none: the other nodes may not have sent yet
-     * what they counted meanwhile (ngx_http_llm_budget.c)
-     */
-
-    if (!ngx_http_llm_route_fresh(route->zone, route->node)) {
-        route->node->view_born = ngx_http_llm_wall_msec();
-    }
-
-    route->node->view_msec = ngx_http_llm_wall_msec();
-
-    /* what this node spends from now on is measured from here */
-    route->node->view_requests = route->node->requests;
-    route->node->view_retries = route->node->retries;
-    route->node->view_dither = ngx_random() % 1000;
-
-    ngx_shmtx_unlock(&shpool->mutex);
 }

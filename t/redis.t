@@ -170,21 +170,21 @@ sleep 0.35;
 my $end = int(time);
 
 my $requests = 0;
+my $secs = fleet_seconds($redis);
 for my $sec ($start .. $end) {
-    my $v = redis('GET', "{llm:ok}:r:$sec");
-    next unless defined $v;
-    $requests += $v;
-    my $ttl = redis('PTTL', "{llm:ok}:r:$sec");
-    ok($ttl > 5000 && $ttl <= 7000, "r:$sec expires in window + 2 s ($ttl ms)");
+    next unless $secs->{$sec};
+    $requests += fleet_count($redis, 'ok', 'r', $sec);
+    my $ttl = redis('PTTL', $secs->{$sec});
+    ok($ttl > 60000 && $ttl <= 63000,
+       "second $sec expires in 61 + 2 s ($ttl ms)");
 }
 is($requests, 6, 'the route\'s requests reached Redis, each once');
-is(scalar(grep { defined redis('GET', "{llm:ok}:x:$_") } $start .. $end), 0,
-   'no retry key for a route without retries');
+is(scalar(grep { fleet_count($redis, 'ok', 'x', $_) } $start .. $end), 0,
+   'no retry counted for a route without retries');
 
 my @keys = @{ redis('KEYS', '*') };
-ok(!(grep { !/^\{llm:(ok|fail|cool|long|cd|nodes)\}:|^\{llm:nodes\}$/ }
-    @keys),
-   'every key carries the {prefix:route} or {prefix:cd} hash tag')
+ok(!(grep { !/^\{llm:(w|cd|nodes)\}:|^\{llm:nodes\}$/ } @keys),
+   'every key carries the {prefix:w}, {prefix:cd} or {prefix:nodes} tag')
     or diag "@keys";
 
 # this node says it is alive: a member per zone, kept across reloads
@@ -224,12 +224,11 @@ is((log_lines('ok7'))[0], 'ok7|cluster|-|1|200',
 
     my $now = int(time);
     my $x = 0;
-    $x += redis('GET', "{llm:fail}:x:$_") // 0 for $now - 2 .. $now;
+    $x += fleet_count($redis, 'fail', 'x', $_) for $now - 2 .. $now;
     is($x, 2, 'this node\'s retries reached Redis');
 
     # another node spends the rest of the window's budget
-    redis('INCRBY', "{llm:fail}:x:$now", 8);
-    redis('PEXPIRE', "{llm:fail}:x:$now", 12000);
+    fleet_add($redis, 'fail', 'x', $now, 8);
     sleep 0.3;
 
     is($t->status_json->{routes}{fail}{budget}{left}, 0,
@@ -393,7 +392,7 @@ ok($t->wait_redis(cluster => 1), 'restart: the link comes up');
     sleep 0.3;
 
     my $sum = 0;
-    $sum += redis('GET', "{llm:long}:r:$_") // 0 for $start .. int(time);
+    $sum += fleet_count($redis, 'long', 'r', $_) for $start .. int(time);
     is($sum, $ok, 'reloads under load: Redis counted each request once');
     is($t->status_json->{routes}{long}{requests}, $ok,
        'reloads under load: so did the zone');
@@ -426,13 +425,14 @@ sleep 0.3;
     my $sel = IO::Select->new($c);
     my $reply = '';
     my $deadline = time + 2;
-    while (time < $deadline && $reply !~ /\{fleet-a:ok\}:r:\d+\r\n$/) {
+    while (time < $deadline && $reply !~ /\{fleet-a:w\}:\w+:\d+\r\n/) {
         last unless $sel->can_read($deadline - time);
         my $n = sysread($c, my $buf, 4096);
         last unless $n;
         $reply .= $buf;
     }
-    like($reply, qr/\{fleet-a:ok\}:r:\d+/, 'prefix= and db= name the keys');
+    like($reply, qr/\{fleet-a:w\}:[0-9a-f]{16}:\d+/,
+         'prefix= and db= name the keys');
     is((log_lines('u1'))[0], 'u1|cluster|-|1|200',
        'unix socket: $llm_budget_source cluster');
 }

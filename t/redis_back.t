@@ -89,8 +89,7 @@ ok(wait_until(sub {
 sleep 0.3;
 
 my $sent = 0;
-$sent += redis_command($redis, 'GET', "{llm:chat}:x:$_") // 0
-    for int(time) - 9 .. int(time);
+$sent += fleet_count($redis, 'chat', 'x', $_) for int(time) - 9 .. int(time);
 is($sent, 4, 'Redis got the 4 retries counted alone');
 
 is(burst(), 4, 'back, within the window: no retry beyond its part');

@@ -132,8 +132,7 @@ ok($t->wait_redis(cluster => 1), 'the link is still up');
 sleep 0.3;
 
 my $sum = 0;
-$sum += redis_command($redis, 'GET', "{llm:cnt}:r:$_") // 0
-    for $start .. int(time);
+$sum += fleet_count($redis, 'cnt', 'r', $_) for $start .. int(time);
 
 is($t->status_json->{routes}{cnt}{requests}, $total,
    'the zone counted every request');

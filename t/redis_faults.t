@@ -194,8 +194,9 @@ sub chat_keys {
     my ($port, $timeout) = @_;
     my $deadline = time + $timeout;
     while (1) {
-        my $keys = eval { redis_command($port, 'KEYS', '*') } || [];
-        my @k = grep { /^\{llm:chat\}:r:\d+$/ } @$keys;
+        my $secs = eval { fleet_seconds($port) } || {};
+        my @k = grep { eval { fleet_count($port, 'chat', 'r', $_) } }
+                sort keys %$secs;
         return \@k if @k || time > $deadline;
         sleep 0.05;
     }

@@ -97,8 +97,7 @@ is($src[-1], 'cluster', 'alone: judged on the cluster\'s view');
 
 # others' requests in every second the burst may fall in, then a view
 my $now = int(time);
-redis_command($redis, 'SET', "{llm:crowd}:r:$_", 300, 'PX', 20000)
-    for $now - 1 .. $now + 5;
+fleet_add($redis, 'crowd', 'r', $_, 300) for $now - 1 .. $now + 5;
 sleep 0.5;
 
 my $crowd = burst('crowd') - 1;

@@ -178,13 +178,11 @@ sub reap {
 
 # second => count of the route's request keys in Redis
 sub redis_counts {
-    my $keys = eval { redis_command($rp, 'KEYS', '{llm:chat}:r:*') };
-    return {} unless ref $keys eq 'ARRAY' && @$keys;
-    my $vals = eval { redis_command($rp, 'MGET', @$keys) } || [];
+    my $secs = eval { fleet_seconds($rp) } || {};
     my %c;
-    for my $i (0 .. $#$keys) {
-        my ($sec) = $keys->[$i] =~ /:r:(\d+)$/ or next;
-        $c{$sec} = $vals->[$i] // 0;
+    for my $sec (keys %$secs) {
+        my $n = eval { fleet_count($rp, 'chat', 'r', $sec) };
+        $c{$sec} = $n if $n;
     }
     return \%c;
 }

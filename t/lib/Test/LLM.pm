@@ -60,7 +60,10 @@ package Test::LLM;
 #     read_some(socket, timeout), read_all(socket, timeout),
 #     conn_closed(socket, timeout), sse_events(body),
 #     redis_command(port, @args), fake_nodes(redis port, @ids),
-#     wait_until(sub, timeout)
+#     wait_until(sub, timeout), the fleet's counts in Redis:
+#     fleet_count(port, route, r|x, sec), fleet_sum(port, route, r|x),
+#     fleet_seconds(port), fleet_add(port, route, r|x, sec, n),
+#     fleet_index(port, route)
 #
 # Environment:
 #     TEST_LLM_NGINX      nginx binary (default /usr/sbin/nginx)
@@ -78,6 +81,7 @@ our @EXPORT = qw(
     http http_get http_post http_request http_keepalive parse_response
     http_start http_send read_response read_until read_some read_all
     conn_closed dechunk sse_events redis_command fake_nodes wait_until
+    fleet_index fleet_count fleet_seconds fleet_sum fleet_add
 );
 
 use Cwd qw(abs_path);
@@ -1526,6 +1530,76 @@ sub fake_nodes {
         redis_command($port, 'ZADD', '{llm:nodes}', $now, $id);
         redis_command($port, 'ZADD', '{llm:nodes}:ids', 0, $id);
     }
+}
+
+# The fleet's counts in Redis (docs/design.md section 4): {PREFIX:w}:ix
+# gives each route an index (and "#epoch" the keys' epoch), and
+# {PREFIX:w}:EPOCH:SEC holds the counters of second SEC, 32-bit
+# big-endian: route i's requests ("r") at 2i, its retries ("x") at 2i+1.
+
+# (epoch, the route's index), each undef when there is none
+sub fleet_index {
+    my ($port, $route, %o) = @_;
+    my $ix = '{' . ($o{prefix} // 'llm') . ':w}:ix';
+    my $epoch = redis_command($port, 'HGET', $ix, '#epoch');
+    return (undef, undef) unless defined $epoch;
+    return ($epoch, redis_command($port, 'HGET', $ix, $route));
+}
+
+# the fleet's count of a route in one second: fleet_count(port, route,
+# "r" or "x", sec, prefix => "llm")
+sub fleet_count {
+    my ($port, $route, $kind, $sec, %o) = @_;
+    my ($epoch, $i) = fleet_index($port, $route, %o);
+    return 0 unless defined $i;
+    my $v = redis_command($port, 'GET',
+                          '{' . ($o{prefix} // 'llm') . ":w}:$epoch:$sec");
+    my $at = 4 * (2 * $i + ($kind eq 'x' ? 1 : 0));
+    return 0 if !defined $v || length($v) < $at + 4;
+    return unpack('l>', substr($v, $at, 4));
+}
+
+# the seconds Redis holds counts of (any route): { sec => key }
+sub fleet_seconds {
+    my ($port, %o) = @_;
+    my $w = '{' . ($o{prefix} // 'llm') . ':w}';
+    my $epoch = redis_command($port, 'HGET', "$w:ix", '#epoch');
+    return {} unless defined $epoch;
+    my $keys = redis_command($port, 'KEYS', "$w:$epoch:*") || [];
+    return { map { /:(\d+)$/ ? ($1 => $_) : () } @$keys };
+}
+
+# the sum of a route's counts over the seconds Redis holds
+sub fleet_sum {
+    my ($port, $route, $kind, %o) = @_;
+    my $secs = fleet_seconds($port, %o);
+    my $sum = 0;
+    $sum += fleet_count($port, $route, $kind, $_, %o) for keys %$secs;
+    return $sum;
+}
+
+# what other nodes would have counted: fleet_add(port, route, "r" or
+# "x", sec, n, prefix => "llm"), an index given as the nodes' script
+# gives one
+sub fleet_add {
+    my ($port, $route, $kind, $sec, $n, %o) = @_;
+    my $w = '{' . ($o{prefix} // 'llm') . ':w}';
+
+    redis_command($port, 'HSETNX', "$w:ix", '#epoch',
+                  sprintf('%016x', int(rand(2**32)) * 2**20 + $$));
+    redis_command($port, 'HSETNX', "$w:ix", '#n', 0);
+
+    my ($epoch, $i) = fleet_index($port, $route, %o);
+    unless (defined $i) {
+        $i = redis_command($port, 'HINCRBY', "$w:ix", '#n', 1) - 1;
+        redis_command($port, 'HSETNX', "$w:ix", $route, $i)
+            or $i = redis_command($port, 'HGET', "$w:ix", $route);
+    }
+
+    my $key = "$w:$epoch:$sec";
+    redis_command($port, 'BITFIELD', $key, 'OVERFLOW', 'SAT', 'INCRBY',
+                  'i32', '#' . (2 * $i + ($kind eq 'x' ? 1 : 0)), $n);
+    redis_command($port, 'PEXPIRE', $key, 63000);
 }
 
 # one command over RESP; returns the reply (errors die), bounded
