@@ -21,28 +21,27 @@
  *   for each canary this node put on hold since the last tick:
  *       SET {prefix:canary}:ROUTE:TARGET "weight since attempts failures"
  *           PX a week
- *   EVALSHA of the sync script (ngx_http_llm_sync_script.c): for each
- *       route with a retry budget this node counted in within its window,
- *       INCRBY {prefix:route}:r|x:SEC by what it counted since the last
- *       tick (a PEXPIRE of window + 2 s with the write that makes a key),
- *       then the fleet's sums of the seconds that may still grow (of the
- *       whole window for the route's first view); the cooldown ends
- *       {prefix:cd}:TARGET and the holds {prefix:canary}:ROUTE:TARGET
- *       of every target and canary
+ *   EVALSHA of the sync script (ngx_http_llm_sync_script.c): what this
+ *       node counted since the last tick in every route with a retry
+ *       budget it counted in within its window, added with a BITFIELD
+ *       per second to {prefix:w}:EPOCH:SEC (each route's place in it
+ *       given by {prefix:w}:ix), then the fleet's counts of the seconds
+ *       that may still grow (of the whole window for a route's first
+ *       view); the cooldown ends {prefix:cd}:TARGET and the holds
+ *       {prefix:canary}:ROUTE:TARGET of every target and canary
  *   once a second, EVAL: this node is alive in the sorted set
  *       {prefix:nodes} (and {prefix:nodes}:ids), how many are, its rank
  *
  * With "cluster" (Redis Cluster, or a cluster-aware proxy) each command
- * keeps to one hash slot: the EVALSHA goes once per busy route, its
- * KEYS that route's keys, and the cooldown ends and the holds are read
- * with an MGET each; the writes and the heartbeat are of one slot
- * already.
+ * keeps to one hash slot: the EVALSHA's keys are all {prefix:w}'s, and
+ * the cooldown ends and the holds are read with an MGET each; the
+ * writes and the heartbeat are of one slot already.
  *
  * and writes the sums into the zone: the budget then judges on the
  * cluster's counts plus what this node counted since (ngx_http_llm_zone.c).
  * Redis traffic depends on the number of nodes and on sync=, not on the
- * request rate; a node's calls a tick, not on its routes either (with
- * "cluster", on its busy routes).  Deltas
+ * request rate; a node's calls a tick, and Redis' commands, not on its
+ * routes either.  Deltas
  * are taken from the zone (all workers' counts) under its mutex and
  * marked as sent before they are: a lost batch loses at most one tick
  * of counts (at most once, as Kong and LiteLLM do), and two syncers (an

@@ -73,6 +73,18 @@ typedef struct {
 } ngx_http_llm_sync_canary_t;
 
 
+/* a count taken from a route's slot, to be added in Redis */
+
+typedef struct {
+    ngx_http_llm_sync_route_t   *route;
+    time_t                       sec;
+    ngx_uint_t                   age;       /* seconds before now */
+    ngx_uint_t                   offset;    /* counter: 2 * index + k */
+    ngx_uint_t                   k;         /* NGX_HTTP_LLM_REQUESTS, ... */
+    ngx_atomic_int_t             delta;
+} ngx_http_llm_sync_delta_t;
+
+
 /*
  * A tick's script call (or the MGET that stands for it): its arguments,
  * which go again as EVAL on NOSCRIPT, the routes whose seconds its reply
@@ -84,6 +96,7 @@ typedef struct {
                                                read */
     ngx_array_t                  names;     /* of ngx_http_llm_sync_route_t *
                                                given an index */
+    ngx_array_t                  deltas;    /* of ngx_http_llm_sync_delta_t */
     ngx_array_t                  argv;
     ngx_array_t                  argvlen;
     ngx_uint_t                   read;      /* seconds read, up to now */

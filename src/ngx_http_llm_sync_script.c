@@ -101,13 +101,6 @@ static const char  ngx_http_llm_sync_lua[] =
     "return {e, reg, v}";
 
 
-typedef struct {
-    ngx_uint_t                   age;       /* seconds before now */
-    ngx_uint_t                   offset;    /* counter: 2 * index + k */
-    ngx_atomic_int_t             delta;
-} ngx_http_llm_sync_delta_t;
-
-
 static ngx_int_t ngx_http_llm_sync_take(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_call_t *call, ngx_array_t *deltas,
     ngx_http_llm_sync_route_t *route);
@@ -166,7 +159,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
 {
     u_char                      *p;
     ngx_uint_t                   i, pos[NGX_HTTP_LLM_SLOTS];
-    ngx_array_t                  deltas;
+    ngx_array_t                 *deltas;
     ngx_http_llm_syncer_t       *sy;
     ngx_http_llm_sync_call_t    *call;
     ngx_http_llm_sync_route_t   *route, **rp;
@@ -188,12 +181,14 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
         || ngx_array_init(&call->names, batch->pool, 4,
                           sizeof(ngx_http_llm_sync_route_t *))
            != NGX_OK
-        || ngx_array_init(&deltas, batch->pool, 64,
+        || ngx_array_init(&call->deltas, batch->pool, 64,
                           sizeof(ngx_http_llm_sync_delta_t))
            != NGX_OK)
     {
         return NGX_ERROR;
     }
+
+    deltas = &call->deltas;
 
     /*
      * The epoch this call makes if the hash is gone: a new one each
@@ -208,7 +203,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
     route = sy->routes.elts;
 
     for (i = 0; i < sy->routes.nelts; i++) {
-        if (ngx_http_llm_sync_take(batch, call, &deltas, &route[i])
+        if (ngx_http_llm_sync_take(batch, call, deltas, &route[i])
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -216,7 +211,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
     }
 
     if (call->routes.nelts == 0 && call->names.nelts == 0
-        && deltas.nelts == 0)
+        && deltas->nelts == 0)
     {
         return ngx_http_llm_sync_news_mget(batch, call);
     }
@@ -229,7 +224,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
         }
     }
 
-    if (ngx_http_llm_sync_keys(batch, call, &deltas, pos) != NGX_OK) {
+    if (ngx_http_llm_sync_keys(batch, call, deltas, pos) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -290,7 +285,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
         }
     }
 
-    if (ngx_http_llm_sync_writes(batch, call, &deltas, pos) != NGX_OK) {
+    if (ngx_http_llm_sync_writes(batch, call, deltas, pos) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -436,8 +431,11 @@ ngx_http_llm_sync_take(ngx_http_llm_batch_t *batch,
                 return NGX_ERROR;
             }
 
+            delta->route = route;
+            delta->sec = sec;
             delta->age = i;
             delta->offset = 2 * (ngx_uint_t) route->ix + k;
+            delta->k = k;
             delta->delta = d;
 
             slot->synced[k] = c;

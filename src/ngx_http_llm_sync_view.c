@@ -20,6 +20,7 @@
  */
 
 
+static void ngx_http_llm_sync_unsent(ngx_http_llm_sync_call_t *call);
 static void ngx_http_llm_sync_indexes(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_call_t *call, redisReply *reply);
 static void ngx_http_llm_sync_window(ngx_http_llm_sync_route_t *route,
@@ -82,6 +83,8 @@ ngx_http_llm_sync_view(ngx_http_llm_batch_t *batch,
 
         ngx_memcpy(sy->epoch, epoch->str, epoch->len);
         sy->epoch_len = epoch->len;
+
+        ngx_http_llm_sync_unsent(call);
     }
 
     ngx_http_llm_sync_indexes(batch, call, reply->element[1]);
@@ -90,9 +93,8 @@ ngx_http_llm_sync_view(ngx_http_llm_batch_t *batch,
      * A node's first call, or one after the hash was lost, neither
      * wrote nor read (its keys were not the epoch's): it goes again at
      * once in the epoch, with the indexes just given, so that the view
-     * comes with this tick.  The deltas of the call were lost with
-     * Redis' counts (none in a first call: a route without an index
-     * keeps them).
+     * comes with this tick; its deltas go with the tick after, once
+     * every route has its index again.
      */
 
     if (!same && !batch->again) {
@@ -139,6 +141,41 @@ news:
     part.elements = sy->canaries.nelts;
 
     ngx_http_llm_sync_canaries_got(batch, &part);
+}
+
+
+/*
+ * The script made none of the call's writes (a new epoch: its offsets
+ * were the old one's): its deltas are taken back, to be sent again
+ */
+
+static void
+ngx_http_llm_sync_unsent(ngx_http_llm_sync_call_t *call)
+{
+    ngx_uint_t                  i;
+    ngx_slab_pool_t            *shpool;
+    ngx_http_llm_slot_t        *slot;
+    ngx_http_llm_sync_delta_t  *delta;
+
+    delta = call->deltas.elts;
+
+    for (i = 0; i < call->deltas.nelts; i++) {
+        shpool = (ngx_slab_pool_t *) delta[i].route->zone->shm.addr;
+        slot = &delta[i].route->node->slots[delta[i].sec
+                                            % NGX_HTTP_LLM_SLOTS];
+
+        ngx_shmtx_lock(&shpool->mutex);
+
+        /* a slot turned over since counts nothing of that second */
+
+        if ((time_t) slot->sec == delta[i].sec) {
+            slot->synced[delta[i].k] -= delta[i].delta;
+        }
+
+        ngx_shmtx_unlock(&shpool->mutex);
+    }
+
+    call->deltas.nelts = 0;
 }
 
 

@@ -3,18 +3,18 @@
 # llm_redis: a tick is one script call (EVALSHA), whatever the number of
 # busy routes (issue 17).  Covers:
 #
-#   - five routes counted in, sync=500ms: one script call a tick, and the
-#     per-second keys of each route hold what the node counted, each
-#     with its PEXPIRE;
+#   - five routes counted in, sync=500ms: one script call a tick, at
+#     most two BITFIELDs in it (a second's end), and the seconds' keys
+#     hold what the node counted of each route, each key with its
+#     PEXPIRE;
 #   - Redis forgets the script (SCRIPT FLUSH, as after a restart): the
 #     tick's EVALSHA gets NOSCRIPT and goes again as EVAL, which loads
 #     it; no count is lost, the link never goes down, nothing is logged
 #     above notice;
-#   - 140 routes with a 60-s window, read whole at their first view in
-#     one tick or two (the requests take far less than a sync): one
-#     tick's MGET has 70 x 2 x 61 keys or more, over Lua's unpack limit
-#     of 8,000 results: it goes in parts, and every route's count comes
-#     back.
+#   - 140 routes with a 60-s window, given their indexes and read whole
+#     at their first view in one tick or two (the requests take far
+#     less than a sync): every route's count comes back, and each is
+#     judged on the cluster's view next.
 
 use strict;
 use warnings;
