@@ -18,7 +18,8 @@
  *
  *   {prefix:w}:ix          a hash: each route's index by its name, "#n"
  *                          the indexes given, "#epoch" a token the node
- *                          that made the hash chose
+ *                          that made the hash chose (a route's name has
+ *                          no '#': ngx_http_llm_route.c)
  *   {prefix:w}:EPOCH:SEC   the counts of second SEC: one string of 32-bit
  *                          counters (a BITFIELD), route i's requests at
  *                          #2i, its retries at #2i+1
