@@ -60,8 +60,9 @@ fi
 src=$WORK/nginx-$version
 objs=$src/objs
 
-# the module is rebuilt whenever its sources change; nginx only once
-if [ ! -x "$objs/nginx" ]; then
+# the module is rebuilt whenever its sources change; nginx once, and
+# again when the module's config (its list of sources) changed
+if [ ! -x "$objs/nginx" ] || [ "$ROOT/config" -nt "$objs/Makefile" ]; then
     rm -rf "$src"
     tar -xzf "$tarball" -C "$WORK"
     log "configuring nginx $version with Debian's flags, symbols kept"

@@ -229,6 +229,19 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         for (cl = in; cl; cl = cl->next) {
             if (cl->buf->last_in_chain || cl->buf->last_buf) {
                 ctx->answered = 1;
+
+                /*
+                 * nothing follows a committed answer but the client
+                 * response's end: its last buffer is that end, rather
+                 * than another pass of the client's filters for it
+                 * after the attempt (ngx_http_llm_final()); a stream
+                 * may still get the gateway's error event
+                 */
+
+                if (!ctx->sse && r != r->main && cl->buf->last_in_chain) {
+                    cl->buf->last_buf = 1;
+                    ctx->last_sent = 1;
+                }
             }
 
             if (!ngx_buf_in_memory(cl->buf) || cl->buf->pos == cl->buf->last)

@@ -94,7 +94,10 @@ ngx_http_llm_final(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
             }
         }
 
-        rc = ngx_http_send_special(r, NGX_HTTP_LAST);
+        /* the answer's last buffer ended it already: as if sent now */
+        rc = ctx->last_sent ? NGX_OK
+                            : ngx_http_send_special(r, NGX_HTTP_LAST);
+
         ngx_http_finalize_request(r, rc);
         return;
     }

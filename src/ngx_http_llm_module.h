@@ -231,6 +231,8 @@ struct ngx_http_llm_ctx_s {
 
     /* what the latest attempt's answer showed, whatever its state */
     unsigned                     answered:1;    /* its last byte passed */
+    unsigned                     last_sent:1;   /* and ended the client's
+                                                   response */
     unsigned                     attempt_done:1;    /* post_subrequest ran */
     unsigned                     answer_partial:1;  /* kept, not whole */
     unsigned                     can_retry:1;
