@@ -205,7 +205,8 @@ struct ngx_http_llm_ctx_s {
 
     ngx_array_t                  tried;     /* of ngx_http_llm_attempt_t */
     ngx_uint_t                   attempts;  /* made: not the skipped */
-    ngx_log_t                   *log;
+    ngx_log_t                   *log;       /* &request_log */
+    ngx_log_t                    request_log;
 
     /* the plan: the picked target, then the fallbacks in order */
     ngx_http_llm_target_t       *picked;
