@@ -167,9 +167,10 @@ ngx_http_llm_attempt_headers(ngx_http_request_t *sr, off_t content_length)
      * headers left out, a part of 24 bytes for each run after the first,
      * rather than a copy of every header (48 bytes each, room for 20 at
      * once: with the attempt's subrequest, a 4 KB pool block more for an
-     * idle stream; bench/README.md, "Streams").  Its nalloc is the last
-     * run's length, so that a push would get a part of its own and never
-     * write into the client's.
+     * idle stream; bench/README.md, "Streams").  The elements' links of
+     * repeated headers (nginx 1.23) stay the client's, as where the list
+     * is shared.  Its nalloc is the last run's length, so that a push
+     * would get a part of its own and never write into the client's.
      */
 
     list = &sr->headers_in.headers;
