@@ -24,6 +24,9 @@
 #   MEM_BASE=40       streams open before the first RSS reading
 #   MEM_ROUNDS=2      memory rounds (each: A B B A, whole and mid-event)
 #   SKIP_MEMORY=1     no memory measure
+#   HEADERS=real      the mock answers with a provider's header set (19 more
+#                     headers, as OpenAI's) and the client sends
+#                     Accept-Encoding, as SDKs do
 #   A_BUFFERING=on    a control: A with proxy_buffering on, which holds a
 #                     split event until more bytes come (milliseconds)
 #   QUICK=1           smoke run: 4 streams of 20 events, 1 memory round of 50
@@ -192,9 +195,37 @@ sub event_pieces {
     });
 }
 
+my $REAL = ($ENV{HEADERS} // '') eq 'real';
+
+# HEADERS=real: what a provider sends besides (OpenAI's set, made up values)
+my $REAL_HEAD = join '', map { "$_\r\n" } (
+    'Date: Wed, 25 Nov 2026 21:00:00 GMT',
+    'access-control-expose-headers: X-Request-ID',
+    'openai-organization: org-abcdefghijklmnopqrstuvwx',
+    'openai-processing-ms: 182',
+    'openai-version: 2020-10-01',
+    'x-ratelimit-limit-requests: 10000',
+    'x-ratelimit-limit-tokens: 30000000',
+    'x-ratelimit-remaining-requests: 9999',
+    'x-ratelimit-remaining-tokens: 29999975',
+    'x-ratelimit-reset-requests: 6ms',
+    'x-ratelimit-reset-tokens: 0s',
+    'x-request-id: req_0123456789abcdef0123456789abcdef',
+    'strict-transport-security: max-age=31536000; includeSubDomains; preload',
+    'cf-cache-status: DYNAMIC',
+    'set-cookie: __cf_bm=' . ('abcdefghijklmnopqrstuvwxyz0123456789' x 3)
+        . '-1700000000-1.0.1.1; path=/; expires=Wed, 25-Nov-26 21:30:00 GMT;'
+        . ' domain=.api.openai.com; HttpOnly; Secure; SameSite=None',
+    'X-Content-Type-Options: nosniff',
+    'Server: cloudflare',
+    'CF-RAY: 8e0123456789abcd-FRA',
+    'alt-svc: h3=":443"; ma=86400',
+);
+
 my $SSE_HEAD = "HTTP/1.1 200 OK\r\n"
     . "Content-Type: text/event-stream\r\n"
     . "Cache-Control: no-cache\r\n"
+    . ($REAL ? $REAL_HEAD : '')
     . "Transfer-Encoding: chunked\r\n"
     . "Connection: close\r\n\r\n";
 
@@ -493,6 +524,7 @@ sub request {
         . "Content-Type: application/json\r\n"
         . "Authorization: Bearer sk-bench-not-a-real-key\r\n"
         . "Accept: text/event-stream\r\n"
+        . ($REAL ? "Accept-Encoding: gzip, deflate\r\n" : '')
         . "X-Bench: $bench\r\n"
         . "Content-Length: " . length($BODY) . "\r\n"
         . "Connection: close\r\n\r\n" . $BODY;

@@ -70,6 +70,15 @@ ngx_palloc(ngx_pool_t *pool, size_t size)
 }
 
 
+/* the answer reader's state is a large allocation: the same stand-in */
+
+void *
+ngx_pmemalign(ngx_pool_t *pool, size_t size, size_t alignment)
+{
+    return ngx_palloc(pool, size);
+}
+
+
 void
 ngx_log_error_core(ngx_uint_t level, ngx_log_t *log, ngx_err_t err,
     const char *fmt, ...)

@@ -83,11 +83,12 @@ typedef struct {
 
 /*
  * family: NGX_HTTP_LLM_FAMILY_* of ngx_http_llm_module.h; sse: the answer
- * is text/event-stream.  The state is allocated from pool, under a
- * kilobyte, and the buffers of longer values when they come.  No yajl
- * handle outlives a call (each located value is parsed whole when its
- * document ends), so an answer abandoned before ngx_http_llm_answer_end()
- * leaves nothing to free.  NGX_ERROR: out of memory.
+ * is text/event-stream.  The state is a large allocation of pool
+ * (ngx_pmemalign(), under 1.5 KB), the buffers of longer values small
+ * ones when they come.  No yajl handle outlives a call (each located
+ * value is parsed whole when its document ends), so an answer abandoned
+ * before ngx_http_llm_answer_end() leaves nothing to free.  NGX_ERROR:
+ * out of memory.
  */
 ngx_int_t ngx_http_llm_answer_init(ngx_http_llm_answer_t *a, ngx_pool_t *pool,
     ngx_uint_t family, ngx_uint_t sse);

@@ -598,7 +598,7 @@ ngx_http_llm_catalog_refuse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
             p = ngx_cpymem(p, "model: ", sizeof("model: ") - 1);
             p = (u_char *) ngx_escape_json(p, model->data, model->len);
 
-        } else if (ctx->scan->model_end == -1) {
+        } else if (ctx->body.model_end == -1) {
             p = ngx_cpymem(p, "model: Field required",
                            sizeof("model: Field required") - 1);
 
@@ -620,7 +620,7 @@ ngx_http_llm_catalog_refuse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                            sizeof("` does not exist or you do not have "
                                   "access to it.") - 1);
 
-        } else if (ctx->scan->model_end == -1) {
+        } else if (ctx->body.model_end == -1) {
             p = ngx_cpymem(p, "you must provide a model parameter",
                            sizeof("you must provide a model parameter")
                            - 1);

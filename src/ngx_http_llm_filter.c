@@ -317,7 +317,10 @@ ngx_http_llm_read_answer(ngx_http_request_t *sr, ngx_http_llm_ctx_t *ctx)
         return NGX_OK;
     }
 
-    a = ngx_palloc(sr->pool, sizeof(ngx_http_llm_answer_t));
+    /* as long-lived as the reader's state: large too, see answer_init */
+
+    a = ngx_pmemalign(sr->pool, sizeof(ngx_http_llm_answer_t),
+                      NGX_ALIGNMENT);
     if (a == NULL) {
         return NGX_ERROR;
     }

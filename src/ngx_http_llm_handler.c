@@ -27,7 +27,8 @@ static ngx_int_t ngx_http_llm_wait(ngx_http_request_t *r,
 static void ngx_http_llm_wait_handler(ngx_event_t *ev);
 static void ngx_http_llm_wait_cleanup(void *data);
 static ngx_int_t ngx_http_llm_method_not_allowed(ngx_http_request_t *r);
-static ngx_log_t *ngx_http_llm_request_log(ngx_http_request_t *r);
+static ngx_log_t *ngx_http_llm_request_log(ngx_http_request_t *r,
+    ngx_log_t *log);
 static u_char *ngx_http_llm_log_context(ngx_log_t *log, u_char *buf,
     size_t len);
 
@@ -43,21 +44,29 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 
     if (r != r->main) {
         /* attempts are subrequests of the client request: no nesting */
-        ngx_log_error(NGX_LOG_ERR, ngx_http_llm_request_log(r), 0,
+        ngx_log_error(NGX_LOG_ERR, ngx_http_llm_request_log(r, NULL), 0,
                       "llm route \"%V\" reached by a subrequest",
                       &llcf->route);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* even a refused request is logged with its route */
+    /*
+     * even a refused request is logged with its route.  The context and
+     * its log live as long as the request, a stream's to its end: a
+     * large allocation, as ~500 bytes of the request pool's 4 KB blocks
+     * they would, with the attempt's subrequest, cost an idle stream a
+     * block more (bench/README.md, "Streams")
+     */
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
+    ctx = ngx_pmemalign(r->pool, sizeof(ngx_http_llm_ctx_t), NGX_ALIGNMENT);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    ngx_memzero(ctx, sizeof(ngx_http_llm_ctx_t));
+
     ctx->conf = llcf;
-    ctx->log = ngx_http_llm_request_log(r);
+    ctx->log = ngx_http_llm_request_log(r, &ctx->request_log);
     ctx->request_start = ngx_current_msec;
     ctx->family = llcf->family ? llcf->family : ngx_http_llm_family(r);
     ctx->retry_after = -1;
@@ -69,9 +78,15 @@ ngx_http_llm_handler(ngx_http_request_t *r)
         return ngx_http_llm_method_not_allowed(r);
     }
 
-    /* the body is inspected as it arrives, see ngx_http_llm_request.c */
+    /*
+     * the body is inspected as it arrives, see ngx_http_llm_request.c;
+     * the scan's state (~460 bytes) is freed once the body is inspected,
+     * so it is a large allocation, not bytes of a 4 KB pool block that
+     * a stream would keep to its end (bench/README.md, "Streams")
+     */
 
-    ctx->scan = ngx_palloc(r->pool, sizeof(ngx_http_llm_scan_t));
+    ctx->scan = ngx_pmemalign(r->pool, sizeof(ngx_http_llm_scan_t),
+                              NGX_ALIGNMENT);
     if (ctx->scan == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -331,17 +346,18 @@ ngx_http_llm_method_not_allowed(ngx_http_request_t *r)
  * and the URI path of the request, never its query string nor its
  * headers: nginx's context of a request ("request: \"POST /v1/...?key=
  * ...\"") would write a key that a client passed in the query string
- * (as some providers' APIs take it) into every line.
+ * (as some providers' APIs take it) into every line.  The log is made
+ * in log, or allocated when log is NULL.
  */
 
 static ngx_log_t *
-ngx_http_llm_request_log(ngx_http_request_t *r)
+ngx_http_llm_request_log(ngx_http_request_t *r, ngx_log_t *log)
 {
-    ngx_log_t  *log;
-
-    log = ngx_palloc(r->pool, sizeof(ngx_log_t));
     if (log == NULL) {
-        return r->connection->log;
+        log = ngx_palloc(r->pool, sizeof(ngx_log_t));
+        if (log == NULL) {
+            return r->connection->log;
+        }
     }
 
     *log = *r->connection->log;

@@ -182,18 +182,31 @@ typedef struct {
 } ngx_http_llm_attempt_t;
 
 
+/* what the scan found in the client body, kept once it is inspected */
+
+typedef struct {
+    off_t                        object_start;  /* the top-level "{" */
+    off_t                        model_start;   /* the "model" value */
+    off_t                        model_end;     /* past it; -1: none */
+    ngx_uint_t                   members;   /* of the top-level object */
+    ngx_uint_t                   stream;    /* NGX_HTTP_LLM_STREAM_* */
+} ngx_http_llm_body_t;
+
+
 /* per client request, kept on the main request */
 
 struct ngx_http_llm_ctx_s {
     ngx_http_llm_loc_conf_t     *conf;      /* the route's location */
 
-    ngx_http_llm_scan_t         *scan;      /* of the request body */
+    ngx_http_llm_scan_t         *scan;      /* while the body is read */
+    ngx_http_llm_body_t          body;      /* what the scan found */
     ngx_str_t                    model;     /* requested; empty: unknown */
     ngx_uint_t                   family;
 
     ngx_array_t                  tried;     /* of ngx_http_llm_attempt_t */
     ngx_uint_t                   attempts;  /* made: not the skipped */
-    ngx_log_t                   *log;
+    ngx_log_t                   *log;       /* &request_log */
+    ngx_log_t                    request_log;
 
     /* the plan: the picked target, then the fallbacks in order */
     ngx_http_llm_target_t       *picked;

@@ -188,7 +188,8 @@ ngx_http_llm_request_scan_file(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
 /*
  * Called once the whole body is read: NGX_OK, or NGX_DECLINED when the
- * request must be refused with 400 (ctx->scan->error says why).
+ * request must be refused with 400 (ctx->scan->error says why).  What
+ * the attempts need of the scan is kept in ctx->body and the scan freed.
  */
 
 ngx_int_t
@@ -209,6 +210,17 @@ ngx_http_llm_request_inspect(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     ngx_http_llm_request_model(r, ctx);
+
+    ctx->body.object_start = s->object_start;
+    ctx->body.model_start = s->model_start;
+    ctx->body.model_end = s->model_end;
+    ctx->body.members = s->members;
+    ctx->body.stream = s->stream;
+
+    /* the request body filter passes what may follow untouched */
+
+    ngx_pfree(r->pool, s);
+    ctx->scan = NULL;
 
     return NGX_OK;
 }
@@ -275,10 +287,10 @@ ngx_http_llm_request_body(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     off_t                 size, from, to;
     ngx_buf_t            *b;
     ngx_chain_t          *body, *cl, **ll;
-    ngx_http_llm_scan_t  *s;
+    ngx_http_llm_body_t  *s;
 
     body = r->request_body->bufs;
-    s = ctx->scan;
+    s = &ctx->body;
 
     size = 0;
 

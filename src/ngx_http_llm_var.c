@@ -312,13 +312,13 @@ ngx_http_llm_variable_stream(ngx_http_request_t *r,
 
     ctx = ngx_http_get_module_ctx(r->main, ngx_http_llm_module);
 
-    if (ctx == NULL || ctx->scan == NULL || ctx->tried.nelts == 0) {
+    if (ctx == NULL || ctx->tried.nelts == 0) {
         v->not_found = 1;
         return NGX_OK;
     }
 
     v->len = 1;
-    v->data = (u_char *) (ctx->scan->stream == NGX_HTTP_LLM_STREAM_TRUE
+    v->data = (u_char *) (ctx->body.stream == NGX_HTTP_LLM_STREAM_TRUE
                           ? "1" : "0");
     v->valid = 1;
     v->no_cacheable = 1;

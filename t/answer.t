@@ -918,6 +918,14 @@ ngx_palloc(ngx_pool_t *pool, size_t size)
     return p;
 }
 
+/* the answer reader's state is a large allocation: the same stand-in */
+
+void *
+ngx_pmemalign(ngx_pool_t *pool, size_t size, size_t alignment)
+{
+    return ngx_palloc(pool, size);
+}
+
 typedef struct {
     off_t       in;
     off_t       out;

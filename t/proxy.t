@@ -11,7 +11,9 @@
 # routes untouched; GET -> 405 without an attempt; access log variables;
 # connect refused -> 502; read timeout -> 504; an answer cut after its
 # headers -> no clean end for the client; query string passed on;
-# Accept-Encoding not passed on.  Happy requests run twice.
+# Accept-Encoding not passed on, the other headers in order (more than
+# a list part's 20, Accept-Encoding anywhere among them).  Happy requests
+# run twice.
 
 use strict;
 use warnings;
@@ -343,6 +345,28 @@ for my $round (1, 2) {
     is($m->{headers}{authorization}, "Bearer $SECRET",
        "Authorization passed on ($round)");
     ok(!$r->{headers}{'content-encoding'}, "identity answer ($round)");
+}
+
+# Accept-Encoding among more headers than a list part holds (20): first,
+# in the middle, across the parts and last; every other header reaches the
+# provider once and in order
+
+for my $at ([0], [7, 8], [19, 20], [29], [3, 21, 29]) {
+    my @h = map { ("X-H-$_" => "v$_") } 0 .. 29;
+    my %ae = map { $_ => 1 } @$at;
+    @h = map { $ae{$_} ? ('Accept-Encoding' => 'gzip')
+                       : @h[2 * $_, 2 * $_ + 1] } 0 .. 29;
+    my $uri = '/v1/chat/completions?ae=' . join(',', @$at);
+    my $r = parse_response(http_post($uri, $REQ, port => $port,
+                                     headers => \@h));
+    is($r->{status}, 200, "Accept-Encoding at @$at of 30: status");
+
+    my $m = last_request('/v1/chat/completions');
+    my @got = map { "$_->[0]: $_->[1]" }
+              grep { $_->[0] =~ /^(x-h-|accept-encoding)/i }
+              @{$m->{header_list}};
+    my @want = map { "X-H-$_: v$_" } grep { !$ae{$_} } 0 .. 29;
+    is("@got", "@want", "Accept-Encoding at @$at of 30: the others in order");
 }
 
 ###############################################################################
