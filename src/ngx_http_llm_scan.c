@@ -75,7 +75,9 @@ ngx_http_llm_json_simd_best(void)
 
     __builtin_cpu_init();
 
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("pclmul")) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("pclmul")
+        && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi"))
+    {
         return NGX_HTTP_LLM_SIMD_AVX2;
     }
 
