@@ -11,9 +11,10 @@
 
 
 /*
- * The scan's nested values 64 bytes at a time with AVX2 and PCLMUL
- * (design.md 1): chosen at start when the CPU has both
- * (ngx_http_llm_json_simd_best()), the scalar scan otherwise.  The
+ * The scan's nested values 64 bytes at a time with AVX2 and PCLMUL, and
+ * POPCNT and BMI1, which every AVX2 CPU has (design.md 1): chosen at
+ * start when the CPU has all four (ngx_http_llm_json_simd_best()), the
+ * scalar scan otherwise.  The
  * libFuzzer target checks that any split of a body gives what the
  * scalar scan gives (fuzz/scan_fuzz.c).
  */
@@ -39,7 +40,19 @@ typedef struct {
 } ngx_http_llm_scan_masks_t;
 
 
-/* the levels a run of blocks opened, in registers while it runs */
+/* where a run of blocks stops and what it carries on with */
+
+typedef struct {
+    uint64_t    out;            /* all ones: p is outside strings */
+    uint64_t    carry;          /* the byte at p is escaped */
+    uint64_t    outside;        /* of the block stopped at: 1 out of strings */
+    uint64_t    brackets;       /* of that block, outside strings */
+    uint32_t    pair;           /* ngx_http_llm_scan_pair() */
+    ngx_uint_t  fallback;
+} ngx_http_llm_scan_run_t;
+
+
+/* the levels the blocks opened, written to s->brackets at their end */
 
 typedef struct {
     uint64_t    kinds;          /* a bit a level, the innermost in bit 0 */
@@ -179,32 +192,33 @@ ngx_http_llm_scan_escaped(uint64_t backslash, uint64_t *carry)
 /*
  * The brackets of a block outside strings are most often (a list of
  * objects) a "}" and then a "{" of the same kind: the closed level is
- * the innermost of those in the registers, not the one that ends the
- * value, and the opened one takes its place, so nothing changes.
- * Anything else is read one by one.
+ * the innermost of those the blocks opened, not the one that ends the
+ * value, and the opened one takes its place, so nothing changes.  The
+ * two bytes of such a pair, "}" then "{" or "]" then "[" as the
+ * innermost level is, are worked out when the levels change, so that a
+ * block's pair costs a count of its brackets, two byte loads and a
+ * compare; 0 when no pair is allowed (no level opened by the blocks, or
+ * the next close ends the value).  Anything else is read one by one.
  */
 
-static ngx_inline ngx_uint_t
-ngx_http_llm_scan_pair(u_char *p, uint64_t brackets, uint64_t kinds,
-    ngx_uint_t opened, ngx_uint_t depth)
+static ngx_inline uint32_t
+ngx_http_llm_scan_pair(uint64_t kinds, ngx_uint_t opened, ngx_uint_t depth)
 {
-    u_char    c, o;
-    uint64_t  second;
-
-    second = brackets & (brackets - 1);
-
-    if (second == 0 || (second & (second - 1)) || opened == 0 || depth == 2) {
+    if (opened == 0 || depth == 2) {
         return 0;
     }
 
-    c = p[__builtin_ctzll(brackets)];
-    o = p[__builtin_ctzll(second)];
+    return (kinds & 1) ? (']' | '[' << 8) : ('}' | '{' << 8);
+}
 
-    /* bit 5 is clear in "]" and "[" (a 1 in kinds), set in "}" and "{" */
 
-    return (((c | 0x20) ^ '}') | ((o | 0x20) ^ '{') | ((c ^ o) & 0x20)
-            | (((c >> 5) ^ kinds ^ 1) & 1))
-           == 0;
+__attribute__((target("popcnt,bmi"))) static ngx_inline ngx_uint_t
+ngx_http_llm_scan_is_pair(u_char *p, uint64_t brackets, uint32_t pair)
+{
+    return _mm_popcnt_u64(brackets) == 2
+           && ((uint32_t) p[_tzcnt_u64(brackets)]
+               | (uint32_t) p[_tzcnt_u64(_blsr_u64(brackets))] << 8)
+              == pair;
 }
 
 
@@ -279,124 +293,217 @@ ngx_http_llm_scan_brackets(ngx_http_llm_scan_t *s,
 
 
 /*
- * Blocks of a nested value from p while 64 bytes are left: returns where
- * the scalar scan goes on, with s->state and s->backslashes as it would
- * have them there; *fallback: the block at the result is its to read.
- * Blocks need not be aligned: inside a string the next block starts at
- * the string's next quote or backslash, so that the long strings of a
- * body (the messages' contents) go by 128 bytes a test and the few bytes
- * between two of them are read in one block.
+ * A run of blocks from p while 64 bytes are left, as long as a block's
+ * brackets outside strings are none or a pair (r->pair): returns the
+ * block whose brackets are to be read one by one (r->brackets and
+ * r->outside set), or where the run stops (r->brackets 0: fewer than 64
+ * bytes left, or r->fallback: a backslash outside strings in the block
+ * at p).  Blocks need not be aligned: inside a string the next block
+ * starts at the string's next quote or backslash, so that the long
+ * strings of a body (the messages' contents) go by 128 bytes a test and
+ * the few bytes between two of them are read in one block.  A function
+ * of its own, without calls: its constants and state stay in registers
+ * (a call in the loop made gcc load the constants again every block).
  */
 
-__attribute__((target("avx2,pclmul"))) u_char *
-ngx_http_llm_scan_blocks(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
-    ngx_uint_t *fallback)
+__attribute__((target("avx2,pclmul,popcnt,bmi"), noinline)) static u_char *
+ngx_http_llm_scan_run(u_char *p, u_char *last, ngx_http_llm_scan_run_t *r)
 {
-    uint64_t                    in_string, escaped, inside, brackets;
-    uint64_t                    carry, carry_in, kinds;
-    ngx_int_t                   rc;
-    ngx_uint_t                  n, at, opened, depth;
+    u_char                     *last64;
+    uint64_t                    out, carry, carry_in, escaped, outside;
+    uint64_t                    brackets;
+    uint32_t                    pair;
+    uintptr_t                   last128;
+    ngx_uint_t                  n;
     ngx_http_llm_scan_masks_t   m;
-    ngx_http_llm_scan_levels_t  l;
 
-    *fallback = 0;
+    /* the blocks' state is "outside strings", so that a mask is one AND */
 
-    if (s->state == sw_nested_string) {
-        in_string = ~(uint64_t) 0;
-        carry = s->backslashes;
+    out = r->out;
+    carry = r->carry;
+    pair = r->pair;
 
-    } else {
-        in_string = 0;
-        carry = 0;
-    }
+    /* in the buffer: the blocks begin with 64 bytes left */
+    last64 = last - 64;
 
-    kinds = 0;
-    opened = 0;
-    depth = s->depth;
+    /* an integer: the bound of the steps may lie before the buffer */
+    last128 = (uintptr_t) last - 128;
 
-    for ( ;; ) {
+    if (carry) {
+        /* p is in a string, just after an odd run of backslashes */
 
-        if (in_string && carry == 0) {
-
-            /* the rest of a string up to its next quote or backslash */
-
-            while (last - p >= 128) {
-                n = ngx_http_llm_scan_string_avx2(p);
-                p += n;
-
-                if (n != 128) {
-                    break;
-                }
-            }
-        }
-
-        if (last - p < 64) {
-            break;
+        if (p > last64) {
+            brackets = 0;
+            goto stop;
         }
 
         ngx_http_llm_scan_masks_avx2(p, &m);
+        goto escapes;
+    }
 
-        carry_in = carry;
+    for ( ;; ) {
 
-        if ((m.backslash | carry) == 0) {
-            escaped = 0;
+        /* blocks while no backslash is in flight (carry is 0) */
 
-        } else {
-            escaped = ngx_http_llm_scan_escaped(m.backslash, &carry);
+        for ( ;; ) {
+
+            if (out == 0) {
+
+                /* the rest of a string up to its next quote or backslash */
+
+                while ((uintptr_t) p <= last128) {
+                    n = ngx_http_llm_scan_string_avx2(p);
+                    p += n;
+
+                    if (n != 128) {
+                        break;
+                    }
+                }
+            }
+
+            if (p > last64) {
+                brackets = 0;
+                goto stop;
+            }
+
+            ngx_http_llm_scan_masks_avx2(p, &m);
+
+            if (m.backslash) {
+                break;
+            }
+
+            outside = ngx_http_llm_scan_prefix_xor(m.quote) ^ out;
+            brackets = m.bracket & outside;
+
+            if (brackets && !ngx_http_llm_scan_is_pair(p, brackets, pair)) {
+                r->outside = outside;
+                goto stop;
+            }
+
+            /* all ones when the block ends outside strings */
+
+            out = (uint64_t) ((int64_t) outside >> 63);
+
+            p += 64;
         }
 
-        inside = ngx_http_llm_scan_prefix_xor(m.quote & ~escaped) ^ in_string;
+        /* blocks with backslashes, until none is in flight */
 
-        if (m.backslash & ~inside) {
-            /* a backslash outside strings: the block is the scalar's */
-            *fallback = 1;
-            carry = carry_in;
+        for ( ;; ) {
+
+        escapes:
+
+            carry_in = carry;
+            escaped = ngx_http_llm_scan_escaped(m.backslash, &carry);
+            outside = ngx_http_llm_scan_prefix_xor(m.quote & ~escaped) ^ out;
+
+            if (m.backslash & outside) {
+                /* a backslash outside strings: the block is the scalar's */
+                r->fallback = 1;
+                carry = carry_in;
+                brackets = 0;
+                goto stop;
+            }
+
+            brackets = m.bracket & outside;
+
+            if (brackets && !ngx_http_llm_scan_is_pair(p, brackets, pair)) {
+                r->outside = outside;
+                goto stop;
+            }
+
+            out = (uint64_t) ((int64_t) outside >> 63);
+
+            p += 64;
+
+            if (carry == 0) {
+                break;
+            }
+
+            if (p > last64) {
+                brackets = 0;
+                goto stop;
+            }
+
+            ngx_http_llm_scan_masks_avx2(p, &m);
+        }
+    }
+
+stop:
+
+    r->out = out;
+    r->carry = carry;
+    r->brackets = brackets;
+
+    return p;
+}
+
+
+/*
+ * Blocks of a nested value from p while 64 bytes are left: returns where
+ * the scalar scan goes on, with s->state and s->backslashes as it would
+ * have them there; *fallback: the block at the result is its to read.
+ * The levels opened are kept here and written to s->brackets at the end.
+ */
+
+u_char *
+ngx_http_llm_scan_blocks(ngx_http_llm_scan_t *s, u_char *p, u_char *last,
+    ngx_uint_t *fallback)
+{
+    ngx_int_t                   rc;
+    ngx_uint_t                  at;
+    ngx_http_llm_scan_run_t     r;
+    ngx_http_llm_scan_levels_t  l;
+
+    if (s->state == sw_nested_string) {
+        r.out = 0;
+        r.carry = s->backslashes;
+
+    } else {
+        r.out = ~(uint64_t) 0;
+        r.carry = 0;
+    }
+
+    r.pair = 0;
+    r.fallback = 0;
+
+    l.kinds = 0;
+    l.opened = 0;
+    l.depth = s->depth;
+
+    for ( ;; ) {
+        p = ngx_http_llm_scan_run(p, last, &r);
+
+        if (r.brackets == 0) {
             break;
         }
 
-        brackets = m.bracket & ~inside;
+        rc = ngx_http_llm_scan_brackets(s, &l, p, r.brackets, &at);
 
-        if (brackets
-            && !ngx_http_llm_scan_pair(p, brackets, kinds, opened, depth))
-        {
-            /* in registers but here */
-
-            l.kinds = kinds;
-            l.opened = opened;
-            l.depth = depth;
-
-            rc = ngx_http_llm_scan_brackets(s, &l, p, brackets, &at);
-
-            kinds = l.kinds;
-            opened = l.opened;
-            depth = l.depth;
-
-            if (rc != NGX_OK) {
-                if (rc == NGX_DONE) {
-                    s->state = sw_after_value;
-                }
-
-                p += at;
-                goto done;
+        if (rc != NGX_OK) {
+            if (rc == NGX_DONE) {
+                s->state = sw_after_value;
             }
+
+            p += at;
+            goto done;
         }
 
-        /* all ones when the block ends inside a string */
-
-        in_string = (uint64_t) ((int64_t) inside >> 63);
-
+        r.pair = ngx_http_llm_scan_pair(l.kinds, l.opened, l.depth);
+        r.out = (uint64_t) ((int64_t) r.outside >> 63);
         p += 64;
     }
 
     /* carry is 1 only inside a string: outside, the block fell back */
 
-    s->state = in_string ? sw_nested_string : sw_nested;
-    s->backslashes = (ngx_uint_t) carry;
+    *fallback = r.fallback;
+    s->state = r.out ? sw_nested : sw_nested_string;
+    s->backslashes = (ngx_uint_t) r.carry;
 
 done:
 
-    ngx_http_llm_scan_flush(s, depth, kinds, opened);
-    s->depth = depth;
+    ngx_http_llm_scan_flush(s, l.depth, l.kinds, l.opened);
+    s->depth = l.depth;
 
     return p;
 }
