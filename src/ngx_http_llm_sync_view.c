@@ -209,8 +209,8 @@ ngx_http_llm_sync_indexes(ngx_http_llm_batch_t *batch,
         route[i]->ix = NGX_HTTP_LLM_SYNC_REFUSED;
 
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "llm_redis: route \"%V\" not counted across nodes: "
-                      "the fleet counts %d routes already",
+                      "llm redis: route \"%V\" is counted by this node "
+                      "alone, the fleet's counters hold %d routes already",
                       &route[i]->name, NGX_HTTP_LLM_SYNC_INDEX_MAX);
     }
 }
