@@ -723,7 +723,7 @@ if [ "$CG_DONE" = 1 ]; then
                 "$a1" "$a2" "$per"
         done
         # shellcheck disable=SC2154
-        printf '%-5s %-4s %14s %14s %12s   (reference: a plain subrequest ~1.14)\n' \
+        printf '%-5s %-4s %14s %14s %12s   (a plain subrequest: bench/floor.sh)\n' \
             "$(human_size "$size")" "B/A" "" "" "$(ratio "$IPR_b" "$IPR_a")"
     done
 fi
