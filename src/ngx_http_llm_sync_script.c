@@ -55,7 +55,7 @@
  */
 
 
-#define NGX_HTTP_LLM_SYNC_GROUP_MAX   1000  /* counters a BITFIELD adds */
+#define NGX_HTTP_LLM_SYNC_GROUP_MAX   256   /* counters a BITFIELD adds */
 
 
 static const char  ngx_http_llm_sync_lua[] =
@@ -629,8 +629,9 @@ ngx_http_llm_sync_second(ngx_http_llm_batch_t *batch, ngx_uint_t age,
 
 /*
  * Per second written: its position in KEYS, n, and n pairs "#offset"
- * delta; a long list (thousands of routes, a second after an outage)
- * is cut into several, which the script adds one after the other
+ * delta; a long list (over 128 busy routes) is cut into several of 256
+ * counters at most, which the script adds one after the other: a
+ * BITFIELD's arguments stay well under Lua's unpack() limit (8,000)
  */
 
 static ngx_int_t
