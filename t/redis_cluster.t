@@ -264,7 +264,10 @@ diag(sprintf('cluster: %d retries for %d requests in %.2f s '
              . '(per node: %s; slack %d)', $retries, $N, $took,
              join(', ', map { $_->{routes}{chat}{retries} } @st), $slack));
 
-cmp_ok($retries, '>=', 10, 'cluster: at least the budget of 10 spent');
+# the last retry of the room may stay unspent: a node's share of a room
+# under one retry is rounded up at random, once per view (directives.md,
+# llm_redis); a slow run (ASan) has fewer views left to round it up in
+cmp_ok($retries, '>=', 9, 'cluster: the budget of 10 spent, but its last');
 cmp_ok($retries, '<=', 10 + $slack,
        "cluster: at most 10 + $slack retries over three nodes");
 is($st_retries, $retries, 'cluster: status retries agree with the logs');
