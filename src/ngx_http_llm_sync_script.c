@@ -111,6 +111,7 @@ static ngx_int_t ngx_http_llm_sync_writes(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_call_t *call, ngx_array_t *deltas, ngx_uint_t *pos);
 static ngx_int_t ngx_http_llm_sync_news_mget(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_call_t *call);
+static ngx_int_t ngx_http_llm_sync_news_keys(ngx_http_llm_sync_call_t *call);
 static ngx_int_t ngx_http_llm_sync_arg(ngx_http_llm_sync_call_t *call,
     u_char *arg, size_t len);
 static u_char *ngx_http_llm_sync_second(ngx_http_llm_batch_t *batch,
@@ -310,10 +311,7 @@ static ngx_int_t
 ngx_http_llm_sync_news_mget(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_call_t *call)
 {
-    ngx_uint_t                   i;
-    ngx_http_llm_syncer_t       *sy;
-    ngx_http_llm_sync_target_t  *st;
-    ngx_http_llm_sync_canary_t  *sc;
+    ngx_http_llm_syncer_t  *sy;
 
     sy = &ngx_http_llm_syncer;
 
@@ -331,28 +329,9 @@ ngx_http_llm_sync_news_mget(ngx_http_llm_batch_t *batch,
         return NGX_ERROR;
     }
 
-    st = sy->targets.elts;
-
-    for (i = 0; i < sy->targets.nelts; i++) {
-        if (ngx_http_llm_sync_arg(call, st[i].key.data, st[i].key.len)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+    if (ngx_http_llm_sync_news_keys(call) != NGX_OK) {
+        return NGX_ERROR;
     }
-
-    sc = sy->canaries.elts;
-
-    for (i = 0; i < sy->canaries.nelts; i++) {
-        if (ngx_http_llm_sync_arg(call, sc[i].key.data, sc[i].key.len)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    call->news = 1;
-    call->keys = sy->targets.nelts + sy->canaries.nelts;
 
     return ngx_http_llm_sync_command(batch, NGX_HTTP_LLM_SYNC_SCRIPT, call,
                                      (int) call->argv.nelts, call->argv.elts,
@@ -509,13 +488,11 @@ static ngx_int_t
 ngx_http_llm_sync_keys(ngx_http_llm_batch_t *batch,
     ngx_http_llm_sync_call_t *call, ngx_array_t *deltas, ngx_uint_t *pos)
 {
-    u_char                      *p, *n;
-    size_t                       len;
-    ngx_uint_t                   i, age, keys;
-    ngx_http_llm_syncer_t       *sy;
-    ngx_http_llm_sync_delta_t   *delta;
-    ngx_http_llm_sync_target_t  *st;
-    ngx_http_llm_sync_canary_t  *sc;
+    u_char                     *p, *n;
+    size_t                      len;
+    ngx_uint_t                  i, age, keys;
+    ngx_http_llm_syncer_t      *sy;
+    ngx_http_llm_sync_delta_t  *delta;
 
     sy = &ngx_http_llm_syncer;
 
@@ -555,29 +532,8 @@ ngx_http_llm_sync_keys(ngx_http_llm_batch_t *batch,
         pos[age] = call->argv.nelts - 3;
     }
 
-    if (!sy->conf->cluster) {
-        st = sy->targets.elts;
-
-        for (i = 0; i < sy->targets.nelts; i++) {
-            if (ngx_http_llm_sync_arg(call, st[i].key.data, st[i].key.len)
-                != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
-        }
-
-        sc = sy->canaries.elts;
-
-        for (i = 0; i < sy->canaries.nelts; i++) {
-            if (ngx_http_llm_sync_arg(call, sc[i].key.data, sc[i].key.len)
-                != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
-        }
-
-        call->news = 1;
-        call->keys = sy->targets.nelts + sy->canaries.nelts;
+    if (!sy->conf->cluster && ngx_http_llm_sync_news_keys(call) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     keys = call->argv.nelts - 3;
@@ -704,6 +660,44 @@ ngx_http_llm_sync_writes(ngx_http_llm_batch_t *batch,
                                       ngx_sprintf(count, "%ui", n) - count;
         }
     }
+
+    return NGX_OK;
+}
+
+
+/* the cooldown and canary keys, read back after the seconds */
+
+static ngx_int_t
+ngx_http_llm_sync_news_keys(ngx_http_llm_sync_call_t *call)
+{
+    ngx_uint_t                   i;
+    ngx_http_llm_syncer_t       *sy;
+    ngx_http_llm_sync_target_t  *st;
+    ngx_http_llm_sync_canary_t  *sc;
+
+    sy = &ngx_http_llm_syncer;
+    st = sy->targets.elts;
+
+    for (i = 0; i < sy->targets.nelts; i++) {
+        if (ngx_http_llm_sync_arg(call, st[i].key.data, st[i].key.len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    sc = sy->canaries.elts;
+
+    for (i = 0; i < sy->canaries.nelts; i++) {
+        if (ngx_http_llm_sync_arg(call, sc[i].key.data, sc[i].key.len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    call->news = 1;
+    call->keys = sy->targets.nelts + sy->canaries.nelts;
 
     return NGX_OK;
 }
