@@ -344,7 +344,7 @@ ngx_http_llm_sync_news_mget(ngx_http_llm_batch_t *batch,
  * slot turns over, no other syncer races (an old worker 0 quitting after
  * a reload); marked as sent before they are, at most once.  A route
  * without an index in the epoch yet asks for one, and keeps its deltas
- * for the tick after.
+ * for the tick after; its view comes with this one.
  */
 
 static ngx_int_t
@@ -442,10 +442,15 @@ ngx_http_llm_sync_take(ngx_http_llm_batch_t *batch,
         }
 
         *rp = route;
-        return NGX_OK;
     }
 
-    if (!known) {
+    /*
+     * A route given its index by this call is read by it too: the reply
+     * has the index before the seconds.  Without an epoch there are no
+     * keys to name: the call goes again once it knows one.
+     */
+
+    if (sy->epoch_len == 0) {
         return NGX_OK;
     }
 

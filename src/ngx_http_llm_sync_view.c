@@ -121,6 +121,13 @@ news:
         route = call->routes.elts;
 
         for (i = 0; i < call->routes.nelts; i++) {
+
+            /* refused an index by this call: counted here alone */
+
+            if (route[i]->ix < 0) {
+                continue;
+            }
+
             ngx_http_llm_sync_window(route[i], batch->now,
                                      values->element + n - route[i]->read);
         }
