@@ -78,8 +78,6 @@ typedef struct {
 typedef struct {
     ngx_http_llm_sync_route_t   *route;
     time_t                       sec;
-    ngx_uint_t                   age;       /* seconds before now */
-    ngx_uint_t                   offset;    /* counter: 2 * index + k */
     ngx_uint_t                   k;         /* NGX_HTTP_LLM_REQUESTS, ... */
     ngx_atomic_int_t             delta;
 } ngx_http_llm_sync_delta_t;

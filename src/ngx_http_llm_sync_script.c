@@ -260,9 +260,7 @@ ngx_http_llm_sync_script(ngx_http_llm_batch_t *batch)
     p += NGX_INT_T_LEN;
 
     if (ngx_http_llm_sync_arg(call, p,
-                              ngx_sprintf(p, "%ui", call->news ? call->keys
-                                                               : 0)
-                              - p)
+                              ngx_sprintf(p, "%ui", call->keys) - p)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -413,8 +411,6 @@ ngx_http_llm_sync_take(ngx_http_llm_batch_t *batch,
 
             delta->route = route;
             delta->sec = sec;
-            delta->age = i;
-            delta->offset = 2 * (ngx_uint_t) route->ix + k;
             delta->k = k;
             delta->delta = d;
 
@@ -522,7 +518,7 @@ ngx_http_llm_sync_keys(ngx_http_llm_batch_t *batch,
     delta = deltas->elts;
 
     for (i = 0; i < deltas->nelts; i++) {
-        age = delta[i].age;
+        age = (ngx_uint_t) (batch->now - delta[i].sec);
 
         if (pos[age]) {
             continue;
@@ -611,7 +607,7 @@ ngx_http_llm_sync_writes(ngx_http_llm_batch_t *batch,
         count = NULL;
 
         for (i = 0; i < deltas->nelts; i++) {
-            if (delta[i].age != age) {
+            if ((ngx_uint_t) (batch->now - delta[i].sec) != age) {
                 continue;
             }
 
@@ -639,7 +635,10 @@ ngx_http_llm_sync_writes(ngx_http_llm_batch_t *batch,
                 return NGX_ERROR;
             }
 
-            last = ngx_sprintf(p, "#%ui", delta[i].offset);
+            /* route i's requests at #2i, its retries at #2i+1 */
+            last = ngx_sprintf(p, "#%ui",
+                               2 * (ngx_uint_t) delta[i].route->ix
+                               + delta[i].k);
 
             if (ngx_http_llm_sync_arg(call, p, last - p) != NGX_OK
                 || ngx_http_llm_sync_arg(call, last,

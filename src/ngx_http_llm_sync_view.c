@@ -111,7 +111,7 @@ news:
     n = same ? call->read : 0;
 
     if (values->type != REDIS_REPLY_ARRAY
-        || values->elements != n + (call->news ? call->keys : 0))
+        || values->elements != n + call->keys)
     {
         ngx_http_llm_sync_error(batch, "unexpected script reply");
         return;
